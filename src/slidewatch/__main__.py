@@ -1,0 +1,3 @@
+from slidewatch.cli import main
+
+raise SystemExit(main())
