@@ -1,0 +1,208 @@
+"""Command line: parse, validate, call one library function, report errors in one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from slidewatch.errors import SlidewatchError
+
+CLASSES_HELP = "class folder names, positive (landslide) class first, comma-separated"
+
+
+def _echo(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _progress(enabled: bool):
+    """A tqdm progress factory for the library (stderr), or a pass-through."""
+    if not enabled:
+        from slidewatch.inference import no_progress
+
+        return no_progress
+    from tqdm.auto import tqdm
+
+    def bar(iterable, desc="", total=None):
+        return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr,
+                    dynamic_ncols=True)
+
+    return bar
+
+
+def _classes(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if len(names) < 2:
+        raise click.BadParameter("give at least two names, e.g. landslide,non_landslide",
+                                 param_hint="--classes")
+    return names
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="slidewatch")
+def cli() -> None:
+    """slidewatch: find landslides in satellite and aerial imagery with deep learning."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@cli.group()
+def data() -> None:
+    """Build, inspect and split tile datasets."""
+
+
+@data.command("tiles")
+@click.argument("scenes", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
+@click.option("--tile", default=224, show_default=True, type=int, help="tile size in pixels")
+@click.option("--stride", default=224, show_default=True, type=int, help="step between tiles")
+@click.option("--min-landslide", default=0.05, show_default=True, type=float,
+              help="mask fraction from which a tile is a landslide (0 < f < this: dropped)")
+@click.option("--classes", default="landslide,non_landslide", show_default=True, help=CLASSES_HELP)
+@click.option("--overwrite", is_flag=True, help="replace an existing output folder")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def data_tiles(scenes, out, tile, stride, min_landslide, classes, overwrite, quiet):
+    """Cut SCENES (folders with images/ and masks/) into class-folder tiles + tiles.csv."""
+    from slidewatch.data.tiling import tile_scenes
+
+    bar = None
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=0, desc="tiling", file=sys.stderr, leave=False)
+
+        def bar(done, total):
+            pbar.total = total
+            pbar.n = done
+            pbar.refresh()
+
+    summary = tile_scenes([Path(s) for s in scenes], Path(out), tile=tile, stride=stride,
+                          min_landslide=min_landslide, classes=_classes(classes),
+                          overwrite=overwrite, progress=bar)
+    click.echo(summary.table() if hasattr(summary, "table") else str(summary))
+
+
+@data.command("info")
+@click.argument("root")
+@click.option("--classes", default="landslide,non_landslide", show_default=True, help=CLASSES_HELP)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def data_info(root, classes, as_json):
+    """Counts per class and region, image sizes and bands, unreadable files."""
+    from slidewatch.data.info import dataset_info, format_info
+
+    info = dataset_info(Path(root), _classes(classes))
+    click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
+
+
+@data.command("split")
+@click.argument("roots", nargs=-1, required=True)
+@click.option("--out", required=True, help="split file to write (JSON)")
+@click.option("--split-by", "by", type=click.Choice(["image", "region", "tile"]), default="image",
+              show_default=True, help="keep whole images or regions together ('tile' leaks)")
+@click.option("--val-fraction", default=0.2, show_default=True, type=float)
+@click.option("--test-fraction", default=0.0, show_default=True, type=float)
+@click.option("--holdout-region", "holdout", multiple=True, help="region(s) kept for testing")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--classes", default="landslide,non_landslide", show_default=True, help=CLASSES_HELP)
+def data_split(roots, out, by, val_fraction, test_fraction, holdout, seed, classes):
+    """Write a group-aware train/val/test split of one or more datasets to a file."""
+    from slidewatch.data.folders import load_datasets
+    from slidewatch.data.splits import save_split, split_samples
+
+    samples = load_datasets([Path(r) for r in roots], _classes(classes))
+    split = split_samples(samples, by=by, val_fraction=val_fraction, test_fraction=test_fraction,
+                          seed=seed, holdout_regions=tuple(holdout))
+    save_split(Path(out), samples, split)
+    click.echo(f"train {len(split.train)}, val {len(split.val)}, test {len(split.test)} "
+               f"images -> {out}")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@cli.command("models")
+def models_cmd():
+    """List the architectures slidewatch knows (any other timm name works too)."""
+    from slidewatch.models import list_models
+
+    rows = list_models()
+    click.echo(f"{'name':24} {'input':>5}  {'offline ImageNet':16}  description")
+    for r in rows:
+        offline = "yes" if r["offline_imagenet"] else "hub only"
+        click.echo(f"{r['name']:24} {r['default_input_size']:>5}  {offline:16}  "
+                   f"{r['description']}")
+    click.echo("\nAny other timm model name is accepted too (timm.list_models()).")
+
+
+# ----------------------------------------------------------------------------- train
+
+from slidewatch.cli_train import register_train  # noqa: E402
+
+register_train(cli)
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+@cli.command("predict")
+@click.argument("model_dir")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--out", required=True, help="CSV to write (path, probability, label)")
+@click.option("--threshold", type=float, default=None, help="override the model's threshold")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def predict_cmd(model_dir, paths, out, threshold, batch_size, device, quiet):
+    """Landslide probability for every image in PATHS (files or folders)."""
+    from slidewatch.predict import predict_paths, write_predictions
+
+    preds = predict_paths(model_dir, list(paths), threshold=threshold, batch_size=batch_size,
+                          device=device, progress=_progress(not quiet))
+    write_predictions(out, preds)
+    positives = sum(p.positive for p in preds)
+    _echo(f"{len(preds)} images, {positives} predicted landslide -> {out}")
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@cli.command("demo")
+@click.option("--data", "data_dir", default=None,
+              help="sample data folder (else $SLIDEWATCH_DATA, else download)")
+@click.option("--out", default="runs/demo", show_default=True, help="working folder")
+@click.option("--quick", is_flag=True, help="a few steps only (a smoke run, not the result)")
+def demo_cmd(data_dir, out, quick):
+    """Tile the sample regions, train EfficientNet-Lite0 leave-one-region-out, print a table."""
+    from slidewatch.demo import format_table, run_demo
+
+    rows = run_demo(data_dir, Path(out), quick=quick, log=_echo, progress=_progress(True))
+    click.echo(format_table(rows))
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: our errors become one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="slidewatch", standalone_mode=False)
+    except SlidewatchError as exc:
+        _echo(f"error: {exc}")
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _echo("aborted")
+        return 130
+    except KeyboardInterrupt:
+        _echo("interrupted")
+        return 130
+    except click.ClickException as exc:
+        _echo(f"error: {exc.format_message()} (see --help)")
+        return exc.exit_code
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _echo(f"error: {where}{exc.strerror or exc}")
+        return 1
+    return 0

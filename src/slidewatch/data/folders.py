@@ -1,0 +1,155 @@
+"""Datasets laid out as one folder per class: ``<root>/<class>/**/<image>``.
+
+``tiles.csv`` (written by ``tile_scenes``), when present in the root, tells each tile's source
+image, region and position, so that splits can keep the tiles of one image together. Without
+it, file names of the form ``<region>__<stem>__r<row>_c<col>`` give the same information, and
+any other file is its own group.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from slidewatch.data.readers import IMAGE_SUFFIXES
+from slidewatch.data.tiling import TILES_CSV, validate_classes
+from slidewatch.errors import DataError
+
+_TILE_NAME = re.compile(r"^(?P<region>.+?)__(?P<stem>.+)__r(?P<row>\d+)_c(?P<col>\d+)$")
+
+
+@dataclass
+class Sample:
+    """One labelled image: ``group`` keeps related tiles in one split part."""
+
+    path: Path
+    label: int
+    group: str
+    region: str
+    row: int | None = None
+    col: int | None = None
+    landslide_fraction: float | None = None
+    root: Path | None = None  # the dataset root it came from (for relative paths in splits)
+
+    @property
+    def key(self) -> str:
+        """``<root name>/<path inside root>`` when the root is known, else the path."""
+        if self.root is not None:
+            try:
+                return f"{self.root.name}/{self.path.relative_to(self.root).as_posix()}"
+            except ValueError:
+                pass
+        return self.path.as_posix()
+
+
+def _class_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive), hidden files and folders skipped, sorted."""
+    found = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            found.append(p)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def read_tiles_csv(path: Path) -> dict[str, dict]:
+    """Rows of a ``tiles.csv`` keyed by their relative path."""
+    rows: dict[str, dict] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"path", "source_image", "region"} - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows[row["path"]] = {
+                    "group": row["source_image"],
+                    "region": row["region"],
+                    "row": _opt(row.get("row"), int),
+                    "col": _opt(row.get("col"), int),
+                    "landslide_fraction": _opt(row.get("landslide_fraction"), float),
+                }
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{path}: line {line}: {exc}") from None
+    return rows
+
+
+def _opt(value: str | None, kind):
+    return None if value in (None, "") else kind(value)
+
+
+def _meta_from_name(root: Path, path: Path) -> dict:
+    match = _TILE_NAME.match(path.stem)
+    if match is None:
+        return {"group": f"{root.name}/{path.stem}", "region": root.name}
+    region = match["region"]
+    return {
+        "group": f"{region}/{match['stem']}",
+        "region": region,
+        "row": int(match["row"]),
+        "col": int(match["col"]),
+    }
+
+
+def _check_root(root: Path, classes: tuple[str, ...]) -> None:
+    if not root.exists():
+        raise DataError(f"{root}: dataset folder not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    for name in classes:
+        if not (root / name).is_dir():
+            found = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            raise DataError(
+                f"{root}: no class folder '{name}' "
+                f"(sub-folders found: {', '.join(sorted(found)) or 'none'}); "
+                "class folder names are configurable with --classes"
+            )
+
+
+def scan_class_folders(
+    root: str | Path, classes: Sequence[str] = ("landslide", "non_landslide")
+) -> list[Sample]:
+    """Every image under ``<root>/<class>/``, labelled by the class's index in ``classes``."""
+    root = Path(root)
+    classes = validate_classes(classes)
+    _check_root(root, classes)
+    csv_path = root / TILES_CSV
+    table = read_tiles_csv(csv_path) if csv_path.is_file() else {}
+    absolute = root.resolve()
+    samples = []
+    for label, name in enumerate(classes):
+        files = _class_images(absolute / name)
+        if not files:
+            raise DataError(
+                f"{root / name}: no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in class folder"
+            )
+        for path in files:
+            rel = path.relative_to(absolute).as_posix()
+            meta = table.get(rel) or _meta_from_name(absolute, path)
+            samples.append(Sample(path=path, label=label, root=absolute, **meta))
+    return samples
+
+
+def load_datasets(
+    roots: Sequence[str | Path], classes: Sequence[str] = ("landslide", "non_landslide")
+) -> list[Sample]:
+    """Samples of several dataset roots together (e.g. the study's Set 1 + Set 2 -> Set 4)."""
+    if not roots:
+        raise DataError("no dataset folders given")
+    samples: list[Sample] = []
+    seen: dict[str, Path] = {}
+    for root in roots:
+        for sample in scan_class_folders(root, classes):
+            if sample.key in seen:
+                raise DataError(
+                    f"{sample.path}: same name '{sample.key}' as {seen[sample.key]}; "
+                    "give each dataset folder its own name (or list it once)"
+                )
+            seen[sample.key] = sample.path
+            samples.append(sample)
+    return samples

@@ -1,0 +1,116 @@
+"""The demo: leave-one-region-out training of EfficientNet-Lite0 on the sample regions.
+
+For each region: train on the other three (validation split by source image), then measure
+tile precision, recall, specificity and F1 on the held-out region, which the model never saw.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from slidewatch import metrics
+from slidewatch.checkpoint import load_model
+from slidewatch.config import TrainConfig, from_dict
+from slidewatch.data.dataset import TileDataset
+from slidewatch.data.folders import scan_class_folders
+from slidewatch.data.tiling import tile_scenes
+from slidewatch.data.transforms import EvalTransform
+from slidewatch.inference import no_progress, predict_probs, resolve_device
+from slidewatch.sampledata import REGIONS, locate
+from slidewatch.train import train
+
+# Reference (../shared/data/README.md): frozen Lite0 features + logistic regression, F1.
+REFERENCE_F1 = {"sichuan": 0.73, "bijie": 0.37}
+
+
+def demo_config(tiles: Path, holdout: str, quick: bool = False) -> TrainConfig:
+    """The demo's training recipe (sized for 2 CPU cores)."""
+    cfg = {
+        "data": {"paths": [str(tiles)], "holdout_regions": [holdout], "split_by": "image",
+                 "val_fraction": 0.2},
+        "model": {"name": "efficientnet_lite0", "weights": "imagenet", "input_size": 224,
+                  "drop_rate": 0.3},
+        "augment": {"resize": 256, "crop": 224, "translate": 0.05, "brightness": 0.2,
+                    "contrast": 0.2, "saturation": 0.3, "rotate90": True},
+        "phase1": {"epochs": 2, "lr": 2e-3},
+        "phase2": {"epochs": 4, "lr": 3e-4, "unfreeze_blocks": 2},
+        "optim": {"optimizer": "adamw", "weight_decay": 1e-4, "schedule": "cosine"},
+        "batch_size": 32, "class_weights": "balanced", "early_stopping_metric": "val_f1",
+        "patience": 3, "seed": 0, "progress": True,
+    }
+    if quick:
+        cfg["phase1"]["epochs"], cfg["phase2"]["epochs"] = 1, 1
+    return from_dict(cfg)
+
+
+def ensure_tiles(data_root: Path, out: Path, log: Callable) -> Path:
+    tiles = out / "tiles"
+    if (tiles / "tiles.csv").is_file():
+        return tiles
+    scenes = [data_root / "regions" / r for r in REGIONS]
+    summary = tile_scenes(scenes, tiles)
+    log(f"tiled the sample regions -> {tiles}: {summary}")
+    return tiles
+
+
+def evaluate_region(model_dir: Path, tiles: Path, region: str) -> dict:
+    """Tile-level scores of a model on one region's tiles."""
+    model, meta = load_model(model_dir, resolve_device("auto"))
+    samples = [s for s in scan_class_folders(tiles) if s.region == region]
+    ds = TileDataset(samples, transform=EvalTransform(meta.input_size, meta.grayscale),
+                     cache=False, scale=meta.scale)
+    prob = predict_probs(model, meta, DataLoader(ds, batch_size=64), resolve_device("auto"))
+    y = np.array([s.label == meta.positive_index for s in samples])
+    report = metrics.binary_report(y, prob, meta.threshold)
+    report.update({"region": region, "tiles": len(samples), "landslide_tiles": int(y.sum())})
+    return report
+
+
+def run_demo(data_dir: str | None, out: Path, *, quick: bool = False,
+             log: Callable[[str], None] = lambda m: None, progress: Callable = no_progress,
+             regions: tuple[str, ...] = REGIONS) -> list[dict]:
+    """Leave-one-region-out over ``regions``; returns one score row per held-out region."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    root = locate(data_dir, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    tiles = ensure_tiles(root, out, log)
+    rows = []
+    for region in regions:
+        t0 = time.perf_counter()
+        run_dir = out / f"holdout-{region}"
+        if not (run_dir / "slidewatch.json").is_file():
+            if run_dir.exists():
+                import shutil
+
+                shutil.rmtree(run_dir)
+            log(f"== training without {region} ==")
+            train(demo_config(tiles, region, quick), run_dir, progress=progress, log=log)
+        row = evaluate_region(run_dir, tiles, region)
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        log(f"held-out {region}: F1 {row['f1']:.3f}, recall {row['recall']:.3f} "
+            f"({row['seconds']:.0f}s)")
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'held-out region':16} {'tiles':>5} {'slides':>6} {'precision':>9} {'recall':>6} "
+            f"{'specificity':>11} {'F1':>5} {'ref F1':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ref = REFERENCE_F1.get(r["region"])
+        prec = f"{r['precision']:.3f}" if r["tp"] + r["fp"] else "n/a"
+        rec = f"{r['recall']:.3f}" if r["landslide_tiles"] else "n/a"
+        f1 = f"{r['f1']:.3f}" if r["landslide_tiles"] else "n/a"
+        spec = f"{r['specificity']:.3f}" if r["tn"] + r["fp"] else "n/a"
+        lines.append(f"{r['region']:16} {r['tiles']:>5} {r['landslide_tiles']:>6} {prec:>9} "
+                     f"{rec:>6} {spec:>11} {f1:>5} {(f'{ref:.2f}' if ref else '-'):>6}")
+    lines.append("ref F1: frozen EfficientNet-Lite0 features + logistic regression "
+                 "(shared/data/README.md).")
+    return "\n".join(lines)

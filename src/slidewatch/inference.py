@@ -1,0 +1,92 @@
+"""Shared pieces of every forward pass: device choice, autocast, normalisation, batching.
+
+Training, evaluation, prediction and scanning all go through :func:`forward_logits`, so the
+pixels a model sees are prepared the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from slidewatch.checkpoint import ModelMeta
+from slidewatch.data.transforms import normalize
+from slidewatch.errors import ConfigError
+
+ProgressFn = Callable[..., Iterable]
+
+
+def no_progress(iterable: Iterable, **_: object) -> Iterable:
+    return iterable
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on CPU (CPU runs stay exact and deterministic)."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda" and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def forward_logits(model: torch.nn.Module, x: torch.Tensor, meta: ModelMeta,
+                   device: torch.device) -> torch.Tensor:
+    """Normalise a unit-scale batch with the model's statistics and run the model (fp32 out)."""
+    x = normalize(to_device(x, device), meta.mean, meta.std)
+    with autocast(device):
+        out = model(x)
+    return out.float()
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, meta: ModelMeta, batches: Iterable,
+                  device: torch.device) -> np.ndarray:
+    """Probability of the positive class for each image of ``batches`` (dicts with "image")."""
+    model.eval()
+    out = []
+    for batch in batches:
+        logits = forward_logits(model, batch["image"], meta, device)
+        out.append(torch.softmax(logits, dim=1)[:, meta.positive_index].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def worker_init(worker_id: int) -> None:
+    """Give each DataLoader worker its own, repeatable random stream."""
+    seed = torch.initial_seed() % (2**32)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

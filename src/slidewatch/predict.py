@@ -1,0 +1,105 @@
+"""Landslide probabilities for image files with a trained slidewatch model."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from slidewatch.checkpoint import ModelMeta, load_model
+from slidewatch.data.readers import IMAGE_SUFFIXES, read_image, scale_to_unit
+from slidewatch.data.transforms import EvalTransform
+from slidewatch.errors import ConfigError, DataError
+from slidewatch.inference import no_progress, predict_probs, resolve_device
+from slidewatch.io_utils import atomic_write_text
+
+
+def collect_images(paths: list[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively) in folders, in a stable order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
+                           and f.is_file())
+            if not found:
+                raise DataError(f"{p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder")
+            out += found
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(f"{p}: not an image file type slidewatch reads")
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return out
+
+
+class ImageFiles(Dataset):
+    """Files prepared exactly as the model's evaluation path prepares them."""
+
+    def __init__(self, paths: list[Path], meta: ModelMeta):
+        self.paths = paths
+        self.meta = meta
+        self.transform = EvalTransform(meta.input_size, grayscale=meta.grayscale)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        arr = read_image(self.paths[i])
+        if arr.shape[2] != self.meta.in_chans:
+            raise DataError(f"{self.paths[i]}: has {arr.shape[2]} bands; the model takes "
+                            f"{self.meta.in_chans}")
+        x = torch.from_numpy(scale_to_unit(arr, self.meta.scale)).permute(2, 0, 1)
+        return {"image": self.transform(x.contiguous()), "index": i}
+
+
+@dataclass
+class Prediction:
+    path: str
+    probability: float
+    label: str
+    positive: bool
+
+
+def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: float | None = None,
+                  batch_size: int = 32, device: str = "auto", num_workers: int = 0,
+                  progress: Callable = no_progress) -> list[Prediction]:
+    """One prediction per image; the label uses the model's threshold unless one is given."""
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ConfigError(f"--threshold: must be in (0, 1), got {threshold}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
+    files = collect_images(paths)
+    dev = resolve_device(device)
+    model, meta = load_model(model_dir, dev)
+    thr = meta.threshold if threshold is None else threshold
+    loader = DataLoader(ImageFiles(files, meta), batch_size=batch_size, num_workers=num_workers)
+    batches = progress(loader, desc="predict", total=len(loader))
+    prob = predict_probs(model, meta, batches, dev)
+    other = _other_label(meta)
+    return [Prediction(str(f), float(p), meta.positive_class if p >= thr else other, bool(p >= thr))
+            for f, p in zip(files, prob)]
+
+
+def _other_label(meta: ModelMeta) -> str:
+    rest = [c for i, c in enumerate(meta.classes) if i != meta.positive_index]
+    return rest[0] if len(rest) == 1 else "not_" + meta.positive_class
+
+
+def write_predictions(path: str | Path, preds: list[Prediction]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "probability", "label"])
+    for p in preds:
+        w.writerow([p.path, f"{p.probability:.6f}", p.label])
+    atomic_write_text(Path(path), buf.getvalue())
+
+
+def probabilities(preds: list[Prediction]) -> np.ndarray:
+    return np.array([p.probability for p in preds])

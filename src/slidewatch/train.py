@@ -1,0 +1,243 @@
+"""The training loop: phase 1 (frozen backbone, head only), phase 2 (top layers unfrozen).
+
+Reads top to bottom: :func:`train` prepares data and model (:mod:`slidewatch.trainsetup`),
+then runs the phases epoch by epoch, keeps the best epoch by the chosen validation metric,
+stops early, checkpoints after every epoch for ``--resume``, and writes the model folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from slidewatch import metrics
+from slidewatch.checkpoint import save_model
+from slidewatch.config import PhaseConfig, TrainConfig, dump_yaml
+from slidewatch.inference import forward_logits, no_progress
+from slidewatch.io_utils import atomic_write_text
+from slidewatch.models.freezing import (
+    freeze_backbone,
+    set_batchnorm_eval,
+    trainable_summary,
+    unfreeze_top_blocks,
+    unfreeze_top_layers,
+)
+from slidewatch.trainsetup import Setup, load_resume, prepare, save_resume
+from slidewatch.plots import plot_curves
+
+LOWER_IS_BETTER = {"val_loss"}
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_epoch: int
+    best_metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int, schedule: str) -> float:
+    """Learning rate at optimiser step ``step`` of ``total`` (linear warm-up, then schedule)."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return base
+    t = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    return base * (0.1 ** int(t * 3))  # "step": three tenfold drops over the phase
+
+
+def make_optimizer(cfg: TrainConfig, params, lr: float) -> torch.optim.Optimizer:
+    o = cfg.optim
+    wd = o.weight_decay
+    if o.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if o.optimizer == "nadam":
+        return torch.optim.NAdam(params, lr=lr, weight_decay=wd)
+    if o.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=o.momentum)
+    return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=o.momentum, nesterov=True)
+
+
+def configure_phase(model: torch.nn.Module, phase: int, p: PhaseConfig) -> list[str]:
+    """Set ``requires_grad`` for a phase; returns the names of the unfrozen layers."""
+    freeze_backbone(model)
+    if phase == 1:
+        return []
+    if p.unfreeze_blocks is not None:
+        return unfreeze_top_blocks(model, p.unfreeze_blocks)
+    return unfreeze_top_layers(model, p.unfreeze_layers if p.unfreeze_layers is not None else 0)
+
+
+def score_of(row: dict, metric: str) -> float:
+    value = row[metric]
+    return -value if metric in LOWER_IS_BETTER else value
+
+
+def _epoch_metrics(prefix: str, loss: float, y: np.ndarray, prob: np.ndarray,
+                   threshold: float) -> dict:
+    if len(y) == 0:
+        return {}
+    r = metrics.binary_report(y, prob, threshold)
+    keys = ("accuracy", "precision", "recall", "f1", "f2")
+    return {f"{prefix}_loss": loss, **{f"{prefix}_{k}": r[k] for k in keys}}
+
+
+def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
+                    progress: Callable, desc: str, bn_eval: bool) -> tuple[dict, int]:
+    """One pass over the training data; returns (metrics, next global step of the phase).
+
+    ``bn_eval``: BatchNorm layers run in inference mode with frozen statistics (always in
+    phase 1, as Keras does for a frozen base; in phase 2 whenever the backbone is pretrained).
+    """
+    model, cfg, dev = s.model, s.cfg, s.device
+    model.train()
+    if bn_eval:
+        set_batchnorm_eval(model)
+    losses, ys, probs = [], [], []
+    step = step0
+    warmup = int(cfg.optim.warmup_epochs * len(s.train_loader))
+    for batch in progress(s.train_loader, desc=desc, total=len(s.train_loader)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total, base_lr, warmup, cfg.optim.schedule)
+        y = batch["label"].to(dev)
+        logits = forward_logits(model, batch["image"], s.meta, dev)
+        loss = s.loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        losses.append(loss.item() * len(y))
+        ys.append((batch["label"] == s.meta.positive_index).numpy())
+        probs.append(torch.softmax(logits.detach(), 1)[:, s.meta.positive_index].cpu().numpy())
+    y_all = np.concatenate(ys)
+    m = _epoch_metrics("train", sum(losses) / len(y_all), y_all, np.concatenate(probs),
+                       cfg.threshold)
+    return m, step
+
+
+@torch.no_grad()
+def validate(s: Setup) -> dict:
+    """Loss (same weighted loss as training) and scores on the validation split."""
+    if s.val_loader is None:
+        return {}
+    s.model.eval()
+    logits, labels = [], []
+    for batch in s.val_loader:
+        logits.append(forward_logits(s.model, batch["image"], s.meta, s.device))
+        labels.append(batch["label"])
+    z = torch.cat(logits)
+    y = torch.cat(labels).to(z.device)
+    loss = float(s.loss_fn(z, y))
+    prob = torch.softmax(z, 1)[:, s.meta.positive_index].cpu().numpy()
+    pos = (y == s.meta.positive_index).cpu().numpy()
+    return _epoch_metrics("val", loss, pos, prob, s.cfg.threshold)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+          progress: Callable = no_progress, log: Callable[[str], None] = lambda m: None
+          ) -> TrainResult:
+    """Train a classifier as ``cfg`` says and write the model folder ``out_dir``."""
+    out_dir = Path(out_dir)
+    s = prepare(cfg, out_dir, resume=resume, log=log)
+    state = load_resume(s) if resume else None
+    history = state["history"] if state else []
+    best = state["best"] if state else {"score": -math.inf, "epoch": 0, "row": {}, "state": None}
+    start_phase, start_epoch = (state["phase"], state["phase_epoch"] + 1) if state else (1, 1)
+    metric = cfg.early_stopping_metric if s.val_loader is not None else None
+    for phase, p in ((1, cfg.phase1), (2, cfg.phase2)):
+        if phase < start_phase or p.epochs == 0:
+            continue
+        unfrozen = configure_phase(s.model, phase, p)
+        summary = trainable_summary(s.model)
+        log(f"phase {phase}: {p.epochs} epochs at lr {p.lr:g}; "
+            f"{summary['trainable_params']:,} of {summary['total_params']:,} parameters "
+            f"trainable ({len(unfrozen)} backbone layers unfrozen)")
+        params = [q for q in s.model.parameters() if q.requires_grad]
+        optimizer = make_optimizer(cfg, params, p.lr)
+        first = start_epoch if phase == start_phase else 1
+        if state and phase == start_phase and state.get("optimizer"):
+            optimizer.load_state_dict(state["optimizer"])
+        patience = p.patience or cfg.patience
+        bad = state["bad_epochs"] if state and phase == start_phase else 0
+        total = p.epochs * len(s.train_loader)
+        for epoch in range(first, p.epochs + 1):
+            if bad >= patience:
+                break
+            t0 = time.perf_counter()
+            step0 = (epoch - 1) * len(s.train_loader)
+            tm, _ = train_one_epoch(s, optimizer, step0, total, p.lr, progress,
+                                    f"phase {phase} epoch {epoch}/{p.epochs}",
+                                    bn_eval=phase == 1 or s.freeze_bn)
+            vm = validate(s)
+            row = {"epoch": len(history) + 1, "phase": phase, "phase_epoch": epoch,
+                   "lr": optimizer.param_groups[0]["lr"], **tm, **vm,
+                   "seconds": round(time.perf_counter() - t0, 2)}
+            history.append(row)
+            score = score_of(row, metric) if metric else row["epoch"]
+            if score > best["score"]:
+                best = {"score": score, "epoch": row["epoch"], "row": row,
+                        "state": copy.deepcopy(s.model.state_dict())}
+                bad = 0
+            else:
+                bad += 1
+            log(_epoch_line(row, metric))
+            write_history(out_dir, history)
+            save_resume(s, phase=phase, phase_epoch=epoch, history=history, best=best,
+                        bad_epochs=bad, optimizer=optimizer)
+        state = None
+    return finish(s, out_dir, history, best, metric)
+
+
+def _epoch_line(row: dict, metric: str | None) -> str:
+    parts = [f"epoch {row['epoch']} (phase {row['phase']})",
+             f"loss {row['train_loss']:.4f}", f"acc {row['train_accuracy']:.3f}"]
+    if "val_loss" in row:
+        parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_accuracy']:.3f}",
+                  f"val_recall {row['val_recall']:.3f}", f"val_f1 {row['val_f1']:.3f}"]
+    parts.append(f"{row['seconds']:.1f}s")
+    return " | ".join(parts)
+
+
+def write_history(out_dir: Path, history: list[dict]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    lines = [",".join(keys)]
+    for row in history:
+        lines.append(",".join(_fmt(row.get(k, "")) for k in keys))
+    atomic_write_text(out_dir / "history.csv", "\n".join(lines) + "\n")
+
+
+def _fmt(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def finish(s: Setup, out_dir: Path, history: list[dict], best: dict, metric: str | None
+           ) -> TrainResult:
+    """Restore the best epoch and write the model folder, history, curves and config."""
+    if best["state"] is not None:
+        s.model.load_state_dict(best["state"])
+    s.meta.extra.update({
+        "best_epoch": best["epoch"],
+        "early_stopping_metric": metric,
+        "best_metrics": {k: v for k, v in best["row"].items() if k not in ("lr",)},
+        "training": s.config_dict,
+        "data": s.data_summary,
+    })
+    save_model(out_dir, s.model, s.meta)
+    write_history(out_dir, history)
+    atomic_write_text(out_dir / "config.yaml", dump_yaml(s.cfg))
+    plot_curves(history, out_dir / "curves.png")
+    (out_dir / "resume.pt").unlink(missing_ok=True)
+    return TrainResult(out_dir, best["epoch"], best["row"], history)

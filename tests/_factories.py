@@ -1,0 +1,46 @@
+"""Tiny generated datasets for the tests (no files from outside the test's tmp_path)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def slide_image(rng: np.random.Generator, positive: bool, size: int = 32) -> np.ndarray:
+    """Green vegetation texture; a landslide adds a bright brown scar."""
+    img = np.zeros((size, size, 3), np.uint8)
+    img[..., 0] = rng.integers(20, 60, (size, size))
+    img[..., 1] = rng.integers(90, 150, (size, size))
+    img[..., 2] = rng.integers(20, 60, (size, size))
+    if positive:
+        h = size // 2
+        r, c = rng.integers(0, size - h, 2)
+        img[r:r + h, c:c + h] = (185, 150, 110) + rng.integers(-15, 15, (h, h, 3))
+    return img
+
+
+def make_class_dataset(root: Path, *, images: int = 6, per_image: int = 4, size: int = 32,
+                       regions: tuple[str, ...] = ("north", "south"), seed: int = 0) -> Path:
+    """Class folders + tiles.csv: ``images`` source images per region, each giving
+    ``per_image`` tiles of each class."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for region in regions:
+        for i in range(images):
+            for label in ("landslide", "non_landslide"):
+                for k in range(per_image):
+                    rel = Path(label) / f"{region}__img{i}__r0_c{k}.png"
+                    (root / label).mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(slide_image(rng, label == "landslide", size)).save(root / rel)
+                    rows.append({"path": rel.as_posix(), "label": label,
+                                 "source_image": f"{region}/img{i}", "row": 0, "col": k * size,
+                                 "landslide_fraction": 0.25 if label == "landslide" else 0.0,
+                                 "region": region})
+    with open(root / "tiles.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root

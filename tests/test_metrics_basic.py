@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+from slidewatch import metrics
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scores_match_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 50)
+    p = rng.integers(0, 2, 50)
+    s = metrics.scores(metrics.confusion(y, p))
+    assert s["accuracy"] == pytest.approx(accuracy_score(y, p))
+    assert s["precision"] == pytest.approx(precision_score(y, p, zero_division=0))
+    assert s["recall"] == pytest.approx(recall_score(y, p, zero_division=0))
+    assert s["specificity"] == pytest.approx(recall_score(1 - y, 1 - p, zero_division=0))
+    assert s["f1"] == pytest.approx(f1_score(y, p, zero_division=0))
+
+
+def test_edge_cases_one_class_absent_and_all_one_prediction():
+    s = metrics.scores(metrics.confusion([0, 0, 0], [1, 1, 1]))
+    assert s["precision"] == 0 and s["recall"] == 0 and s["specificity"] == 0
+    s = metrics.scores(metrics.confusion([1, 1], [1, 1]))
+    assert s["f1"] == 1 and s["specificity"] == 0
+
+
+def test_threshold_for_recall_reaches_target():
+    y = np.array([1, 1, 1, 1, 0, 0])
+    p = np.array([0.9, 0.8, 0.4, 0.2, 0.3, 0.1])
+    t = metrics.threshold_for_recall(y, p, 0.75)
+    assert t == pytest.approx(0.4)
+    assert metrics.binary_report(y, p, t)["recall"] >= 0.75
