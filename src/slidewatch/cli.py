@@ -26,7 +26,7 @@ def _progress(enabled: bool):
     from tqdm.auto import tqdm
 
     def bar(iterable, desc="", total=None):
-        return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr,
+        return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, disable=None,
                     dynamic_ncols=True)
 
     return bar
@@ -72,7 +72,7 @@ def data_tiles(scenes, out, tile, stride, min_landslide, classes, overwrite, qui
     if not quiet:
         from tqdm.auto import tqdm
 
-        pbar = tqdm(total=0, desc="tiling", file=sys.stderr, leave=False)
+        pbar = tqdm(total=0, desc="tiling", file=sys.stderr, leave=False, disable=None)
 
         def bar(done, total):
             pbar.total = total

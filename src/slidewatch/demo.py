@@ -55,7 +55,7 @@ def ensure_tiles(data_root: Path, out: Path, log: Callable) -> Path:
         return tiles
     scenes = [data_root / "regions" / r for r in REGIONS]
     summary = tile_scenes(scenes, tiles)
-    log(f"tiled the sample regions -> {tiles}: {summary}")
+    log(f"tiled the sample regions -> {tiles}\n{summary.table()}")
     return tiles
 
 

@@ -8,6 +8,7 @@ stops early, checkpoints after every epoch for ``--resume``, and writes the mode
 from __future__ import annotations
 
 import copy
+import shutil
 import math
 import time
 from dataclasses import dataclass, field
@@ -147,8 +148,22 @@ def validate(s: Setup) -> dict:
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
           progress: Callable = no_progress, log: Callable[[str], None] = lambda m: None
           ) -> TrainResult:
-    """Train a classifier as ``cfg`` says and write the model folder ``out_dir``."""
+    """Train a classifier as ``cfg`` says and write the model folder ``out_dir``.
+
+    If the run fails before its first checkpoint, a folder it created is removed again.
+    """
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    try:
+        return _train(cfg, out_dir, resume=resume, progress=progress, log=log)
+    except BaseException:
+        if created and out_dir.is_dir() and not (out_dir / "resume.pt").exists():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
+           log: Callable[[str], None]) -> TrainResult:
     s = prepare(cfg, out_dir, resume=resume, log=log)
     state = load_resume(s) if resume else None
     history = state["history"] if state else []

@@ -202,6 +202,9 @@ def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable) -> 
                            cache=cfg.data.cache, scale=scale)
     eval_tf = EvalTransform(meta.input_size, grayscale=meta.grayscale)
     val_ds = TileDataset(val_s, transform=eval_tf, cache=cfg.data.cache, scale=scale)
+    if cfg.data.cache:  # every image is read (and checked) before the first epoch
+        train_ds.preload()
+        val_ds.preload()
     weights = class_weights(cfg, [s.label for s in train_s]).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.optim.label_smoothing)
     summary = _summary(cfg, samples, split)

@@ -54,6 +54,11 @@ class TileDataset(Dataset):
                 self._cache[i] = arr
         return arr
 
+    def preload(self) -> None:
+        """Read (and so validate) every image now; with ``cache`` they stay in memory."""
+        for i in range(len(self)):
+            self._array(i)
+
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")

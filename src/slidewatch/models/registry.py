@@ -112,6 +112,8 @@ def build_model(name: str, *, num_classes: int = 2, in_chans: int = 3,
             raise ModelError(f"--model {name}: timm cannot build it with {kwargs} "
                              f"({exc})") from None
     info = load_weights(model, name, weights, num_classes=num_classes, in_chans=in_chans)
+    if str(weights).lower() == "none" or info.skipped:
+        init_head(model)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     side = input_size or int(cfg.get("input_size", (3, 224, 224))[-1])
     cfg["input_size"] = (in_chans, side, side)
@@ -120,6 +122,19 @@ def build_model(name: str, *, num_classes: int = 2, in_chans: int = 3,
         model.default_cfg = cfg
     model.slidewatch_weights = info
     return model
+
+
+def init_head(model: nn.Module) -> None:
+    """Fresh head as Keras initialises a Dense layer (Glorot-uniform weights, zero bias).
+
+    timm's own EfficientNet init scales by fan-out, which for a 2-class head gives logits of
+    several units before any training; this keeps the first loss near log(num_classes).
+    """
+    for _, module in head_modules(model):
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 def _check_build_args(num_classes, in_chans, drop_rate, input_size) -> None:
