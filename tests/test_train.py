@@ -167,3 +167,36 @@ def test_lr_schedule_warmup_and_cosine():
     assert lr_at(10, 100, 1.0, 10, "cosine") == pytest.approx(1.0)
     assert lr_at(99, 100, 1.0, 0, "cosine") < 0.1
     assert lr_at(50, 100, 1.0, 0, "constant") == 1.0
+
+
+def test_target_recall_sets_the_stored_threshold(data, tmp_path):
+    cfg = tiny_config(data, **{"target_recall": 1.0, "phase2.epochs": 1})
+    out = tmp_path / "tr"
+    train(cfg, out)
+    meta = json.loads((out / "slidewatch.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    preds = predict_paths(out, [data / p.split("/", 1)[1] for p in split["val"]], device="cpu")
+    positives = [p for p in preds if "non_landslide" not in p.path]
+    assert meta["threshold"] != 0.5
+    assert all(p.probability >= meta["threshold"] for p in positives)  # recall 1.0 on val
+
+
+def test_scene_folders_are_tiled_first_and_env_vars_expand(tmp_path, monkeypatch):
+    from conftest import make_scene
+    rng = np.random.default_rng(0)
+    scenes = {}
+    for i in range(4):
+        img = rng.integers(0, 100, (32, 64, 3), dtype=np.uint8)
+        mask = np.zeros((32, 64), bool)
+        mask[:, :32] = True
+        scenes[f"s{i}"] = (img, mask)
+    make_scene(tmp_path / "data", "r1", scenes)
+    monkeypatch.setenv("SW_TEST_DATA", str(tmp_path / "data"))
+    cfg = tiny_config("${SW_TEST_DATA}/r1", **{"data.tile": 32, "data.stride": 32,
+                                                 "phase2.epochs": 0})
+    train(cfg, tmp_path / "m")
+    lines = (tmp_path / "m" / "tiles" / "r1" / "tiles.csv").read_text().splitlines()
+    assert len(lines) == 1 + 8
+    monkeypatch.delenv("SW_TEST_DATA")
+    with pytest.raises(ConfigError, match="SW_TEST_DATA"):
+        train(cfg, tmp_path / "m2")

@@ -38,3 +38,17 @@ def test_grayscale_is_applied_in_eval_too():
     x = torch.rand(3, 8, 8)
     g = EvalTransform(8, grayscale=True)(x)
     assert torch.allclose(g[0], g[1]) and torch.allclose(g, to_grayscale(x))
+
+
+def test_channel_shuffle_and_random_grayscale_always_on():
+    x = torch.stack([torch.full((8, 8), v) for v in (0.1, 0.5, 0.9)])
+    off = dict(hflip=False, vflip=False, translate=0.0, brightness=0.0, contrast=0.0,
+               saturation=0.0)
+    tf = TrainTransform(AugmentConfig(channel_shuffle=1.0, **off), size=8)
+    seen = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        seen.add(tuple(round(v, 1) for v in tf(x)[:, 0, 0].tolist()))
+    assert len(seen) > 1 and all(sorted(s) == [0.1, 0.5, 0.9] for s in seen)
+    g = TrainTransform(AugmentConfig(random_grayscale=1.0, **off), size=8)(x)
+    assert torch.allclose(g[0], g[1]) and torch.allclose(g[1], g[2])

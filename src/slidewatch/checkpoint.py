@@ -136,5 +136,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:200]
         raise WeightsError(f"{wpath}: does not fit {meta.architecture}: {detail}") from None
-    model.to(device).eval()
+    from slidewatch.inference import prepare_model
+
+    prepare_model(model, torch.device(device)).eval()
     return model, meta

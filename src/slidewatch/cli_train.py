@@ -17,7 +17,7 @@ FLAG_KEYS = {
     "optimizer": "optim.optimizer", "schedule": "optim.schedule",
     "weight_decay": "optim.weight_decay", "batch_size": "batch_size",
     "early_stopping_metric": "early_stopping_metric", "patience": "patience", "seed": "seed",
-    "device": "device", "threshold": "threshold", "split_by": "data.split_by",
+    "device": "device", "threshold": "threshold", "target_recall": "target_recall", "split_by": "data.split_by",
     "val_fraction": "data.val_fraction", "split_file": "data.split_file",
     "num_workers": "data.num_workers", "scale": "data.scale",
 }
@@ -103,6 +103,8 @@ TRAIN_OPTIONS = [
         ["val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2"])),
     _opt("--patience", type=int, help="epochs without improvement before stopping"),
     _opt("--threshold", type=float, help="decision threshold stored in the model"),
+    _opt("--target-recall", type=float,
+         help="store the threshold that reaches this recall on the validation split"),
     _opt("--split-by", type=click.Choice(["image", "region", "tile"])),
     _opt("--val-fraction", type=float),
     _opt("--holdout-region", multiple=True, help="region(s) kept out of training"),

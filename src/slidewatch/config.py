@@ -58,7 +58,10 @@ class ModelConfig:
 @dataclass
 class AugmentConfig:
     """Training-only augmentation; each part can be switched off. ``resize``/``crop`` follow the
-    study (resize to 350, random crop 300); ``crop`` defaults to the model's input size."""
+    study (resize to 350, random crop 300); ``crop`` defaults to the model's input size.
+    ``random_grayscale`` and ``channel_shuffle`` are probabilities per image (robustness to
+    other sensors and band composites); ``grayscale`` turns every image grey, at training and
+    at prediction time."""
 
     enabled: bool = True
     resize: Optional[int] = None
@@ -70,6 +73,8 @@ class AugmentConfig:
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
+    random_grayscale: float = 0.0
+    channel_shuffle: float = 0.0
     grayscale: bool = False
 
 
@@ -114,6 +119,7 @@ class TrainConfig:
     ] = "val_f1"
     patience: int = 5
     threshold: float = 0.5
+    target_recall: Optional[float] = None
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -260,7 +266,7 @@ def validate(cfg: TrainConfig) -> None:
         v = getattr(a, key)
         _check(v is None or v >= 8, f"augment.{key}", "must be >= 8 pixels")
     _check(0.0 <= a.translate < 0.5, "augment.translate", "must be in [0, 0.5)")
-    for key in ("brightness", "contrast", "saturation"):
+    for key in ("brightness", "contrast", "saturation", "random_grayscale", "channel_shuffle"):
         _check(0.0 <= getattr(a, key) < 1.0, f"augment.{key}", "must be in [0, 1)")
     for name in ("phase1", "phase2"):
         p = getattr(cfg, name)
@@ -277,6 +283,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.batch_size >= 1, "batch_size", "must be >= 1")
     _check(cfg.patience >= 1, "patience", "must be >= 1")
     _check(0.0 < cfg.threshold < 1.0, "threshold", "must be in (0, 1)")
+    _check(cfg.target_recall is None or 0.0 < cfg.target_recall <= 1.0, "target_recall",
+           "must be in (0, 1]")
     _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     _check(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
     _check(0.0 <= cfg.optim.label_smoothing < 1.0, "optim.label_smoothing", "must be in [0, 1)")

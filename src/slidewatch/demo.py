@@ -49,12 +49,13 @@ def demo_config(tiles: Path, holdout: str, quick: bool = False) -> TrainConfig:
     return from_dict(cfg)
 
 
-def ensure_tiles(data_root: Path, out: Path, log: Callable) -> Path:
+def ensure_tiles(data_root: Path, out: Path, log: Callable, tile: int = 224) -> Path:
+    """The reference tiling (tile = stride, 5% rule) of the four regions, made once."""
     tiles = out / "tiles"
     if (tiles / "tiles.csv").is_file():
         return tiles
     scenes = [data_root / "regions" / r for r in REGIONS]
-    summary = tile_scenes(scenes, tiles)
+    summary = tile_scenes(scenes, tiles, tile=tile, stride=tile)
     log(f"tiled the sample regions -> {tiles}\n{summary.table()}")
     return tiles
 
@@ -74,12 +75,18 @@ def evaluate_region(model_dir: Path, tiles: Path, region: str) -> dict:
 
 def run_demo(data_dir: str | None, out: Path, *, quick: bool = False,
              log: Callable[[str], None] = lambda m: None, progress: Callable = no_progress,
-             regions: tuple[str, ...] = REGIONS) -> list[dict]:
-    """Leave-one-region-out over ``regions``; returns one score row per held-out region."""
+             regions: tuple[str, ...] = REGIONS,
+             config: Callable[[Path, str, bool], TrainConfig] | None = None,
+             tile: int = 224) -> list[dict]:
+    """Leave-one-region-out over ``regions``; returns one score row per held-out region.
+
+    ``config(tiles, region, quick)`` gives each fold's recipe (default :func:`demo_config`).
+    """
+    config = config or demo_config
     torch.set_num_threads(max(1, torch.get_num_threads()))
     root = locate(data_dir, log=log)
     out.mkdir(parents=True, exist_ok=True)
-    tiles = ensure_tiles(root, out, log)
+    tiles = ensure_tiles(root, out, log, tile)
     rows = []
     for region in regions:
         t0 = time.perf_counter()
@@ -90,7 +97,7 @@ def run_demo(data_dir: str | None, out: Path, *, quick: bool = False,
 
                 shutil.rmtree(run_dir)
             log(f"== training without {region} ==")
-            train(demo_config(tiles, region, quick), run_dir, progress=progress, log=log)
+            train(config(tiles, region, quick), run_dir, progress=progress, log=log)
         row = evaluate_region(run_dir, tiles, region)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)

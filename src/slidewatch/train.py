@@ -21,7 +21,8 @@ import torch
 from slidewatch import metrics
 from slidewatch.checkpoint import save_model
 from slidewatch.config import PhaseConfig, TrainConfig, dump_yaml
-from slidewatch.inference import forward_logits, no_progress
+from slidewatch.errors import ConfigError
+from slidewatch.inference import forward_logits, no_progress, predict_probs
 from slidewatch.io_utils import atomic_write_text
 from slidewatch.models.freezing import (
     freeze_backbone,
@@ -238,11 +239,24 @@ def _fmt(v) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
+def recall_threshold(s: Setup, target: float) -> float:
+    """Highest threshold reaching ``target`` recall on the validation split (best model)."""
+    if s.val_loader is None:
+        raise ConfigError("target_recall: needs a validation split (val_fraction > 0)")
+    prob = predict_probs(s.model, s.meta, s.val_loader, s.device)
+    labels = torch.cat([b["label"] for b in s.val_loader]).numpy() == s.meta.positive_index
+    if not labels.any():
+        raise ConfigError("target_recall: the validation split has no landslide images")
+    return float(np.clip(metrics.threshold_for_recall(labels, prob, target), 1e-4, 0.9999))
+
+
 def finish(s: Setup, out_dir: Path, history: list[dict], best: dict, metric: str | None
            ) -> TrainResult:
     """Restore the best epoch and write the model folder, history, curves and config."""
     if best["state"] is not None:
         s.model.load_state_dict(best["state"])
+    if s.cfg.target_recall is not None:
+        s.meta.threshold = recall_threshold(s, s.cfg.target_recall)
     s.meta.extra.update({
         "best_epoch": best["epoch"],
         "early_stopping_metric": metric,

@@ -96,6 +96,10 @@ class TrainTransform:
         if cfg.translate > 0:
             x = _translate(x, cfg.translate, gen)
         x = _color(x, cfg, gen)
+        if cfg.channel_shuffle > 0 and torch.rand((), generator=gen) < cfg.channel_shuffle:
+            x = x[torch.randperm(x.shape[0], generator=gen)]
+        if cfg.random_grayscale > 0 and torch.rand((), generator=gen) < cfg.random_grayscale:
+            x = to_grayscale(x)
         return resize(x, self.size)
 
 
