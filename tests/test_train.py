@@ -200,3 +200,15 @@ def test_scene_folders_are_tiled_first_and_env_vars_expand(tmp_path, monkeypatch
     monkeypatch.delenv("SW_TEST_DATA")
     with pytest.raises(ConfigError, match="SW_TEST_DATA"):
         train(cfg, tmp_path / "m2")
+
+
+def test_steps_per_epoch_caps_each_epoch(data, tmp_path):
+    seen = []
+
+    def counting(iterable, desc="", total=None):
+        seen.append(total)
+        return iterable
+
+    cfg = tiny_config(data, **{"steps_per_epoch": 1, "batch_size": 4, "phase2.epochs": 1})
+    train(cfg, tmp_path / "s", progress=counting)
+    assert seen == [1, 1]

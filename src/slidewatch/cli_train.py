@@ -16,6 +16,7 @@ FLAG_KEYS = {
     "unfreeze_layers": "phase2.unfreeze_layers", "unfreeze_blocks": "phase2.unfreeze_blocks",
     "optimizer": "optim.optimizer", "schedule": "optim.schedule",
     "weight_decay": "optim.weight_decay", "batch_size": "batch_size",
+    "steps_per_epoch": "steps_per_epoch",
     "early_stopping_metric": "early_stopping_metric", "patience": "patience", "seed": "seed",
     "device": "device", "threshold": "threshold", "target_recall": "target_recall", "split_by": "data.split_by",
     "val_fraction": "data.val_fraction", "split_file": "data.split_file",
@@ -98,6 +99,7 @@ TRAIN_OPTIONS = [
     _opt("--schedule", type=click.Choice(["cosine", "constant", "step"])),
     _opt("--weight-decay", type=float),
     _opt("--batch-size", type=int),
+    _opt("--steps-per-epoch", type=int, help="cap each epoch at this many batches"),
     _opt("--class-weights", help="balanced, none, or one weight per class (1,3)"),
     _opt("--early-stopping-metric", type=click.Choice(
         ["val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2"])),

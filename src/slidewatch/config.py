@@ -102,7 +102,11 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything ``slidewatch train`` needs; mirrors the command-line flags."""
+    """Everything ``slidewatch train`` needs; mirrors the command-line flags.
+
+    ``steps_per_epoch`` caps an epoch at that many batches (a random subset of a large
+    training set each epoch, as Keras' ``steps_per_epoch``); ``None`` = one full pass.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -113,6 +117,7 @@ class TrainConfig:
     )
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 32
+    steps_per_epoch: Optional[int] = None
     class_weights: Union[str, list[float]] = "balanced"
     early_stopping_metric: Literal[
         "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2"
@@ -281,6 +286,8 @@ def validate(cfg: TrainConfig) -> None:
            "phase2", "give unfreeze_layers or unfreeze_blocks, not both")
     _check(cfg.phase1.epochs + cfg.phase2.epochs > 0, "phase1.epochs", "no epochs to train")
     _check(cfg.batch_size >= 1, "batch_size", "must be >= 1")
+    _check(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, "steps_per_epoch",
+           "must be >= 1")
     _check(cfg.patience >= 1, "patience", "must be >= 1")
     _check(0.0 < cfg.threshold < 1.0, "threshold", "must be in (0, 1)")
     _check(cfg.target_recall is None or 0.0 < cfg.target_recall <= 1.0, "target_recall",

@@ -8,6 +8,7 @@ stops early, checkpoints after every epoch for ``--resume``, and writes the mode
 from __future__ import annotations
 
 import copy
+import itertools
 import shutil
 import math
 import time
@@ -71,6 +72,11 @@ def make_optimizer(cfg: TrainConfig, params, lr: float) -> torch.optim.Optimizer
     return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=o.momentum, nesterov=True)
 
 
+def steps_per_epoch(s: Setup) -> int:
+    full = len(s.train_loader)
+    return min(full, s.cfg.steps_per_epoch) if s.cfg.steps_per_epoch else full
+
+
 def configure_phase(model: torch.nn.Module, phase: int, p: PhaseConfig) -> list[str]:
     """Set ``requires_grad`` for a phase; returns the names of the unfrozen layers."""
     freeze_backbone(model)
@@ -108,8 +114,9 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
         set_batchnorm_eval(model)
     losses, ys, probs = [], [], []
     step = step0
-    warmup = int(cfg.optim.warmup_epochs * len(s.train_loader))
-    for batch in progress(s.train_loader, desc=desc, total=len(s.train_loader)):
+    warmup = int(cfg.optim.warmup_epochs * steps_per_epoch(s))
+    steps = steps_per_epoch(s)
+    for batch in progress(itertools.islice(s.train_loader, steps), desc=desc, total=steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, base_lr, warmup, cfg.optim.schedule)
         y = batch["label"].to(dev)
@@ -186,12 +193,12 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
             optimizer.load_state_dict(state["optimizer"])
         patience = p.patience or cfg.patience
         bad = state["bad_epochs"] if state and phase == start_phase else 0
-        total = p.epochs * len(s.train_loader)
+        total = p.epochs * steps_per_epoch(s)
         for epoch in range(first, p.epochs + 1):
             if bad >= patience:
                 break
             t0 = time.perf_counter()
-            step0 = (epoch - 1) * len(s.train_loader)
+            step0 = (epoch - 1) * steps_per_epoch(s)
             tm, _ = train_one_epoch(s, optimizer, step0, total, p.lr, progress,
                                     f"phase {phase} epoch {epoch}/{p.epochs}",
                                     bn_eval=phase == 1 or s.freeze_bn)
