@@ -61,3 +61,13 @@ def test_yaml_errors_name_the_file(tmp_path):
         load_yaml(p)
     with pytest.raises(ConfigError, match="not found"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = from_dict(load_yaml(path))
+        assert cfg.data.paths, path

@@ -168,6 +168,30 @@ def predict_cmd(model_dir, paths, out, threshold, batch_size, device, quiet):
     _echo(f"{len(preds)} images, {positives} predicted landslide -> {out}")
 
 
+@cli.command("evaluate")
+@click.argument("model_dir")
+@click.option("--data", "data_dirs", multiple=True, required=True,
+              help="labelled class-folder dataset (repeat for several)")
+@click.option("--out", required=True, help="folder for metrics.json, predictions.csv, figures")
+@click.option("--threshold", type=float, default=None, help="override the model's threshold")
+@click.option("--target-recall", type=float, default=None,
+              help="set (and store in the model) the threshold reaching this validation recall")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="replace an earlier evaluation in --out")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size, device,
+                 overwrite, quiet):
+    """Score MODEL_DIR on labelled data: metrics with 95% CIs, overall and per region."""
+    from slidewatch.evaluate import evaluate, format_table
+
+    result = evaluate(model_dir, list(data_dirs), out, threshold=threshold,
+                      target_recall=target_recall, batch_size=batch_size, device=device,
+                      overwrite=overwrite, progress=_progress(not quiet))
+    click.echo(format_table(result))
+    _echo(f"{result['overall']['n']} images evaluated -> {out}")
+
+
 # ----------------------------------------------------------------------------- demo
 
 

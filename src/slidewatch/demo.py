@@ -80,7 +80,10 @@ def evaluate_region(model_dir: Path, tiles: Path, region: str) -> dict:
     prob = predict_probs(model, meta, DataLoader(ds, batch_size=64), resolve_device("auto"))
     y = np.array([s.label == meta.positive_index for s in samples])
     report = metrics.binary_report(y, prob, meta.threshold)
-    report.update({"region": region, "tiles": len(samples), "landslide_tiles": int(y.sum())})
+    ci = metrics.bootstrap_f1_interval(metrics.confusion(y, prob >= meta.threshold))
+    both = 0 < y.sum() < len(y)
+    report.update({"region": region, "tiles": len(samples), "landslide_tiles": int(y.sum()),
+                   "f1_ci95": ci, "roc_auc": metrics.roc_auc(y, prob) if both else None})
     return report
 
 
@@ -128,16 +131,22 @@ def run_demo(data_dir: str | None, out: Path, *, quick: bool = False,
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'held-out region':16} {'tiles':>5} {'slides':>6} {'precision':>9} {'recall':>6} "
-            f"{'specificity':>11} {'F1':>5} {'ref F1':>6}")
+            f"{'specificity':>11} {'F1':>5} {'F1 95% CI':>11} {'ROC-AUC':>7} {'ref F1':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ref = REFERENCE_F1.get(r["region"])
+        has_pos = r["landslide_tiles"] > 0
         prec = f"{r['precision']:.3f}" if r["tp"] + r["fp"] else "n/a"
-        rec = f"{r['recall']:.3f}" if r["landslide_tiles"] else "n/a"
-        f1 = f"{r['f1']:.3f}" if r["landslide_tiles"] else "n/a"
+        rec = f"{r['recall']:.3f}" if has_pos else "n/a"
+        f1 = f"{r['f1']:.3f}" if has_pos else "n/a"
+        ci = r.get("f1_ci95")
+        ci_s = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci and has_pos else "n/a"
+        auc = f"{r['roc_auc']:.3f}" if r.get("roc_auc") is not None else "n/a"
         spec = f"{r['specificity']:.3f}" if r["tn"] + r["fp"] else "n/a"
         lines.append(f"{r['region']:16} {r['tiles']:>5} {r['landslide_tiles']:>6} {prec:>9} "
-                     f"{rec:>6} {spec:>11} {f1:>5} {(f'{ref:.2f}' if ref else '-'):>6}")
-    lines.append("ref F1: frozen EfficientNet-Lite0 features + logistic regression "
+                     f"{rec:>6} {spec:>11} {f1:>5} {ci_s:>11} {auc:>7} "
+                     f"{(f'{ref:.2f}' if ref else '-'):>6}")
+    lines.append("Tile scores on each region held out of training (threshold from the model). "
+                 "ref F1: frozen EfficientNet-Lite0 features + logistic regression "
                  "(shared/data/README.md).")
     return "\n".join(lines)
