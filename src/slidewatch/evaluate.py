@@ -286,9 +286,16 @@ def format_table(result: dict) -> str:
     head = f"{'':16} {'n':>6} {'precision':>9} {'recall':>7} {'specif.':>7}  {'F1 [95% CI]':<20}"
     lines = [f"threshold {result['threshold']:.4g} ({result['threshold_source']})", head]
     rows = [("overall", result["overall"])] + list(result["regions"].items())
+    def num(value: float, defined: bool) -> str:
+        return f"{value:.3f}" if defined else "n/a"
+
     for name, b in rows:
+        c = b["confusion"]
+        pos, neg, flagged = c["tp"] + c["fn"], c["tn"] + c["fp"], c["tp"] + c["fp"]
         ci = b["ci95"]["f1"]
-        f1 = f"{b['f1']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-        lines.append(f"{name[:16]:16} {b['n']:>6} {b['precision']:>9.3f} {b['recall']:>7.3f} "
-                     f"{b['specificity']:>7.3f}  {f1:<20}")
+        f1 = f"{b['f1']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") if pos else "n/a"
+        lines.append(f"{name[:16]:16} {b['n']:>6} {num(b['precision'], flagged > 0):>9} "
+                     f"{num(b['recall'], pos > 0):>7} {num(b['specificity'], neg > 0):>7}  "
+                     f"{f1:<20}")
+    lines.append("n/a: undefined (no landslide tiles, no landslide-free tiles, or none flagged)")
     return "\n".join(lines)
