@@ -15,7 +15,7 @@ from slidewatch.errors import DataError
 
 def fake_regions(root, size=64):
     rng = np.random.default_rng(0)
-    for r, region in enumerate(sampledata.REGIONS):
+    for region in sampledata.REGIONS:
         scenes = {}
         for i in range(3):
             img = rng.integers(0, 120, (size, size * 2, 3), dtype=np.uint8)

@@ -129,7 +129,9 @@ def register_train(cli: click.Group) -> None:
         from slidewatch.train import train
 
         cfg = build_config(params.pop("config_path"), params)
-        log = (lambda m: click.echo(m, err=True))
+        def log(message: str) -> None:
+            click.echo(message, err=True)
+
         result = train(cfg, Path(params["out"]), resume=params["resume"],
                        progress=_progress(cfg.progress), log=log)
         best = result.best_metrics

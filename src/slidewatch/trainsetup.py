@@ -19,7 +19,7 @@ from slidewatch.checkpoint import META_FILE, ModelMeta, load_model
 from slidewatch.config import TrainConfig, dump_yaml, to_dict, validate
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import Sample, load_datasets
-from slidewatch.data.readers import probe, scale_to_unit
+from slidewatch.data.readers import probe
 from slidewatch.data.tiling import tile_scenes
 from slidewatch.data.splits import Split, load_split, save_split, split_samples
 from slidewatch.data.transforms import EvalTransform, TrainTransform
