@@ -220,6 +220,26 @@ def explain_cmd(model_dir, paths, out, method, target_layer, masks_from, scenes,
     _echo(f"{len(rows)} images explained ({method}, layer {rows[0]['target_layer']}) -> {out}")
 
 
+# ----------------------------------------------------------------------------- report
+
+
+@cli.command("report")
+@click.argument("model_dir")
+@click.option("--eval", "eval_dir", required=True, help="folder written by `slidewatch evaluate`")
+@click.option("--explain", "explain_dir", default=None,
+              help="folder written by `slidewatch explain` (CAM overlays, localisation)")
+@click.option("--out", required=True, help="HTML file to write (self-contained, opens offline)")
+@click.option("--per-gallery", default=8, show_default=True, type=int,
+              help="tiles shown per gallery (TP, FP, FN, TN)")
+def report_cmd(model_dir, eval_dir, explain_dir, out, per_gallery):
+    """One self-contained HTML report: metrics, figures, galleries, model card."""
+    from slidewatch.report import write_report
+
+    path = write_report(model_dir, eval_dir, out, explain_dir=explain_dir,
+                        per_gallery=per_gallery)
+    _echo(f"report -> {path}")
+
+
 # ----------------------------------------------------------------------------- demo
 
 
