@@ -69,5 +69,10 @@ def test_shipped_configs_are_valid():
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     assert configs
     for path in configs:
+        if "grid" in load_yaml(path):  # an experiment: every grid point must be a valid config
+            from slidewatch.experiment import expand, load_experiment
+
+            assert expand(load_experiment(path)), path
+            continue
         cfg = from_dict(load_yaml(path))
         assert cfg.data.paths, path

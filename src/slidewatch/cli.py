@@ -240,6 +240,24 @@ def report_cmd(model_dir, eval_dir, explain_dir, out, per_gallery):
     _echo(f"report -> {path}")
 
 
+# ----------------------------------------------------------------------------- experiment
+
+
+@cli.command("experiment")
+@click.argument("config_path", metavar="CONFIG.yaml")
+@click.option("--out", default=None, help="output folder (default: `out:` in the file)")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def experiment_cmd(config_path, out, quiet):
+    """Train and test every run of a grid (resumable); write results.csv/.md and plots."""
+    from slidewatch.experiment import load_experiment, run_experiment
+
+    exp = load_experiment(config_path)
+    rows = run_experiment(exp, out, progress=_progress(not quiet), log=_echo)
+    failed = [r for r in rows if r["status"] == "failed"]
+    click.echo(f"{len(rows)} runs ({len(failed)} failed) -> "
+               f"{Path(out or exp.out) / 'results.csv'}")
+
+
 # ----------------------------------------------------------------------------- demo
 
 
