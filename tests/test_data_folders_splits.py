@@ -254,3 +254,21 @@ def test_class_counts():
     assert class_counts(samples, 2) == [6, 42]
     with pytest.raises(ValueError, match="label 1 outside"):
         class_counts(samples, 1)
+
+
+def test_merged_datasets_may_lack_a_class_in_one_root_but_not_overall(tmp_path):
+    from _factories import make_class_dataset
+
+    from slidewatch.data.folders import load_datasets
+    from slidewatch.errors import DataError
+
+    a = make_class_dataset(tmp_path / "a", images=1, per_image=1)
+    b = make_class_dataset(tmp_path / "b", images=1, per_image=1)
+    for f in (b / "landslide").iterdir():
+        f.unlink()  # a region without landslide tiles, like nepal at stride 224
+    samples = load_datasets([a, b])
+    assert {s.label for s in samples if s.root.name == "b"} == {1}
+    for f in (a / "landslide").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="no images of class 'landslide'"):
+        load_datasets([a, b])

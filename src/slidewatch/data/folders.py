@@ -112,9 +112,14 @@ def _check_root(root: Path, classes: tuple[str, ...]) -> None:
 
 
 def scan_class_folders(
-    root: str | Path, classes: Sequence[str] = ("landslide", "non_landslide")
+    root: str | Path, classes: Sequence[str] = ("landslide", "non_landslide"),
+    allow_empty: bool = False,
 ) -> list[Sample]:
-    """Every image under ``<root>/<class>/``, labelled by the class's index in ``classes``."""
+    """Every image under ``<root>/<class>/``, labelled by the class's index in ``classes``.
+
+    ``allow_empty``: a class folder may be empty (one dataset of several that are merged,
+    e.g. a region without landslide tiles); :func:`load_datasets` checks the merged set.
+    """
     root = Path(root)
     classes = validate_classes(classes)
     _check_root(root, classes)
@@ -124,7 +129,7 @@ def scan_class_folders(
     samples = []
     for label, name in enumerate(classes):
         files = _class_images(absolute / name)
-        if not files:
+        if not files and not allow_empty:
             raise DataError(
                 f"{root / name}: no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in class folder"
             )
@@ -141,10 +146,12 @@ def load_datasets(
     """Samples of several dataset roots together (e.g. the study's Set 1 + Set 2 -> Set 4)."""
     if not roots:
         raise DataError("no dataset folders given")
+    if len(roots) == 1:
+        return scan_class_folders(roots[0], classes)
     samples: list[Sample] = []
     seen: dict[str, Path] = {}
     for root in roots:
-        for sample in scan_class_folders(root, classes):
+        for sample in scan_class_folders(root, classes, allow_empty=True):
             if sample.key in seen:
                 raise DataError(
                     f"{sample.path}: same name '{sample.key}' as {seen[sample.key]}; "
@@ -152,4 +159,9 @@ def load_datasets(
                 )
             seen[sample.key] = sample.path
             samples.append(sample)
+    present = {s.label for s in samples}
+    for label, name in enumerate(validate_classes(classes)):
+        if label not in present:
+            where = ", ".join(str(Path(r) / name) for r in roots)
+            raise DataError(f"{where}: no images of class '{name}' in any of these folders")
     return samples
