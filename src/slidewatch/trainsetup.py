@@ -118,6 +118,7 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
         prev.classes = list(classes)
         prev.extra = {"init_from": str(m.init_from)}
         prev.weights_source = f"init_from:{m.init_from}"
+        prev.threshold = cfg.threshold
         if m.input_size:
             prev.input_size = m.input_size
         return model, prev
