@@ -247,10 +247,19 @@ def report_cmd(model_dir, eval_dir, explain_dir, out, per_gallery):
 @click.argument("config_path", metavar="CONFIG.yaml")
 @click.option("--out", default=None, help="output folder (default: `out:` in the file)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def experiment_cmd(config_path, out, quiet):
+@click.option("--search", "search_n", default=None, type=int,
+              help="instead of the grid: N Optuna trials over the file's `search:` ranges")
+def experiment_cmd(config_path, out, quiet, search_n):
     """Train and test every run of a grid (resumable); write results.csv/.md and plots."""
     from slidewatch.experiment import load_experiment, run_experiment
 
+    if search_n is not None:
+        from slidewatch.search import run_search
+
+        res = run_search(config_path, search_n, out, progress=_progress(not quiet), log=_echo)
+        click.echo(f"{len(res.rows)} trials, best {res.best_number} ({res.best_value:.4g}) "
+                   f"-> {res.out / 'best.yaml'}")
+        return
     exp = load_experiment(config_path)
     rows = run_experiment(exp, out, progress=_progress(not quiet), log=_echo)
     failed = [r for r in rows if r["status"] == "failed"]

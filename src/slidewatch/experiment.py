@@ -41,7 +41,7 @@ from slidewatch.evaluate import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_FIL
 from slidewatch.inference import no_progress
 from slidewatch.io_utils import atomic_write_text
 
-TOP_KEYS = ("base", "grid", "test", "out")
+TOP_KEYS = ("base", "grid", "test", "out", "search")  # "search" is read by slidewatch.search
 TEST_KEYS = ("data", "regions", "tile", "stride", "min_landslide")
 UNFREEZE_KEYS = ("phase2.unfreeze_layers", "phase2.unfreeze_blocks")
 RUN_FILE = "run.json"
