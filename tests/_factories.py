@@ -44,3 +44,15 @@ def make_class_dataset(root: Path, *, images: int = 6, per_image: int = 4, size:
         w.writeheader()
         w.writerows(rows)
     return root
+
+
+def train_tiny_cnn(tiles: Path, out: Path) -> Path:
+    """Train the study's small CNN for one epoch at 32 px through the command line."""
+    from slidewatch.cli import main
+
+    code = main(["train", "--data", str(tiles), "--out", str(out), "--model", "baseline_cnn",
+                 "--weights", "none", "--input-size", "32", "--phase1-epochs", "0",
+                 "--phase2-epochs", "1", "--unfreeze-layers", "99", "--batch-size", "8",
+                 "--quiet", "--device", "cpu"])
+    assert code == 0
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _factories import make_class_dataset
+from _factories import make_class_dataset, train_tiny_cnn
 from conftest import write_image
 from PIL import Image
 from sklearn.metrics import (accuracy_score, average_precision_score, f1_score,
@@ -43,11 +43,7 @@ def test_tiles(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(tiles, tmp_path_factory):
     out = tmp_path_factory.mktemp("ev_model") / "m"
-    code = main(["train", "--data", str(tiles), "--out", str(out), "--model", "baseline_cnn",
-                 "--weights", "none", "--input-size", "32", "--phase1-epochs", "0",
-                 "--phase2-epochs", "1", "--unfreeze-layers", "99", "--batch-size", "8",
-                 "--quiet", "--device", "cpu"])
-    assert code == 0
+    train_tiny_cnn(tiles, out)
     return out
 
 

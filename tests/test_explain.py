@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _factories import make_class_dataset
+from _factories import make_class_dataset, train_tiny_cnn
 from conftest import make_scene
 from PIL import Image
 
@@ -30,11 +30,7 @@ def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain")
     tiles = make_class_dataset(root / "tiles", images=2, per_image=3)
     out = root / "model"
-    code = main(["train", "--data", str(tiles), "--out", str(out), "--model", "baseline_cnn",
-                 "--weights", "none", "--input-size", "32", "--phase1-epochs", "0",
-                 "--phase2-epochs", "1", "--unfreeze-layers", "99", "--batch-size", "8",
-                 "--quiet", "--device", "cpu"])
-    assert code == 0
+    train_tiny_cnn(tiles, out)
     return out
 
 

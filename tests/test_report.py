@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from _factories import make_class_dataset
+from _factories import make_class_dataset, train_tiny_cnn
 from PIL import Image
 
 from slidewatch.cli import main
@@ -27,10 +27,7 @@ def runs(tmp_path_factory):
     tiles = make_class_dataset(root / "tiles", images=2, per_image=2)
     held = make_class_dataset(root / "held<b>", images=1, per_image=3, seed=3)
     model, ev, ex = root / "model", root / "eval", root / "explain"
-    assert main(["train", "--data", str(tiles), "--out", str(model), "--model", "baseline_cnn",
-                 "--weights", "none", "--input-size", "32", "--phase1-epochs", "0",
-                 "--phase2-epochs", "1", "--unfreeze-layers", "99", "--batch-size", "8",
-                 "--quiet", "--device", "cpu"]) == 0
+    train_tiny_cnn(tiles, model)
     assert main(["evaluate", str(model), "--data", str(held), "--out", str(ev), "--device",
                  "cpu", "--quiet"]) == 0
     assert main(["explain", str(model), str(held / "landslide"), "--out", str(ex),

@@ -45,6 +45,12 @@ class ModelMeta:
     def positive_class(self) -> str:
         return self.classes[self.positive_index]
 
+    @property
+    def negative_label(self) -> str:
+        """Label of a tile below the threshold: the other class, or ``not_<positive>``."""
+        rest = [c for i, c in enumerate(self.classes) if i != self.positive_index]
+        return rest[0] if len(rest) == 1 else "not_" + self.positive_class
+
     def to_json(self) -> dict:
         d = {"format": "slidewatch-model", "format_version": FORMAT_VERSION}
         d.update({k: v for k, v in self.__dict__.items() if k != "extra"})

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from slidewatch import metrics
 from slidewatch.checkpoint import load_model
 from slidewatch.config import TrainConfig, from_dict, to_dict
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import scan_class_folders
 from slidewatch.data.tiling import tile_scenes
 from slidewatch.data.transforms import EvalTransform
+from slidewatch.evaluate import score_block
 from slidewatch.inference import no_progress, predict_probs, resolve_device
 from slidewatch.sampledata import REGIONS, locate
 from slidewatch.train import train
@@ -79,12 +79,9 @@ def evaluate_region(model_dir: Path, tiles: Path, region: str) -> dict:
                      cache=False, scale=meta.scale)
     prob = predict_probs(model, meta, DataLoader(ds, batch_size=64), resolve_device("auto"))
     y = np.array([s.label == meta.positive_index for s in samples])
-    report = metrics.binary_report(y, prob, meta.threshold)
-    ci = metrics.bootstrap_f1_interval(metrics.confusion(y, prob >= meta.threshold))
-    both = 0 < y.sum() < len(y)
-    report.update({"region": region, "tiles": len(samples), "landslide_tiles": int(y.sum()),
-                   "f1_ci95": ci, "roc_auc": metrics.roc_auc(y, prob) if both else None})
-    return report
+    block = score_block(y, prob, meta.threshold, [meta.classes[s.label] for s in samples])
+    return {**block, **block["confusion"], "region": region, "tiles": len(samples),
+            "landslide_tiles": int(y.sum())}
 
 
 def _finished(run_dir: Path, cfg: TrainConfig) -> bool:
@@ -139,9 +136,9 @@ def format_table(rows: list[dict]) -> str:
         prec = f"{r['precision']:.3f}" if r["tp"] + r["fp"] else "n/a"
         rec = f"{r['recall']:.3f}" if has_pos else "n/a"
         f1 = f"{r['f1']:.3f}" if has_pos else "n/a"
-        ci = r.get("f1_ci95")
+        ci = r["ci95"]["f1"]
         ci_s = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci and has_pos else "n/a"
-        auc = f"{r['roc_auc']:.3f}" if r.get("roc_auc") is not None else "n/a"
+        auc = f"{r['roc_auc']:.3f}" if r["roc_auc"] is not None else "n/a"
         spec = f"{r['specificity']:.3f}" if r["tn"] + r["fp"] else "n/a"
         lines.append(f"{r['region']:16} {r['tiles']:>5} {r['landslide_tiles']:>6} {prec:>9} "
                      f"{rec:>6} {spec:>11} {f1:>5} {ci_s:>11} {auc:>7} "

@@ -48,6 +48,19 @@ def _operating_point(ax, x: float, y: float, threshold: float) -> None:
     ax.plot([x], [y], "o", color="tab:red", label=f"threshold {threshold:.3g}")
 
 
+def _finish_curve(fig, ax, xlabel: str, ylabel: str, title: str, legend: str,
+                  path: str | Path) -> None:
+    """Unit axes, labels, grid and legend shared by the ROC and PR figures; then save."""
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend, fontsize=8)
+    _save(fig, Path(path))
+
+
 def plot_roc(y_true, prob, threshold: float, path: str | Path) -> None:
     """ROC curve with its AUC and the operating point at ``threshold``."""
     fpr, tpr, _ = metrics.roc_curve(y_true, prob)
@@ -57,14 +70,8 @@ def plot_roc(y_true, prob, threshold: float, path: str | Path) -> None:
     ax.plot(fpr, tpr, "-", label=f"ROC (AUC = {metrics.roc_auc(y_true, prob):.3f})")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
     _operating_point(ax, 1 - s["specificity"], s["recall"], threshold)
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (recall)")
-    ax.set_title("ROC")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, Path(path))
+    _finish_curve(fig, ax, "false positive rate (1 - specificity)", "true positive rate (recall)",
+                  "ROC", "lower right", path)
 
 
 def plot_pr(y_true, prob, threshold: float, path: str | Path) -> None:
@@ -78,14 +85,7 @@ def plot_pr(y_true, prob, threshold: float, path: str | Path) -> None:
     ax.step(np.r_[0.0, recall], np.r_[1.0, precision], where="pre", label=f"PR (AP = {ap:.3f})")
     ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"prevalence {prevalence:.2f}")
     _operating_point(ax, s["recall"], s["precision"], threshold)
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title("precision-recall")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    _save(fig, Path(path))
+    _finish_curve(fig, ax, "recall", "precision", "precision-recall", "lower left", path)
 
 
 def write_plots(out: str | Path, y_true, prob, threshold: float, positive: str,

@@ -183,11 +183,6 @@ def score_block(y_true, prob, threshold: float, labels: list[str]) -> dict:
     }
 
 
-def _other_label(meta: ModelMeta) -> str:
-    rest = [c for i, c in enumerate(meta.classes) if i != meta.positive_index]
-    return rest[0] if len(rest) == 1 else "not_" + meta.positive_class
-
-
 def write_predictions(path: Path, samples: list[Sample], prob: np.ndarray, threshold: float,
                       meta: ModelMeta) -> None:
     """One row per tile: path, region, source image, true and predicted label, outcome."""
@@ -195,7 +190,7 @@ def write_predictions(path: Path, samples: list[Sample], prob: np.ndarray, thres
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "region", "source_image", "true_label", "probability",
                 "predicted_label", "outcome"])
-    other = _other_label(meta)
+    other = meta.negative_label
     for s, p in zip(samples, prob):
         true_pos, pred_pos = s.label == meta.positive_index, bool(p >= threshold)
         outcome = ("T" if true_pos == pred_pos else "F") + ("P" if pred_pos else "N")
@@ -251,7 +246,7 @@ def _plots(out: Path, samples, prob, thr: float, meta: ModelMeta) -> dict:
     from slidewatch.evalplots import write_plots
 
     y = np.array([s.label == meta.positive_index for s in samples])
-    plots = write_plots(out, y, prob, thr, meta.positive_class, _other_label(meta))
+    plots = write_plots(out, y, prob, thr, meta.positive_class, meta.negative_label)
     for name in ("roc", "pr"):
         if plots[name] is None:
             (out / f"{name}.png").unlink(missing_ok=True)  # stale figure of an earlier run

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -82,14 +81,9 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
     loader = DataLoader(ImageFiles(files, meta), batch_size=batch_size, num_workers=num_workers)
     batches = progress(loader, desc="predict", total=len(loader))
     prob = predict_probs(model, meta, batches, dev)
-    other = _other_label(meta)
+    other = meta.negative_label
     return [Prediction(str(f), float(p), meta.positive_class if p >= thr else other, bool(p >= thr))
             for f, p in zip(files, prob)]
-
-
-def _other_label(meta: ModelMeta) -> str:
-    rest = [c for i, c in enumerate(meta.classes) if i != meta.positive_index]
-    return rest[0] if len(rest) == 1 else "not_" + meta.positive_class
 
 
 def write_predictions(path: str | Path, preds: list[Prediction]) -> None:
@@ -99,7 +93,3 @@ def write_predictions(path: str | Path, preds: list[Prediction]) -> None:
     for p in preds:
         w.writerow([p.path, f"{p.probability:.6f}", p.label])
     atomic_write_text(Path(path), buf.getvalue())
-
-
-def probabilities(preds: list[Prediction]) -> np.ndarray:
-    return np.array([p.probability for p in preds])

@@ -102,8 +102,8 @@ def _epoch_metrics(prefix: str, loss: float, y: np.ndarray, prob: np.ndarray,
 
 
 def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
-                    progress: Callable, desc: str, bn_eval: bool) -> tuple[dict, int]:
-    """One pass over the training data; returns (metrics, next global step of the phase).
+                    progress: Callable, desc: str, bn_eval: bool) -> dict:
+    """One pass over the training data (from optimiser step ``step0`` of the phase).
 
     ``bn_eval``: BatchNorm layers run in inference mode with frozen statistics (always in
     phase 1, as Keras does for a frozen base; in phase 2 whenever the backbone is pretrained).
@@ -130,9 +130,8 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
         ys.append((batch["label"] == s.meta.positive_index).numpy())
         probs.append(torch.softmax(logits.detach(), 1)[:, s.meta.positive_index].cpu().numpy())
     y_all = np.concatenate(ys)
-    m = _epoch_metrics("train", sum(losses) / len(y_all), y_all, np.concatenate(probs),
-                       cfg.threshold)
-    return m, step
+    return _epoch_metrics("train", sum(losses) / len(y_all), y_all, np.concatenate(probs),
+                          cfg.threshold)
 
 
 @torch.no_grad()
@@ -199,7 +198,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
                 break
             t0 = time.perf_counter()
             step0 = (epoch - 1) * steps_per_epoch(s)
-            tm, _ = train_one_epoch(s, optimizer, step0, total, p.lr, progress,
+            tm = train_one_epoch(s, optimizer, step0, total, p.lr, progress,
                                     f"phase {phase} epoch {epoch}/{p.epochs}",
                                     bn_eval=phase == 1 or s.freeze_bn)
             vm = validate(s)

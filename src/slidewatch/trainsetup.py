@@ -87,19 +87,17 @@ def _bands(samples: list[Sample]) -> int:
     return next(iter(seen))
 
 
-def band_statistics(samples: list[Sample], scale: float | None, limit: int = 512,
+def band_statistics(ds: TileDataset, limit: int = 512,
                     seed: int = 0) -> tuple[list[float], list[float]]:
-    """Per-band mean and std over (up to ``limit``) training images, in unit scale."""
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(len(samples))[:limit]
-    ds = TileDataset([samples[i] for i in pick], cache=False, scale=scale)
+    """Per-band mean and std over (up to ``limit``) images of ``ds``, in unit scale."""
+    pick = np.random.default_rng(seed).permutation(len(ds))[:limit]
     total = sq = None
     count = 0
-    for i in range(len(ds)):
-        x = ds[i]["image"].double().flatten(1)
-        total = x.sum(1) if total is None else total + x.sum(1)
-        sq = (x * x).sum(1) if sq is None else sq + (x * x).sum(1)
-        count += x.shape[1]
+    for i in pick:
+        x = torch.from_numpy(ds.unit_image(int(i))).double().flatten(0, 1)  # (pixels, bands)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        sq = (x * x).sum(0) if sq is None else sq + (x * x).sum(0)
+        count += x.shape[0]
     mean = total / count
     std = (sq / count - mean * mean).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.clamp_min(1e-6).tolist()
@@ -195,9 +193,6 @@ def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable) -> 
     val_s = [samples[i] for i in split.val]
     in_chans = _bands(train_s + val_s)
     model, meta = _build(cfg, in_chans, log)
-    pretrained_rgb = in_chans == 3 and (cfg.model.init_from or cfg.model.weights != "none")
-    if not pretrained_rgb and not cfg.model.init_from:
-        meta.mean, meta.std = band_statistics(train_s, cfg.data.scale, seed=cfg.seed)
     scale = meta.scale
     train_ds = TileDataset(train_s, transform=TrainTransform(cfg.augment, meta.input_size),
                            cache=cfg.data.cache, scale=scale)
@@ -206,6 +201,9 @@ def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable) -> 
     if cfg.data.cache:  # every image is read (and checked) before the first epoch
         train_ds.preload()
         val_ds.preload()
+    pretrained_rgb = in_chans == 3 and (cfg.model.init_from or cfg.model.weights != "none")
+    if not pretrained_rgb and not cfg.model.init_from:  # statistics of the training split only
+        meta.mean, meta.std = band_statistics(train_ds, seed=cfg.seed)
     weights = class_weights(cfg, [s.label for s in train_s]).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.optim.label_smoothing)
     summary = _summary(cfg, samples, split)

@@ -59,11 +59,15 @@ class TileDataset(Dataset):
         for i in range(len(self)):
             self._array(i)
 
+    def unit_image(self, i: int) -> np.ndarray:
+        """Image ``i`` as HxWxC float32 in unit scale, before any transform."""
+        return scale_to_unit(self._array(i), self.scale)
+
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         i = int(i) % len(self)
-        unit = scale_to_unit(self._array(i), self.scale)
+        unit = self.unit_image(i)
         image = torch.from_numpy(unit.transpose(2, 0, 1).copy())  # never a view of the cache
         if self.transform is not None:
             image = self.transform(image)
