@@ -68,11 +68,14 @@ def read_predictions(out):
 def check_against_sklearn(block, y, prob, pred):
     assert block["n"] == len(y)
     assert block["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    assert block["precision"] == pytest.approx(precision_score(y, pred, zero_division=0))
-    assert block["recall"] == pytest.approx(recall_score(y, pred, zero_division=0))
+    def same(ours, theirs):  # undefined (0/0): null in metrics.json, nan in scikit-learn
+        assert (ours is None and np.isnan(theirs)) or ours == pytest.approx(theirs)
+
+    same(block["precision"], precision_score(y, pred, zero_division=np.nan))
+    same(block["recall"], recall_score(y, pred, zero_division=np.nan))
     assert block["sensitivity"] == block["recall"]
-    assert block["specificity"] == pytest.approx(recall_score(~y, ~pred, zero_division=0))
-    assert block["f1"] == pytest.approx(f1_score(y, pred, zero_division=0))
+    same(block["specificity"], recall_score(~y, ~pred, zero_division=np.nan))
+    same(block["f1"], f1_score(y, pred, zero_division=np.nan))
     c = block["confusion"]
     assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (
         int(np.sum(y & pred)), int(np.sum(~y & pred)), int(np.sum(y & ~pred)),
@@ -254,3 +257,16 @@ def test_cli_prints_table(cli_run, model_dir, test_tiles, capsys, tmp_path):
                      tmp_path / "o", "--overwrite", "--device", "cpu", "--quiet")
     assert code == 0
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["threshold_source"] == "model"
+
+
+def test_undefined_scores_are_null_not_zero():
+    from slidewatch.evaluate import score_block
+
+    y = np.zeros(6, bool)  # no landslide tiles, nothing flagged
+    block = score_block(y, np.full(6, 0.1), 0.5, ["non_landslide"] * 6)
+    assert block["precision"] is None and block["recall"] is None and block["f1"] is None
+    assert block["specificity"] == 1.0 and block["accuracy"] == 1.0
+    assert set(block["undefined"]) == {"precision", "recall", "sensitivity", "f1"}
+    flagged = score_block(y, np.full(6, 0.9), 0.5, ["non_landslide"] * 6)
+    assert flagged["precision"] == 0.0 and flagged["f1"] == 0.0  # defined: 0 of 6 right
+    assert flagged["recall"] is None and flagged["specificity"] == 0.0

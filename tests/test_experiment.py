@@ -66,7 +66,10 @@ def test_grid_runs_tabulated_with_metrics_of_each_run(study):
         run_dir = out / "runs" / line["run"]
         east = json.loads((run_dir / "eval" / "metrics.json").read_text())["regions"]["east"]
         for key in ("accuracy", "precision", "recall", "specificity", "f1"):
-            assert float(line[f"test_{key}"]) == pytest.approx(east[key], abs=1e-5)
+            if east[key] is None:  # undefined (zero denominator): empty cell, n/a in .md
+                assert line[f"test_{key}"] == ""
+            else:
+                assert float(line[f"test_{key}"]) == pytest.approx(east[key], abs=1e-5)
         assert float(line["test_f1_ci_low"]) == pytest.approx(east["ci95"]["f1"][0], abs=1e-5)
         best = json.loads((run_dir / "model" / "slidewatch.json").read_text())["best_metrics"]
         assert float(line["val_accuracy"]) == pytest.approx(best["val_accuracy"], abs=1e-5)
@@ -152,3 +155,44 @@ def test_shipped_study_configs_parse(monkeypatch):
         runs = expand(exp)
         assert [r.config.phase2.unfreeze_layers for r in runs] == [0, 5, 10, 15, 20, 40]
         assert exp.test_regions == ["bijie"]
+
+
+def test_shipped_architecture_configs_parse(monkeypatch):
+    monkeypatch.setenv("SLIDEWATCH_DATA", "/nonexistent")
+    configs = Path(__file__).parents[1] / "configs"
+    study = ["baseline_cnn", "efficientnet_b3", "resnet50", "mobilenetv2_100", "densenet121",
+             "nasnetalarge"]
+    strict = expand(load_experiment(configs / "study-architectures.yaml"))
+    assert [r.config.model.name for r in strict] == study
+    assert all(r.config.model.weights_fallback is None for r in strict)
+    cpu = expand(load_experiment(configs / "study-architectures-cpu.yaml"))
+    assert [r.config.model.name for r in cpu] == study + ["efficientnet_lite0"]
+    assert all(r.config.model.input_size == 128 for r in cpu)  # mapping axis keeps base keys
+    assert cpu[0].config.model.weights == "none"
+    assert all(r.config.model.weights_fallback == "none" for r in cpu[1:])
+
+
+def test_weights_fallback_runs_from_random_weights_and_says_so(dirs, monkeypatch):
+    from huggingface_hub import constants as hf_constants
+
+    root, train_dir, test_dir = dirs
+    cache = root / "empty-hf-cache"
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    spec = {"base": base_config(train_dir),
+            "grid": {"model": [{"name": "test_resnet", "weights": "imagenet",
+                                "weights_fallback": "none"},
+                               {"name": "test_resnet", "weights": "imagenet"}]},
+            "test": [str(test_dir)]}
+    messages = []
+    rows = run_experiment(parse_experiment(spec), root / "fallback", log=messages.append)
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert rows[0]["weights"].startswith("none (imagenet unavailable")
+    assert any("starts from random weights" in m for m in messages)
+    assert "no offline ImageNet weights for test_resnet" in rows[1]["error"]
+    meta = json.loads((root / "fallback" / "runs" / rows[0]["run"] / "model" /
+                       "slidewatch.json").read_text())
+    assert meta["input_size"] == 32 and meta["weights_source"] == rows[0]["weights"]
+    table = (root / "fallback" / "results.md").read_text()
+    assert "| weights |" in table.splitlines()[0].replace("weights |", "weights |")

@@ -53,6 +53,9 @@ class ModelConfig:
     input_size: Optional[int] = None
     drop_rate: float = 0.3
     init_from: Optional[str] = None
+    # "none": when ``weights: imagenet`` cannot be had (offline, not cached), start from random
+    # weights with a warning instead of failing; the model records what it really started from.
+    weights_fallback: Optional[str] = None
 
 
 @dataclass
@@ -267,6 +270,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.model.input_size is None or cfg.model.input_size >= 8, "model.input_size",
            "must be >= 8 pixels")
     _check(0.0 <= cfg.model.drop_rate < 1.0, "model.drop_rate", "must be in [0, 1)")
+    _check(cfg.model.weights_fallback in (None, "none"), "model.weights_fallback",
+           "must be 'none' or left out")
     for key in ("resize", "crop"):
         v = getattr(a, key)
         _check(v is None or v >= 8, f"augment.{key}", "must be >= 8 pixels")

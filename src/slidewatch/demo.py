@@ -121,9 +121,13 @@ def run_demo(data_dir: str | None, out: Path, *, quick: bool = False,
         row = evaluate_region(run_dir, tiles, region)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        log(f"held-out {region}: F1 {row['f1']:.3f}, recall {row['recall']:.3f} "
+        log(f"held-out {region}: F1 {_fmt(row['f1'])}, recall {_fmt(row['recall'])} "
             f"({row['seconds']:.0f}s)")
     return rows
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def format_table(rows: list[dict]) -> str:

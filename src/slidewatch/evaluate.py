@@ -165,7 +165,7 @@ def score_block(y_true, prob, threshold: float, labels: list[str]) -> dict:
     s = metrics.scores(c)
     both = bool(y.any() and not y.all())
     note = None if both else "only one class present: ROC-AUC and PR-AUC are undefined"
-    return {
+    block = {
         "n": c.n,
         "counts": dict(sorted(Counter(labels).items())),
         "accuracy": s["accuracy"], "precision": s["precision"], "recall": s["recall"],
@@ -181,6 +181,16 @@ def score_block(y_true, prob, threshold: float, labels: list[str]) -> dict:
                                                 seed=BOOTSTRAP_SEED),
         },
     }
+    return mark_undefined(block, c)
+
+
+def mark_undefined(block: dict, c: metrics.Confusion) -> dict:
+    """Scores with a zero denominator become null (n/a) and are listed under "undefined"."""
+    missing = metrics.undefined(c)
+    for key in missing:
+        block[key] = None
+    block["undefined"] = missing
+    return block
 
 
 def write_predictions(path: Path, samples: list[Sample], prob: np.ndarray, threshold: float,

@@ -37,7 +37,8 @@ from slidewatch import metrics
 from slidewatch.checkpoint import META_FILE
 from slidewatch.config import from_dict, load_yaml, merge
 from slidewatch.errors import ConfigError, SlidewatchError
-from slidewatch.evaluate import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_FILE
+from slidewatch.evaluate import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_FILE,
+                                 mark_undefined)
 from slidewatch.inference import no_progress
 from slidewatch.io_utils import atomic_write_text
 
@@ -79,7 +80,10 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
         child = node.get(p)
         node[p] = child = dict(child) if isinstance(child, dict) else {}
         node = child
-    node[leaf] = copy.deepcopy(value)
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        node[leaf] = {**node[leaf], **copy.deepcopy(value)}  # a mapping sets several keys
+    else:
+        node[leaf] = copy.deepcopy(value)
 
 
 def _parse_grid(grid: Any) -> list[tuple[str, list]]:
@@ -150,6 +154,8 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def _safe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "+".join(_safe(v) for v in value.values()) or "none"
     if isinstance(value, (list, tuple)):
         return "+".join(_safe(v) for v in value) or "none"
     if isinstance(value, str) and ("/" in value or os.sep in value):
@@ -223,14 +229,15 @@ def _test_block(result: dict, regions: list[str]) -> dict:
     c = metrics.Confusion(*(sum(result["regions"][r]["confusion"][k] for r in regions)
                             for k in ("tp", "fp", "fn", "tn")))
     ci = metrics.bootstrap_f1_interval(c, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
-    return {**metrics.scores(c), "ci95": {"f1": ci}}
+    return mark_undefined({**metrics.scores(c), "ci95": {"f1": ci}}, c)
 
 
 def row_metrics(model_dir: Path, eval_dir: Path | None, regions: list[str]) -> dict:
     """Table IV/V numbers of one run: best-epoch training/validation accuracy, test scores."""
     meta = json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))
     best = meta.get("best_metrics") or {}
-    row = {"train_accuracy": best.get("train_accuracy"), "val_accuracy": best.get("val_accuracy")}
+    row = {"weights": meta.get("weights_source"), "train_accuracy": best.get("train_accuracy"),
+           "val_accuracy": best.get("val_accuracy")}
     if eval_dir is None:
         return row
     block = _test_block(json.loads((eval_dir / METRICS_FILE).read_text(encoding="utf-8")),
@@ -328,13 +335,13 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
-    if isinstance(value, (list, tuple)):
-        return "+".join(_safe(v) for v in value)
+    if isinstance(value, (list, tuple, dict)):
+        return _safe(value)
     return str(value)
 
 
 def columns(exp: Experiment) -> list[str]:
-    return [k for k, _ in exp.grid] + ["run", "status"] + METRIC_COLUMNS + ["error"]
+    return [k for k, _ in exp.grid] + ["run", "status", "weights"] + METRIC_COLUMNS + ["error"]
 
 
 def write_results(out: Path, exp: Experiment, rows: list[dict]) -> None:
@@ -355,6 +362,9 @@ def write_results(out: Path, exp: Experiment, rows: list[dict]) -> None:
 def results_markdown(cols: list[str], rows: list[dict]) -> str:
     def md(row: dict, c: str) -> str:
         v = row.get(c)
+        if v is None and c.startswith("test_") and row.get("status") != "failed" \
+                and row.get("test_accuracy") is not None:
+            return "n/a"  # a score with a zero denominator on this test set
         text = f"{v:.3f}" if isinstance(v, float) and c != "seconds" else _cell(v)
         return text.replace("|", "\\|").replace("\n", " ")
 
@@ -379,8 +389,10 @@ def plot_vs_unfrozen(rows: list[dict], key: str, exp: Experiment, path: Path) ->
     for ax, name in zip(axes, names):
         for arch, by_x in sorted(series.items()):
             xs = sorted(by_x)
-            ys = [sum(r[f"test_{name}"] for r in by_x[x]) / len(by_x[x]) for x in xs]
-            ax.plot(xs, ys, "o-", label=arch)
+            vals = [[r[f"test_{name}"] for r in by_x[x] if r[f"test_{name}"] is not None]
+                    for x in xs]
+            pts = [(x, sum(v) / len(v)) for x, v in zip(xs, vals) if v]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=arch)
         ax.set_xlabel(key.split(".")[-1].replace("_", " "))
         ax.set_title(f"test {name}")
         ax.set_ylim(0, 1.02)

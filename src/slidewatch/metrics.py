@@ -56,6 +56,20 @@ def scores(c: Confusion) -> dict[str, float]:
     }
 
 
+def undefined(c: Confusion) -> list[str]:
+    """Scores whose denominator is zero for these counts: reports show them as n/a, not 0."""
+    out = []
+    if c.tp + c.fp == 0:
+        out.append("precision")
+    if c.tp + c.fn == 0:
+        out += ["recall", "sensitivity"]
+    if c.tn + c.fp == 0:
+        out.append("specificity")
+    if c.tp + c.fp + c.fn == 0:
+        out.append("f1")
+    return out
+
+
 def binary_report(y_true, prob, threshold: float = 0.5) -> dict:
     """Scores and confusion counts for probabilities ``prob`` at ``threshold``."""
     prob = np.asarray(prob, dtype=float)

@@ -23,7 +23,7 @@ from slidewatch.data.readers import probe
 from slidewatch.data.tiling import tile_scenes
 from slidewatch.data.splits import Split, load_split, save_split, split_samples
 from slidewatch.data.transforms import EvalTransform, TrainTransform
-from slidewatch.errors import ConfigError, DataError
+from slidewatch.errors import ConfigError, DataError, WeightsError
 from slidewatch.inference import prepare_model, resolve_device, seed_everything, worker_init
 from slidewatch.models import build_model, model_data_config
 
@@ -120,8 +120,17 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
         if m.input_size:
             prev.input_size = m.input_size
         return model, prev
-    model = build_model(m.name, num_classes=len(classes), in_chans=in_chans, weights=m.weights,
-                        drop_rate=m.drop_rate)
+    try:
+        model = build_model(m.name, num_classes=len(classes), in_chans=in_chans,
+                            weights=m.weights, drop_rate=m.drop_rate)
+    except WeightsError as exc:
+        if m.weights_fallback != "none" or str(m.weights).lower() != "imagenet":
+            raise
+        log(f"warning: {exc}")
+        log(f"warning: model.weights_fallback: none -> {m.name} starts from random weights")
+        model = build_model(m.name, num_classes=len(classes), in_chans=in_chans, weights="none",
+                            drop_rate=m.drop_rate)
+        model.slidewatch_weights.source = "none (imagenet unavailable; weights_fallback)"
     dc = model_data_config(m.name, model)
     meta = ModelMeta(architecture=m.name, classes=list(classes), in_chans=in_chans,
                      input_size=m.input_size or int(dc["input_size"][-1]),
@@ -201,8 +210,8 @@ def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable) -> 
     if cfg.data.cache:  # every image is read (and checked) before the first epoch
         train_ds.preload()
         val_ds.preload()
-    pretrained_rgb = in_chans == 3 and (cfg.model.init_from or cfg.model.weights != "none")
-    if not pretrained_rgb and not cfg.model.init_from:  # statistics of the training split only
+    pretrained = bool(cfg.model.init_from) or not meta.weights_source.startswith("none")
+    if not (in_chans == 3 and pretrained) and not cfg.model.init_from:  # training split only
         meta.mean, meta.std = band_statistics(train_ds, seed=cfg.seed)
     weights = class_weights(cfg, [s.label for s in train_s]).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.optim.label_smoothing)
@@ -213,7 +222,7 @@ def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable) -> 
                  train_loader=_loader(train_ds, cfg, device, shuffle=True),
                  val_loader=_loader(val_ds, cfg, device, shuffle=False) if val_s else None,
                  loss_fn=loss_fn, config_dict=to_dict(cfg), data_summary=summary,
-                 out_dir=out_dir, freeze_bn=bool(cfg.model.init_from or cfg.model.weights != "none"))
+                 out_dir=out_dir, freeze_bn=pretrained)
 
 
 def save_resume(s: Setup, *, phase: int, phase_epoch: int, history: list, best: dict,
