@@ -196,3 +196,30 @@ def test_weights_fallback_runs_from_random_weights_and_says_so(dirs, monkeypatch
     assert meta["input_size"] == 32 and meta["weights_source"] == rows[0]["weights"]
     table = (root / "fallback" / "results.md").read_text()
     assert "| weights |" in table.splitlines()[0].replace("weights |", "weights |")
+
+
+def test_training_scenes_are_tiled_once_for_all_runs(tmp_path, dirs):
+    _, _, test_dir = dirs
+    rng = np.random.default_rng(3)
+    images = {}
+    for k in range(4):
+        image = rng.integers(0, 90, (64, 64, 3), dtype=np.uint8)
+        mask = np.zeros((64, 64), bool)
+        mask[32:, 32:] = True
+        image[mask] = 230
+        images[f"s{k}"] = (image, mask)
+    scene = make_scene(tmp_path, "valley", images)
+    base = base_config(scene)
+    base["data"].update(tile=32, stride=32, val_fraction=0.25)
+    spec = {"base": base, "grid": {"seed": [0, 1]}, "test": [str(test_dir)]}
+    messages = []
+    rows = run_experiment(parse_experiment(spec), tmp_path / "out", log=messages.append)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert sum("tiled training scenes" in m for m in messages) == 1
+    shared = tmp_path / "out" / "train-tiles" / "valley-t32-s32-m0.05"
+    assert (shared / "tiles.csv").is_file()
+    for row in rows:
+        meta = json.loads((tmp_path / "out" / "runs" / row["run"] / "model" /
+                           "slidewatch.json").read_text())
+        assert meta["training"]["data"]["paths"] == [str(shared)]
+        assert not (tmp_path / "out" / "runs" / row["run"] / "model" / "tiles").exists()

@@ -213,6 +213,31 @@ def prepare_test_data(exp: Experiment, out: Path, log: Callable) -> list[Path]:
     return roots
 
 
+def share_train_tiles(runs: list[Run], out: Path, log: Callable) -> None:
+    """Scene folders in the runs' ``data.paths`` are tiled once per tiling setting into
+    ``<out>/train-tiles`` and every run reads those tiles (not a copy per run)."""
+    from slidewatch.data.tiling import tile_scenes
+
+    for run in runs:
+        d = run.config.data
+        paths = []
+        for raw in d.paths:
+            path = Path(os.path.expandvars(raw)).expanduser()
+            if not ((path / "images").is_dir() and (path / "masks").is_dir()):
+                paths.append(raw)  # class folders (or a missing path: training reports it)
+                continue
+            key = f"{path.name}-t{d.tile}-s{d.stride}-m{d.min_landslide:g}"
+            tiles = out / "train-tiles" / (key if list(d.classes) == ["landslide", "non_landslide"]
+                                           else f"{key}-{'+'.join(d.classes)}")
+            if not (tiles / "tiles.csv").is_file():
+                summary = tile_scenes([path], tiles, tile=d.tile, stride=d.stride,
+                                      min_landslide=d.min_landslide, classes=tuple(d.classes),
+                                      overwrite=True)
+                log(f"tiled training scenes {path} -> {tiles}: {summary.total} tiles")
+            paths.append(str(tiles))
+        d.paths = paths
+
+
 # ------------------------------------------------------------------------- scores
 
 
@@ -319,6 +344,7 @@ def run_experiment(exp: Experiment | str | Path, out: str | Path | None = None, 
     out = Path(out if out is not None else os.path.expandvars(exp.out))
     runs = expand(exp)
     test_roots = prepare_test_data(exp, out, log)
+    share_train_tiles(runs, out, log)
     rows: list[dict] = []
     for i, run in enumerate(runs, 1):
         log(f"[{i}/{len(runs)}] {run.values}")
