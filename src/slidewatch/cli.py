@@ -289,6 +289,18 @@ def demo_cmd(data_dir, out, holdout, quick):
     click.echo(format_table(rows))
 
 
+# ----------------------------------------------------------------------------- other modules
+
+def _register() -> None:
+    """Commands that live in their own modules (kept out of this file's length)."""
+    from slidewatch.cli_inventory import from_inventory
+
+    data.add_command(from_inventory)
+
+
+_register()
+
+
 # ----------------------------------------------------------------------------- entry
 
 

@@ -1,0 +1,527 @@
+"""Chips around the points of a landslide inventory (e.g. the NASA Global Landslide Catalog).
+
+Landslide chips: one ``size`` x ``size`` chip per inventory point inside a georeferenced scene,
+the point's pixel at chip pixel ``(size // 2, size // 2)``. A chip that would cross the scene
+edge is skipped and counted; so is one that is mostly nodata, and one at the very pixel position
+of a chip already written (a repeated point). Landslide-free chips lie on a seeded grid, never
+overlap each other or a landslide chip, and their footprint stays at least ``min_distance``
+metres on the ground from every valid inventory point (also points outside the scenes).
+Chips are GeoTIFFs with the scene's CRS and their own transform; ``tiles.csv`` has the standard
+columns plus the inventory's attributes and the chip centre's longitude and latitude.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from slidewatch.data.readers import _one_line, _rio_bands, _rio_open, georef, probe, write_tile
+from slidewatch.data.tiling import CSV_COLUMNS, TILES_CSV, validate_classes
+from slidewatch.errors import ConfigError, DataError
+from slidewatch.io_utils import atomic_dir
+
+DEFAULT_SIZE = 224
+DEFAULT_MIN_DISTANCE = 500.0  # metres on the ground, chip footprint to inventory point
+DEFAULT_NEGATIVE_RATIO = 1.0  # landslide-free chips per landslide chip, per scene
+DEFAULT_MAX_NODATA = 0.5  # chips with a larger nodata fraction are skipped
+EXTRA_COLUMNS = ("inventory_id", "inventory_date", "inventory_size", "inventory_trigger",
+                 "inventory_row", "center_lon", "center_lat")
+INVENTORY_CSV_COLUMNS = CSV_COLUMNS + EXTRA_COLUMNS
+ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")  # the NASA catalog is not UTF-8
+SKIP_MISSING, SKIP_TEXT, SKIP_RANGE = ("missing coordinate", "non-numeric coordinate",
+                                       "coordinate out of range")
+EARTH_RADIUS_M = 6_371_008.8
+
+
+@dataclass(frozen=True)
+class InventoryColumns:
+    """Column names of an inventory CSV; the defaults are the NASA Global Landslide Catalog's.
+
+    A default attribute column (id, date, size, trigger) that the file lacks is left empty; one
+    named on purpose must exist; ``""`` leaves an attribute out.
+    """
+
+    lat: str = "latitude"
+    lon: str = "longitude"
+    id: str = "id"
+    date: str = "date"
+    size: str = "landslide_size"
+    trigger: str = "trigger"
+
+
+@dataclass
+class Inventory:
+    """The valid points of an inventory CSV (WGS84) and the rows skipped, by reason."""
+
+    path: Path
+    encoding: str
+    rows: int
+    skipped: Counter
+    missing_columns: list[str]  # default attribute columns the file lacks (left empty)
+    lon: np.ndarray
+    lat: np.ndarray
+    attrs: list[tuple]  # per point: id, date, size, trigger, data row number (1 = first)
+
+
+def _decode(path: Path) -> tuple[str, str]:
+    if not path.exists():
+        raise DataError(f"{path}: inventory file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: empty file; expected a CSV with a header row")
+    for encoding in ENCODINGS[:-1]:
+        try:
+            return raw.decode(encoding), encoding.removesuffix("-sig")
+        except UnicodeDecodeError:
+            continue
+    return raw.decode(ENCODINGS[-1]), ENCODINGS[-1]
+
+
+def _check_columns(path: Path, header: list[str], columns: InventoryColumns) -> list[str]:
+    """Missing default attribute columns; an error for missing coordinate or chosen columns."""
+    missing, defaults = [], InventoryColumns()
+    for f in fields(columns):
+        name = getattr(columns, f.name)
+        if f.name in ("lat", "lon") and not name:
+            raise ConfigError(f"--{f.name}-column: must name a column")
+        if not name or name in header:
+            continue
+        if f.name in ("lat", "lon") or name != getattr(defaults, f.name):
+            shown = ", ".join(header[:16]) + (", ..." if len(header) > 16 else "")
+            raise DataError(f"{path}: no column '{name}' (columns: {shown}); "
+                            f"name it with --{f.name}-column")
+        missing.append(name)
+    return missing
+
+
+def _coordinate(lat_text: str, lon_text: str) -> tuple[float, float] | str:
+    """(lat, lon) or the reason the row is skipped."""
+    if not lat_text or not lon_text:
+        return SKIP_MISSING
+    try:
+        lat, lon = float(lat_text), float(lon_text)
+    except ValueError:
+        return SKIP_TEXT
+    if not (math.isfinite(lat) and math.isfinite(lon)):
+        return SKIP_TEXT
+    if abs(lat) > 90 or abs(lon) > 180:
+        return SKIP_RANGE
+    return lat, lon
+
+
+def read_inventory(path: str | Path, columns: InventoryColumns = InventoryColumns()) -> Inventory:
+    """Valid points (WGS84 lon/lat) and attributes; bad coordinates are skipped and counted."""
+    path = Path(path)
+    text, encoding = _decode(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in next(reader)]
+    missing = _check_columns(path, header, columns)
+    pos = {name: i for i, name in reversed(list(enumerate(header)))}
+    wanted = (columns.lat, columns.lon, columns.id, columns.date, columns.size, columns.trigger)
+    rows, skipped, points, attrs = 0, Counter(), [], []
+    try:
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            rows += 1
+            lat, lon, *rest = (row[pos[n]].strip() if n and pos.get(n, len(row)) < len(row)
+                               else "" for n in wanted)
+            point = _coordinate(lat, lon)
+            if isinstance(point, str):
+                skipped[point] += 1
+            else:
+                points.append(point)
+                attrs.append((*rest, rows))
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
+    lat, lon = np.asarray(points, float).reshape(-1, 2).T
+    return Inventory(path, encoding, rows, skipped, missing, lon, lat, attrs)
+
+
+# ---------------------------------------------------------------- scenes and geometry
+
+
+@dataclass(frozen=True)
+class _Scene:
+    path: Path
+    region: str
+    width: int
+    height: int
+    crs: object
+    transform: object
+    bounds: tuple[float, float, float, float]  # WGS84 west, south, east, north
+
+    @property
+    def source(self) -> str:
+        return f"{self.region}/{self.path.stem}"
+
+
+def _geo_errors() -> tuple[type[Exception], ...]:
+    """What rasterio raises for CRSs it cannot relate or points outside a projection's domain."""
+    from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio has no public name
+    from rasterio.errors import CRSError, TransformError
+
+    return CRSError, TransformError, CPLE_BaseError
+
+
+def _apply(transform, cols, rows) -> tuple[np.ndarray, np.ndarray]:
+    t = transform
+    cols, rows = np.asarray(cols, float), np.asarray(rows, float)
+    return t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
+
+
+def _to_lonlat(scene: _Scene, cols, rows) -> tuple[np.ndarray, np.ndarray]:
+    from rasterio.warp import transform
+
+    xs, ys = _apply(scene.transform, cols, rows)
+    lon, lat = transform(scene.crs, "EPSG:4326", xs.tolist(), ys.tolist())
+    return np.asarray(lon), np.asarray(lat)
+
+
+def _open_scene(path: Path, region: str | None, size: int) -> _Scene:
+    from rasterio.warp import transform_bounds
+
+    info = probe(path)
+    geo = georef(path)
+    if geo is None or geo["crs"] is None:
+        raise DataError(f"{path}: not georeferenced (no CRS); from-inventory needs GeoTIFF "
+                        "scenes with a CRS and transform")
+    if info.width < size or info.height < size:
+        raise ConfigError(f"--size {size}: larger than the scene {path} "
+                          f"({info.width}x{info.height} px)")
+    xs, ys = _apply(geo["transform"], [0, info.width, 0, info.width], [0, 0, info.height,
+                                                                       info.height])
+    try:
+        bounds = transform_bounds(geo["crs"], "EPSG:4326", xs.min(), ys.min(), xs.max(),
+                                  ys.max(), densify_pts=21)
+    except _geo_errors() as exc:
+        raise DataError(f"{path}: cannot relate its CRS to longitude/latitude "
+                        f"({_one_line(exc)})") from None
+    name = region if region is not None else path.stem
+    return _Scene(path, name, info.width, info.height, geo["crs"], geo["transform"], bounds)
+
+
+def _haversine(lon1, lat1, lon2, lat2) -> np.ndarray:
+    lon1, lat1, lon2, lat2 = map(np.radians, (lon1, lat1, lon2, lat2))
+    a = np.sin((lat2 - lat1) / 2) ** 2
+    a += np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+
+
+def _ground_scale(scene: _Scene) -> tuple[float, float]:
+    """Smallest ground metres per pixel along columns and rows (3x3 samples over the scene)."""
+    grid = np.linspace(0.5, [scene.width - 1.5, scene.height - 1.5], 3)
+    cols, rows = (a.ravel() for a in np.meshgrid(grid[:, 0], grid[:, 1]))
+    lon, lat = _to_lonlat(scene, np.concatenate([cols, cols + 1, cols]),
+                          np.concatenate([rows, rows, rows + 1]))
+    lon, lat = np.split(lon, 3), np.split(lat, 3)
+    return (float(_haversine(lon[0], lat[0], lon[1], lat[1]).min()),
+            float(_haversine(lon[0], lat[0], lon[2], lat[2]).min()))
+
+
+def _near_points(inv: Inventory, scene: _Scene, margin_m: float):
+    """Indexes and pixel (col, row) of the valid points near the scene's WGS84 box."""
+    from rasterio.warp import transform
+
+    west, south, east, north = scene.bounds
+    dlat = 1.5 * margin_m / 110_000 + 1e-6
+    top = min(max(abs(south), abs(north)) + dlat, 89.0)
+    dlon = 1.5 * margin_m / (111_320 * math.cos(math.radians(top))) + 1e-6
+    width = (east - west) % 360 if east != west + 360 else 360.0
+    keep = (inv.lat >= south - dlat) & (inv.lat <= north + dlat)
+    keep &= ((inv.lon - (west - dlon)) % 360 <= width + 2 * dlon) | (width + 2 * dlon >= 360)
+    idx = np.flatnonzero(keep)
+    try:
+        xs, ys = transform("EPSG:4326", scene.crs, inv.lon[idx].tolist(), inv.lat[idx].tolist())
+    except _geo_errors():  # some point outside the CRS's domain: one by one, those become NaN
+        xs, ys = np.array([_one_point(scene.crs, inv.lon[i], inv.lat[i]) for i in idx]).T
+    cols, rows = _apply(~scene.transform, xs, ys)
+    finite = np.isfinite(cols) & np.isfinite(rows)
+    return idx[finite], cols[finite], rows[finite]
+
+
+def _one_point(crs, lon: float, lat: float) -> tuple[float, float]:
+    from rasterio.warp import transform
+
+    try:
+        (x,), (y,) = transform("EPSG:4326", crs, [lon], [lat])
+        return x, y
+    except _geo_errors():
+        return math.nan, math.nan
+
+
+def _far_enough(r0, c0, pc, pr, size: int, scale, min_distance: float) -> np.ndarray:
+    """Which chips (top-left r0, c0) lie at least min_distance metres from every point."""
+    ok = np.ones(len(r0), bool)
+    step = max(1, 2_000_000 // max(1, len(pc)))
+    for s in range(0, len(r0), step):
+        r, c = r0[s:s + step, None], c0[s:s + step, None]
+        gx = np.maximum(np.maximum(c - pc[None], pc[None] - (c + size)), 0) * scale[0]
+        gy = np.maximum(np.maximum(r - pr[None], pr[None] - (r + size)), 0) * scale[1]
+        far = (gx**2 + gy**2 >= min_distance**2) & ((gx > 0) | (gy > 0))
+        ok[s:s + step] = far.all(axis=1)
+    return ok
+
+
+# ---------------------------------------------------------------- chips
+
+
+@dataclass
+class SceneStats:
+    """What one scene gave."""
+
+    scene: str  # region/stem, the group of its chips
+    points_inside: int = 0
+    positives: int = 0
+    skipped_edge: int = 0  # points whose chip would cross the scene edge
+    skipped_nodata: int = 0  # landslide chips mostly nodata
+    skipped_duplicate: int = 0  # points on the pixel position of a chip already written
+    negatives_wanted: int = 0
+    negatives: int = 0
+    negatives_nodata: int = 0  # landslide-free candidates mostly nodata
+
+
+@dataclass(frozen=True)
+class _Options:
+    size: int
+    min_distance: float
+    negatives: int | None
+    negative_ratio: float
+    max_nodata: float
+    classes: tuple[str, ...]
+
+
+def _invalid(ds, arr: np.ndarray, window) -> np.ndarray:
+    """Nodata pixels: the file's mask (nodata value, alpha, mask band); without one, all-zero."""
+    from rasterio.enums import MaskFlags
+
+    if all(flags == [MaskFlags.all_valid] for flags in ds.mask_flag_enums):
+        invalid = (arr == 0).all(axis=-1)
+    else:
+        invalid = ds.dataset_mask(window=window) == 0
+    if arr.dtype.kind == "f":
+        invalid |= np.isnan(arr).all(axis=-1)
+    return invalid
+
+
+def _read_chip(ds, scene: _Scene, r0: int, c0: int, size: int) -> tuple[np.ndarray, float]:
+    """The chip's pixels (HxWxC, alpha dropped) and its nodata fraction."""
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    window = Window(c0, r0, size, size)
+    try:
+        arr = np.moveaxis(ds.read(_rio_bands(ds), window=window), 0, -1)
+        return arr, float(_invalid(ds, arr, window).mean())
+    except RasterioError as exc:
+        raise DataError(f"{scene.path}: cannot decode raster ({_one_line(exc)})") from None
+
+
+def _write_chip(out: Path, label: str, scene: _Scene, r0: int, c0: int, arr, attrs) -> list:
+    from rasterio.transform import Affine
+
+    profile = {"crs": scene.crs, "transform": scene.transform @ Affine.translation(c0, r0)}
+    name = f"{scene.region}__{scene.path.stem}__r{r0}_c{c0}"
+    path = write_tile(out / label / name, arr, profile)
+    return [path.relative_to(out).as_posix(), label, scene.source, r0, c0, "", scene.region,
+            *attrs]
+
+
+def _positives(ds, scene, inv, near, opts, out, stats) -> tuple[list, set]:
+    """Landslide chips centred on the points inside the scene, in inventory order."""
+    idx, pc, pr = near
+    inside = (pc >= 0) & (pc < scene.width) & (pr >= 0) & (pr < scene.height)
+    stats.points_inside = int(inside.sum())
+    rows, taken, half = [], set(), opts.size // 2
+    for i, c, r in zip(idx[inside], pc[inside], pr[inside], strict=True):
+        r0, c0 = math.floor(r) - half, math.floor(c) - half
+        if r0 < 0 or c0 < 0 or r0 + opts.size > scene.height or c0 + opts.size > scene.width:
+            stats.skipped_edge += 1
+            continue
+        if (r0, c0) in taken:
+            stats.skipped_duplicate += 1
+            continue
+        arr, nodata = _read_chip(ds, scene, r0, c0, opts.size)
+        if nodata > opts.max_nodata:
+            stats.skipped_nodata += 1
+            continue
+        taken.add((r0, c0))
+        rows.append(_write_chip(out, opts.classes[0], scene, r0, c0, arr, inv.attrs[i]))
+    stats.positives = len(rows)
+    return rows, taken
+
+
+def _candidates(scene, near, taken, opts, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners of a seeded grid of chips far from every point and clear of positives."""
+    size = opts.size
+    oy = int(rng.integers(0, min(size - 1, scene.height - size) + 1))
+    ox = int(rng.integers(0, min(size - 1, scene.width - size) + 1))
+    rr, cc = np.meshgrid(np.arange(oy, scene.height - size + 1, size),
+                         np.arange(ox, scene.width - size + 1, size), indexing="ij")
+    r0, c0 = rr.ravel(), cc.ravel()
+    _, pc, pr = near
+    ok = _far_enough(r0, c0, pc, pr, size, _ground_scale(scene), opts.min_distance)
+    for tr, tc in sorted(taken):
+        ok &= (np.abs(r0 - tr) >= size) | (np.abs(c0 - tc) >= size)
+    order = rng.permutation(np.flatnonzero(ok))
+    return r0[order], c0[order]
+
+
+def _negatives(ds, scene, near, taken, opts, out, stats, rng) -> list:
+    stats.negatives_wanted = (opts.negatives if opts.negatives is not None
+                              else round(opts.negative_ratio * stats.positives))
+    rows = []
+    if stats.negatives_wanted == 0:
+        return rows
+    for r0, c0 in zip(*_candidates(scene, near, taken, opts, rng), strict=True):
+        arr, nodata = _read_chip(ds, scene, int(r0), int(c0), opts.size)
+        if nodata > opts.max_nodata:
+            stats.negatives_nodata += 1
+            continue
+        rows.append(_write_chip(out, opts.classes[1], scene, int(r0), int(c0), arr, [""] * 5))
+        if len(rows) == stats.negatives_wanted:
+            break
+    stats.negatives = len(rows)
+    return rows
+
+
+def _chip_scene(scene, inv, near, opts, out, writer, rng) -> SceneStats:
+    stats = SceneStats(scene.source)
+    with _rio_open(scene.path) as ds:
+        rows, taken = _positives(ds, scene, inv, near, opts, out, stats)
+        rows += _negatives(ds, scene, near, taken, opts, out, stats, rng)
+    if rows:
+        half = opts.size / 2
+        lon, lat = _to_lonlat(scene, [r[4] + half for r in rows], [r[3] + half for r in rows])
+        for row, x, y in zip(rows, lon, lat, strict=True):
+            writer.writerow([*row, f"{x:.7f}", f"{y:.7f}"])
+    return stats
+
+
+# ---------------------------------------------------------------- public entry
+
+
+@dataclass
+class InventorySummary:
+    """What ``chips_from_inventory`` read and wrote."""
+
+    out_dir: Path
+    tiles_csv: Path
+    inventory: Path
+    encoding: str
+    classes: tuple[str, ...]
+    rows_read: int
+    skipped_rows: dict[str, int]  # reason -> rows
+    valid_points: int
+    missing_columns: list[str]  # default attribute columns the inventory lacks (left empty)
+    points_inside: int  # distinct points inside at least one scene
+    scenes: list[SceneStats] = field(default_factory=list)
+
+    def total(self, name: str) -> int:
+        """Sum of one ``SceneStats`` count over the scenes, e.g. ``total("positives")``."""
+        return sum(getattr(s, name) for s in self.scenes)
+
+
+def _options(size, min_distance, negatives, negative_ratio, max_nodata, classes, seed):
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+        raise ConfigError(f"--size: must be a positive whole number of pixels, got {size}")
+    if not (math.isfinite(min_distance) and min_distance >= 0):
+        raise ConfigError(f"--min-distance: must be >= 0 metres, got {min_distance}")
+    if negatives is not None and negative_ratio is not None:
+        raise ConfigError("--negatives, --negative-ratio: give one or the other")
+    if negatives is not None and (isinstance(negatives, bool) or negatives < 0
+                                  or int(negatives) != negatives):
+        raise ConfigError(f"--negatives: must be a whole number >= 0, got {negatives}")
+    ratio = DEFAULT_NEGATIVE_RATIO if negative_ratio is None else negative_ratio
+    if not (math.isfinite(ratio) and ratio >= 0):
+        raise ConfigError(f"--negative-ratio: must be >= 0, got {negative_ratio}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"--seed: must be a whole number >= 0, got {seed}")
+    if not 0 <= max_nodata <= 1:
+        raise ConfigError(f"--max-nodata: must be between 0 and 1, got {max_nodata}")
+    return _Options(int(size), float(min_distance), None if negatives is None else int(negatives),
+                    float(ratio), float(max_nodata), validate_classes(classes))
+
+
+def _open_scenes(paths: Sequence[Path], out_dir: Path, inventory: Path, region, size):
+    if not paths:
+        raise ConfigError("no scenes given")
+    out = out_dir.resolve()
+    for p in (inventory, *paths):
+        if out == p.resolve() or out in p.resolve().parents:
+            raise ConfigError(f"{out_dir}: the output folder must not hold the input {p}")
+    if region is not None and (not region or "/" in region or region.startswith(".")):
+        raise ConfigError(f"--region: '{region}' is not a valid name")
+    scenes, seen = [], {}
+    for path in paths:
+        scene = _open_scene(path, region, size)
+        if scene.source in seen:
+            raise DataError(f"{path}: same scene name '{scene.source}' as {seen[scene.source]}")
+        seen[scene.source] = path
+        scenes.append(scene)
+    return scenes
+
+
+def _miss_message(inv: Inventory, scenes: list[_Scene]) -> str:
+    boxes = "; ".join(f"{s.path.name} lon {s.bounds[0]:.4f}..{s.bounds[2]:.4f} "
+                      f"lat {s.bounds[1]:.4f}..{s.bounds[3]:.4f}" for s in scenes[:5])
+    more = f"; and {len(scenes) - 5} more" if len(scenes) > 5 else ""
+    return (f"{inv.path}: none of its {len(inv.lon)} valid points (of {inv.rows} rows) falls "
+            f"inside the scenes (WGS84 bounds: {boxes}{more})")
+
+
+def chips_from_inventory(
+    inventory: str | Path,
+    scenes: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    size: int = DEFAULT_SIZE,
+    min_distance: float = DEFAULT_MIN_DISTANCE,
+    negatives: int | None = None,
+    negative_ratio: float | None = None,
+    seed: int = 0,
+    classes: Sequence[str] = ("landslide", "non_landslide"),
+    region: str | None = None,
+    columns: InventoryColumns = InventoryColumns(),
+    max_nodata: float = DEFAULT_MAX_NODATA,
+    overwrite: bool = False,
+) -> InventorySummary:
+    """Landslide chips around the inventory's points in ``scenes`` and landslide-free chips.
+
+    ``negatives`` per scene, or ``negative_ratio`` x that scene's landslide chips (default 1.0).
+    Writes ``<out>/<class>/<region>__<stem>__r<row>_c<col>.tif`` and ``<out>/tiles.csv``
+    (``INVENTORY_CSV_COLUMNS``), all or nothing. Region: ``region`` or each scene's stem.
+    """
+    opts = _options(size, min_distance, negatives, negative_ratio, max_nodata, classes, seed)
+    inventory, out_dir = Path(inventory), Path(out_dir)
+    opened = _open_scenes([Path(s) for s in scenes], out_dir, inventory, region, opts.size)
+    inv = read_inventory(inventory, columns)
+    margin = opts.min_distance + 1000.0
+    near = [_near_points(inv, s, margin) for s in opened]
+    inside = set()
+    for scene, (idx, pc, pr) in zip(opened, near, strict=True):
+        inside.update(idx[(pc >= 0) & (pc < scene.width) & (pr >= 0) & (pr < scene.height)])
+    if not inside:
+        raise DataError(_miss_message(inv, opened))
+    summary = InventorySummary(out_dir, out_dir / TILES_CSV, inventory, inv.encoding,
+                               opts.classes, inv.rows, dict(sorted(inv.skipped.items())),
+                               len(inv.lon), inv.missing_columns, len(inside))
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for name in opts.classes:
+            (tmp / name).mkdir()
+        with open(tmp / TILES_CSV, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(INVENTORY_CSV_COLUMNS)
+            for i, (scene, pts) in enumerate(zip(opened, near, strict=True)):
+                rng = np.random.default_rng([seed, i])
+                summary.scenes.append(_chip_scene(scene, inv, pts, opts, tmp, writer, rng))
+    return summary
