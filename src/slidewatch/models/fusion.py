@@ -278,8 +278,9 @@ def tabular_attributions(model: FusionModel, image: torch.Tensor | None, numeric
     Baseline: 0 for every numeric input (the training mean after standardisation; indicators
     "not missing") and a zero embedding vector for categorical columns (each categorical
     column's attribution is the sum over its embedding dimensions). ``feature_names`` are the
-    encoder's ``feature_names``; ``target`` the class (``meta.positive_index``). Returns ``{"features": [{"name", "value", "attribution"}],
-    "probability", "baseline_probability", "delta"}`` (delta: IG's completeness error).
+    encoder's ``feature_names``; ``target`` the class (``meta.positive_index``). Returns
+    ``{"features": [{"name", "value", "attribution"}], "probability", "baseline_probability",
+    "delta"}`` (delta: IG's completeness error).
     """
     from captum.attr import IntegratedGradients
 
