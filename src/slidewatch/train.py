@@ -3,14 +3,16 @@
 Reads top to bottom: :func:`train` prepares data and model (:mod:`slidewatch.trainsetup`),
 then runs the phases epoch by epoch, keeps the best epoch by the chosen validation metric,
 stops early, checkpoints after every epoch for ``--resume``, and writes the model folder.
+Launched by ``torchrun`` it trains on every rank with DistributedDataParallel and rank 0 writes
+(:mod:`slidewatch.distributed`, ``docs/distributed.md``).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import shutil
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +21,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from slidewatch import metrics
+from slidewatch import distributed, metrics
 from slidewatch.checkpoint import save_model
 from slidewatch.config import PhaseConfig, TrainConfig, dump_yaml
+from slidewatch.config import validate as validate_config
 from slidewatch.errors import ConfigError
-from slidewatch.inference import forward_logits, no_progress, predict_probs
+from slidewatch.inference import forward_logits, no_progress
 from slidewatch.io_utils import atomic_write_text
 from slidewatch.models.freezing import (
     freeze_backbone,
@@ -32,8 +35,8 @@ from slidewatch.models.freezing import (
     unfreeze_top_blocks,
     unfreeze_top_layers,
 )
-from slidewatch.trainsetup import Setup, load_resume, prepare, save_resume
 from slidewatch.plots import plot_curves
+from slidewatch.trainsetup import Setup, load_resume, prepare, save_resume
 
 LOWER_IS_BETTER = {"val_loss"}
 
@@ -44,6 +47,7 @@ class TrainResult:
     best_epoch: int
     best_metrics: dict
     history: list[dict] = field(default_factory=list)
+    rank: int = 0  # under torchrun: this process's rank (0 wrote the model folder)
 
 
 def lr_at(step: int, total: int, base: float, warmup: int, schedule: str) -> float:
@@ -108,7 +112,8 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
     ``bn_eval``: BatchNorm layers run in inference mode with frozen statistics (always in
     phase 1, as Keras does for a frozen base; in phase 2 whenever the backbone is pretrained).
     """
-    model, cfg, dev = s.model, s.cfg, s.device
+    model = s.train_model if s.train_model is not None else s.model
+    cfg, dev = s.cfg, s.device
     model.train()
     if bn_eval:
         set_batchnorm_eval(model)
@@ -129,16 +134,16 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
         losses.append(loss.item() * len(y))
         ys.append((batch["label"] == s.meta.positive_index).numpy())
         probs.append(torch.softmax(logits.detach(), 1)[:, s.meta.positive_index].cpu().numpy())
-    y_all = np.concatenate(ys)
-    return _epoch_metrics("train", sum(losses) / len(y_all), y_all, np.concatenate(probs),
-                          cfg.threshold)
+    loss_sum, y_all, p_all = sum(losses), np.concatenate(ys), np.concatenate(probs)
+    if s.dist.enabled:  # the metrics of the whole epoch, all ranks' batches together
+        loss_sum, y_all, p_all = distributed.merge_epoch(s.dist, loss_sum, y_all, p_all)
+    return _epoch_metrics("train", loss_sum / len(y_all), y_all, p_all, cfg.threshold)
 
 
 @torch.no_grad()
-def validate(s: Setup) -> dict:
-    """Loss (same weighted loss as training) and scores on the validation split."""
-    if s.val_loader is None:
-        return {}
+def val_outputs(s: Setup) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of the whole validation split, in split order (under torchrun each
+    rank scores its share and every rank receives all of them)."""
     s.model.eval()
     logits, labels = [], []
     for batch in s.val_loader:
@@ -146,6 +151,18 @@ def validate(s: Setup) -> dict:
         labels.append(batch["label"])
     z = torch.cat(logits)
     y = torch.cat(labels).to(z.device)
+    if s.dist.enabled:
+        n = len(s.val_loader.dataset)
+        z, y = distributed.gather_rows(s.dist, z, n), distributed.gather_rows(s.dist, y, n)
+    return z, y
+
+
+@torch.no_grad()
+def validate(s: Setup) -> dict:
+    """Loss (same weighted loss as training) and scores on the validation split."""
+    if s.val_loader is None:
+        return {}
+    z, y = val_outputs(s)
     loss = float(s.loss_fn(z, y))
     prob = torch.softmax(z, 1)[:, s.meta.positive_index].cpu().numpy()
     pos = (y == s.meta.positive_index).cpu().numpy()
@@ -158,21 +175,30 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     """Train a classifier as ``cfg`` says and write the model folder ``out_dir``.
 
     If the run fails before its first checkpoint, a folder it created is removed again.
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; only rank 0 logs and writes.
     """
     out_dir = Path(out_dir)
-    created = not out_dir.exists()
-    try:
-        return _train(cfg, out_dir, resume=resume, progress=progress, log=log)
-    except BaseException:
-        if created and out_dir.is_dir() and not (out_dir / "resume.pt").exists():
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    validate_config(cfg)
+    with distributed.session(cfg.device) as ctx:
+        if not ctx.is_main:
+            progress, log = no_progress, _quiet
+        created = ctx.is_main and not out_dir.exists()
+        try:
+            return _train(cfg, out_dir, resume=resume, progress=progress, log=log, ctx=ctx)
+        except BaseException:
+            if created and out_dir.is_dir() and not (out_dir / "resume.pt").exists():
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+
+
+def _quiet(message: str) -> None:
+    """The log of the ranks other than 0."""
 
 
 def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
-           log: Callable[[str], None]) -> TrainResult:
-    s = prepare(cfg, out_dir, resume=resume, log=log)
-    state = load_resume(s) if resume else None
+           log: Callable[[str], None], ctx: distributed.DistContext) -> TrainResult:
+    s = prepare(cfg, out_dir, resume=resume, log=log, dist=ctx)
+    state = distributed.everywhere(ctx, load_resume, s) if resume else None
     history = state["history"] if state else []
     best = state["best"] if state else {"score": -math.inf, "epoch": 0, "row": {}, "state": None}
     start_phase, start_epoch = (state["phase"], state["phase_epoch"] + 1) if state else (1, 1)
@@ -180,7 +206,9 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
     for phase, p in ((1, cfg.phase1), (2, cfg.phase2)):
         if phase < start_phase or p.epochs == 0:
             continue
+        bn_eval = phase == 1 or s.freeze_bn
         unfrozen = configure_phase(s.model, phase, p)
+        _wrap_for_phase(s, bn_eval)
         summary = trainable_summary(s.model)
         log(f"phase {phase}: {p.epochs} epochs at lr {p.lr:g}; "
             f"{summary['trainable_params']:,} of {summary['total_params']:,} parameters "
@@ -196,15 +224,8 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
         for epoch in range(first, p.epochs + 1):
             if bad >= patience:
                 break
-            t0 = time.perf_counter()
-            step0 = (epoch - 1) * steps_per_epoch(s)
-            tm = train_one_epoch(s, optimizer, step0, total, p.lr, progress,
-                                    f"phase {phase} epoch {epoch}/{p.epochs}",
-                                    bn_eval=phase == 1 or s.freeze_bn)
-            vm = validate(s)
-            row = {"epoch": len(history) + 1, "phase": phase, "phase_epoch": epoch,
-                   "lr": optimizer.param_groups[0]["lr"], **tm, **vm,
-                   "seconds": round(time.perf_counter() - t0, 2)}
+            row = run_epoch(s, optimizer, phase, p, epoch, len(history) + 1, total, progress,
+                            bn_eval)
             history.append(row)
             score = score_of(row, metric) if metric else row["epoch"]
             if score > best["score"]:
@@ -214,11 +235,48 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
             else:
                 bad += 1
             log(_epoch_line(row, metric))
-            write_history(out_dir, history)
-            save_resume(s, phase=phase, phase_epoch=epoch, history=history, best=best,
-                        bad_epochs=bad, optimizer=optimizer)
+            distributed.on_main(ctx, _checkpoint, s, out_dir, history, phase=phase,
+                                phase_epoch=epoch, best=best, bad_epochs=bad,
+                                optimizer=optimizer)
         state = None
-    return finish(s, out_dir, history, best, metric)
+    result = finish(s, out_dir, history, best, metric)
+    distributed.debug_dump(ctx, s.model)
+    return result
+
+
+def _wrap_for_phase(s: Setup, bn_eval: bool) -> None:
+    """Under torchrun: a DDP wrapper for this phase's trainable set (DDP registers its gradient
+    hooks when built, so it is rebuilt after unfreezing). Frozen BatchNorm is frozen first."""
+    if not s.dist.enabled:
+        return
+    if bn_eval:
+        set_batchnorm_eval(s.model)
+    s.train_model = distributed.wrap_model(s.dist, s.model, previous=s.train_model)
+
+
+def run_epoch(s: Setup, optimizer, phase: int, p: PhaseConfig, epoch: int, number: int,
+              total: int, progress: Callable, bn_eval: bool) -> dict:
+    """Train epoch ``epoch`` of ``phase`` (``number`` of the run), validate; the history row.
+
+    Under torchrun the row is rank 0's, so every rank takes the same early-stopping and
+    best-epoch decisions.
+    """
+    t0 = time.perf_counter()
+    distributed.start_epoch(s.dist, s.train_loader, s.cfg.seed, number - 1)
+    step0 = (epoch - 1) * steps_per_epoch(s)
+    tm = train_one_epoch(s, optimizer, step0, total, p.lr, progress,
+                         f"phase {phase} epoch {epoch}/{p.epochs}", bn_eval=bn_eval)
+    distributed.sync_buffers(s.dist, s.model)  # one set of BatchNorm statistics
+    vm = validate(s)
+    row = {"epoch": number, "phase": phase, "phase_epoch": epoch,
+           "lr": optimizer.param_groups[0]["lr"], **tm, **vm,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    return distributed.broadcast_object(s.dist, row)
+
+
+def _checkpoint(s: Setup, out_dir: Path, history: list[dict], **state) -> None:
+    write_history(out_dir, history)
+    save_resume(s, history=history, **state)
 
 
 def _epoch_line(row: dict, metric: str | None) -> str:
@@ -249,8 +307,9 @@ def recall_threshold(s: Setup, target: float) -> float:
     """Highest threshold reaching ``target`` recall on the validation split (best model)."""
     if s.val_loader is None:
         raise ConfigError("target_recall: needs a validation split (val_fraction > 0)")
-    prob = predict_probs(s.model, s.meta, s.val_loader, s.device)
-    labels = torch.cat([b["label"] for b in s.val_loader]).numpy() == s.meta.positive_index
+    z, y = val_outputs(s)
+    prob = torch.softmax(z, 1)[:, s.meta.positive_index].cpu().numpy()
+    labels = (y == s.meta.positive_index).cpu().numpy()
     if not labels.any():
         raise ConfigError("target_recall: the validation split has no landslide images")
     return float(np.clip(metrics.threshold_for_recall(labels, prob, target), 1e-4, 0.9999))
@@ -269,10 +328,15 @@ def finish(s: Setup, out_dir: Path, history: list[dict], best: dict, metric: str
         "best_metrics": {k: v for k, v in best["row"].items() if k not in ("lr",)},
         "training": s.config_dict,
         "data": s.data_summary,
+        **distributed.describe(s.dist, s.cfg.batch_size),
     })
+    distributed.on_main(s.dist, _write_model_folder, s, out_dir, history)
+    return TrainResult(out_dir, best["epoch"], best["row"], history, rank=s.dist.rank)
+
+
+def _write_model_folder(s: Setup, out_dir: Path, history: list[dict]) -> None:
     save_model(out_dir, s.model, s.meta)
     write_history(out_dir, history)
     atomic_write_text(out_dir / "config.yaml", dump_yaml(s.cfg))
     plot_curves(history, out_dir / "curves.png")
     (out_dir / "resume.pt").unlink(missing_ok=True)
-    return TrainResult(out_dir, best["epoch"], best["row"], history)

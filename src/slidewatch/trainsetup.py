@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,9 +20,10 @@ from slidewatch.config import TrainConfig, dump_yaml, to_dict, validate
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import Sample, load_datasets
 from slidewatch.data.readers import probe
-from slidewatch.data.tiling import tile_scenes
 from slidewatch.data.splits import Split, load_split, save_split, split_samples
+from slidewatch.data.tiling import tile_scenes
 from slidewatch.data.transforms import EvalTransform, TrainTransform
+from slidewatch.distributed import DistContext, everywhere, main_first, sampler
 from slidewatch.errors import ConfigError, DataError, WeightsError
 from slidewatch.inference import prepare_model, resolve_device, seed_everything, worker_init
 from slidewatch.models import build_model, model_data_config
@@ -43,6 +44,8 @@ class Setup:
     data_summary: dict
     out_dir: Path
     freeze_bn: bool = True  # pretrained backbones keep their BatchNorm statistics
+    dist: DistContext = field(default_factory=DistContext)  # this process under torchrun
+    train_model: torch.nn.Module | None = None  # the DDP wrapper of ``model`` under torchrun
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -55,8 +58,10 @@ def _check_out_dir(out_dir: Path, resume: bool) -> None:
                           "choose another folder, or pass --resume to continue it")
 
 
-def resolve_paths(cfg: TrainConfig, out_dir: Path, log: Callable) -> list[Path]:
-    """Dataset roots: ``$VARS`` expanded; scene folders tiled into ``<out>/tiles/<name>``."""
+def resolve_paths(cfg: TrainConfig, out_dir: Path, log: Callable, tile: bool = True
+                  ) -> list[Path]:
+    """Dataset roots: ``$VARS`` expanded; scene folders tiled into ``<out>/tiles/<name>``
+    (``tile=False``: the tiles must exist already, as for the ranks after rank 0)."""
     roots = []
     for raw in cfg.data.paths:
         path = Path(os.path.expandvars(raw)).expanduser()
@@ -66,6 +71,10 @@ def resolve_paths(cfg: TrainConfig, out_dir: Path, log: Callable) -> list[Path]:
         if (path / "images").is_dir() and (path / "masks").is_dir():
             tiles = out_dir / "tiles" / path.name
             if not (tiles / "tiles.csv").is_file():
+                if not tile:
+                    raise DataError(f"{tiles}: rank 0 tiled {path} there, but this process "
+                                    "cannot see the tiles; put --out on a filesystem shared by "
+                                    "every node, or tile first with `slidewatch data tiles`")
                 d = cfg.data
                 summary = tile_scenes([path], tiles, tile=d.tile, stride=d.stride,
                                       min_landslide=d.min_landslide, classes=tuple(d.classes))
@@ -142,7 +151,7 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
     return model, meta
 
 
-def _split(cfg: TrainConfig, samples: list[Sample], out_dir: Path) -> Split:
+def _split(cfg: TrainConfig, samples: list[Sample], out_dir: Path, save: bool = True) -> Split:
     d = cfg.data
     if d.split_file:
         split = load_split(d.split_file, samples)
@@ -151,7 +160,8 @@ def _split(cfg: TrainConfig, samples: list[Sample], out_dir: Path) -> Split:
                               holdout_regions=tuple(d.holdout_regions))
     if not split.train:
         raise DataError(f"{', '.join(d.paths)}: the split leaves no training images")
-    save_split(out_dir / "split.json", samples, split)
+    if save:
+        save_split(out_dir / "split.json", samples, split)
     return split
 
 
@@ -180,24 +190,46 @@ def class_weights(cfg: TrainConfig, labels: list[int]) -> torch.Tensor:
     return torch.tensor(len(labels) / (k * counts), dtype=torch.float32)
 
 
-def _loader(ds: TileDataset, cfg: TrainConfig, device: torch.device, shuffle: bool) -> DataLoader:
+def _loader(ds: TileDataset, cfg: TrainConfig, device: torch.device, shuffle: bool,
+            ctx: DistContext) -> DataLoader:
+    """Batches of ``ds``; under torchrun only this rank's share (a ``DistributedSampler``)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     nw = cfg.data.num_workers
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=gen,
+    part = sampler(ctx, ds, shuffle=shuffle, seed=cfg.seed)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle and part is None,
+                      sampler=part, generator=gen,
                       num_workers=nw, worker_init_fn=worker_init, persistent_workers=nw > 0,
                       pin_memory=device.type == "cuda")
 
 
-def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable) -> Setup:
+def _output_and_roots(cfg: TrainConfig, out_dir: Path, resume: bool, log: Callable,
+                      ctx: DistContext) -> tuple[torch.device, list[Path]]:
+    """Checks the output folder, picks the device; rank 0 creates the folder and tiles."""
+    _check_out_dir(out_dir, resume)
+    device = ctx.device or resolve_device(cfg.device)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return device, resolve_paths(cfg, out_dir, log, tile=ctx.is_main)
+
+
+def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable,
+            dist: DistContext | None = None) -> Setup:
+    """Data, split, model and loss for ``cfg``. Under torchrun (``dist``) rank 0 checks and
+    fills the output folder first; then every rank reads the same data (an error on any rank
+    stops all of them), and only rank 0 writes."""
+    ctx = dist if dist is not None else DistContext()
     validate(cfg)
     if not cfg.data.paths:
         raise ConfigError("--data: give at least one dataset folder (or data.paths in the config)")
-    _check_out_dir(out_dir, resume)
+    device, roots = main_first(ctx, _output_and_roots, cfg, out_dir, resume, log, ctx)
+    return everywhere(ctx, _prepare, cfg, out_dir, roots, device, log, ctx)
+
+
+def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.device,
+             log: Callable, ctx: DistContext) -> Setup:
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    samples = load_datasets(resolve_paths(cfg, out_dir, log), tuple(cfg.data.classes))
-    split = _split(cfg, samples, out_dir)
+    samples = load_datasets(roots, tuple(cfg.data.classes))
+    split = _split(cfg, samples, out_dir, save=ctx.is_main)
     train_s = [samples[i] for i in split.train]
     val_s = [samples[i] for i in split.val]
     in_chans = _bands(train_s + val_s)
@@ -219,10 +251,10 @@ def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable) -> 
     log(f"data: train {summary['train']}, val {summary['val']}, test {summary['test']}; "
         f"{in_chans} bands; input {meta.input_size}px; device {device}")
     return Setup(cfg=cfg, model=prepare_model(model, device), meta=meta, device=device,
-                 train_loader=_loader(train_ds, cfg, device, shuffle=True),
-                 val_loader=_loader(val_ds, cfg, device, shuffle=False) if val_s else None,
+                 train_loader=_loader(train_ds, cfg, device, True, ctx),
+                 val_loader=_loader(val_ds, cfg, device, False, ctx) if val_s else None,
                  loss_fn=loss_fn, config_dict=to_dict(cfg), data_summary=summary,
-                 out_dir=out_dir, freeze_bn=pretrained)
+                 out_dir=out_dir, freeze_bn=pretrained, dist=ctx)
 
 
 def save_resume(s: Setup, *, phase: int, phase_epoch: int, history: list, best: dict,
