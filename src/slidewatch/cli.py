@@ -294,8 +294,10 @@ def demo_cmd(data_dir, out, holdout, quick):
 def _register() -> None:
     """Commands that live in their own modules (kept out of this file's length)."""
     from slidewatch.cli_inventory import from_inventory
+    from slidewatch.cli_scan import scan
 
     data.add_command(from_inventory)
+    cli.add_command(scan)
 
 
 _register()
