@@ -56,3 +56,37 @@ def train_tiny_cnn(tiles: Path, out: Path) -> Path:
                  "--quiet", "--device", "cpu"])
     assert code == 0
     return out
+
+
+def make_fusion_dataset(root: Path, *, n: int = 240, size: int = 32, seed: int = 7,
+                        prefix: str = "g", steep: float = 20.0) -> list[dict]:
+    """Class folders where a tile is a landslide only if its image shows a bright patch AND
+    its slope (a tabular value) is above ``steep`` degrees: each cue alone is half the
+    evidence. Returns one row per tile (``tile_id``, ``slope``, ``elevation`` with 10% empty
+    cells, ``trigger``; elevation and trigger are noise) for a tabular CSV."""
+    rng = np.random.default_rng(seed)
+    bright, slope = rng.random(n) < 0.5, rng.uniform(0, 40, n)
+    rows = []
+    for i in range(n):
+        img = rng.integers(50, 130, (size, size, 3)).astype(np.uint8)
+        if bright[i]:
+            r, c = rng.integers(0, size - size // 4, 2)
+            img[r:r + size // 4, c:c + size // 4] = rng.integers(215, 255)
+        label = "landslide" if bright[i] and slope[i] > steep else "non_landslide"
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / label / f"{prefix}{i:04d}.png")
+        rows.append({"tile_id": f"{prefix}{i:04d}", "slope": f"{slope[i]:.3f}",
+                     "elevation": "" if rng.random() < 0.1 else f"{rng.normal(1500, 300):.1f}",
+                     "trigger": str(rng.choice(["rain", "quake", "snowmelt"])),
+                     "label": label})
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    """A CSV of ``rows`` (all their keys, or ``columns``)."""
+    columns = columns or list(rows[0])
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path

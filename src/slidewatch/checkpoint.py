@@ -131,8 +131,15 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
     wpath = model_dir / WEIGHTS_FILE
     if not wpath.is_file():
         raise WeightsError(f"{model_dir}: weights file {WEIGHTS_FILE} is missing")
-    model = build_model(meta.architecture, num_classes=len(meta.classes), in_chans=meta.in_chans,
-                        weights="none", drop_rate=meta.drop_rate)
+    fusion = meta.extra.get("fusion")
+    model = None
+    if fusion is None or fusion.get("mode") != "tabular":
+        model = build_model(meta.architecture, num_classes=len(meta.classes),
+                            in_chans=meta.in_chans, weights="none", drop_rate=meta.drop_rate)
+    if fusion is not None:  # image + tabular model: the backbone inside a FusionModel
+        from slidewatch.models.fusion import build_fusion
+
+        model = build_fusion(fusion, model)
     try:
         state = load_file(str(wpath))
     except Exception as exc:  # safetensors raises several types for corrupt files

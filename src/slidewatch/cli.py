@@ -32,6 +32,24 @@ def _progress(enabled: bool):
     return bar
 
 
+def _inputs(fn):
+    """``--tabular``, ``--aux``, ``--tabular-missing`` and ``--tabular-unknown``: the inputs
+    of a multi-modal model."""
+    for option in reversed([
+        click.option("--tabular", default=None,
+                     help="CSV with the images' rows (a model trained with --tabular)"),
+        click.option("--aux", default=None, help="DEM raster (a model trained with --aux)"),
+        click.option("--tabular-missing", "--missing", "missing", default=None,
+                     type=click.Choice(["error", "impute"]),
+                     help="an image without a row (default: as in training)"),
+        click.option("--tabular-unknown", "unknown", default=None,
+                     type=click.Choice(["error", "unknown"]),
+                     help="a category never seen in training (default: as in training)"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 def _classes(value: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     if len(names) < 2:
@@ -157,12 +175,15 @@ register_train(cli)
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def predict_cmd(model_dir, paths, out, threshold, batch_size, device, quiet):
+@_inputs
+def predict_cmd(model_dir, paths, out, threshold, batch_size, device, quiet, tabular, aux,
+                missing, unknown):
     """Landslide probability for every image in PATHS (files or folders)."""
     from slidewatch.predict import predict_paths, write_predictions
 
     preds = predict_paths(model_dir, list(paths), threshold=threshold, batch_size=batch_size,
-                          device=device, progress=_progress(not quiet))
+                          device=device, progress=_progress(not quiet), tabular=tabular,
+                          aux=aux, missing=missing, unknown=unknown)
     write_predictions(out, preds)
     positives = sum(p.positive for p in preds)
     _echo(f"{len(preds)} images, {positives} predicted landslide -> {out}")
@@ -180,15 +201,20 @@ def predict_cmd(model_dir, paths, out, threshold, batch_size, device, quiet):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an earlier evaluation in --out")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@_inputs
 def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size, device,
-                 overwrite, quiet):
+                 overwrite, quiet, tabular, aux, missing, unknown):
     """Score MODEL_DIR on labelled data: metrics with 95% CIs, overall and per region."""
     from slidewatch.evaluate import evaluate, format_table
+    from slidewatch.multimodal.evaluation import format_size
 
     result = evaluate(model_dir, list(data_dirs), out, threshold=threshold,
                       target_recall=target_recall, batch_size=batch_size, device=device,
-                      overwrite=overwrite, progress=_progress(not quiet))
+                      overwrite=overwrite, progress=_progress(not quiet), tabular=tabular,
+                      aux=aux, missing=missing, unknown=unknown)
     click.echo(format_table(result))
+    if "size" in result:
+        click.echo(format_size(result["size"]))
     _echo(f"{result['overall']['n']} images evaluated -> {out}")
 
 
@@ -206,8 +232,9 @@ def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an earlier run in --out")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@_inputs
 def explain_cmd(model_dir, paths, out, method, target_layer, masks_from, scenes, device,
-                overwrite, quiet):
+                overwrite, quiet, tabular, aux, missing, unknown):
     """Grad-CAM (and friends) maps for PATHS, overlays, and CAM-vs-mask localisation scores."""
     from slidewatch.explain import TileMasks, explain_paths
 
@@ -216,8 +243,10 @@ def explain_cmd(model_dir, paths, out, method, target_layer, masks_from, scenes,
     masks = TileMasks(masks_from, list(scenes)) if masks_from else None
     rows = explain_paths(model_dir, list(paths), out, method=method, target_layer=target_layer,
                          masks=masks, device=device, overwrite=overwrite,
-                         progress=_progress(not quiet))
-    _echo(f"{len(rows)} images explained ({method}, layer {rows[0]['target_layer']}) -> {out}")
+                         progress=_progress(not quiet), tabular=tabular, aux=aux,
+                         missing=missing, unknown=unknown)
+    layer = rows[0]["target_layer"] or "none"
+    _echo(f"{len(rows)} images explained ({method}, layer {layer}) -> {out}")
 
 
 # ----------------------------------------------------------------------------- report

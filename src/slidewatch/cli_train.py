@@ -21,7 +21,17 @@ FLAG_KEYS = {
     "device": "device", "threshold": "threshold", "target_recall": "target_recall", "split_by": "data.split_by",
     "val_fraction": "data.val_fraction", "split_file": "data.split_file",
     "num_workers": "data.num_workers", "scale": "data.scale",
+    "tabular": "tabular.path", "tabular_key": "tabular.key",
+    "tabular_key_column": "tabular.key_column", "tabular_missing": "tabular.missing",
+    "tabular_unknown": "tabular.unknown", "aux": "aux.dem", "aux_as": "aux.use",
+    "aux_pixel_size": "aux.pixel_size", "size_from": "sizes.source", "size_unit": "sizes.unit",
+    "size_column": "sizes.column", "pixel_size": "sizes.pixel_size",
+    "size_weight": "sizes.weight", "fusion_mode": "fusion.mode", "emb_dim": "fusion.emb_dim",
+    "mlp_hidden": "fusion.mlp_hidden", "landslide_weight": "fusion.weight",
 }
+# flag name -> config key path of a comma-separated list (the flag may be repeated)
+LIST_FLAGS = {"numeric": ("tabular.numeric", str), "categorical": ("tabular.categorical", str),
+              "size_names": ("sizes.names", str), "size_edges": ("sizes.edges", float)}
 
 
 def _nest(flat: dict) -> dict:
@@ -60,7 +70,20 @@ def overrides_from_flags(params: dict) -> dict:
                                          param_hint="--class-weights") from None
     if params.get("quiet"):
         flat["progress"] = False
+    for name, (key, kind) in LIST_FLAGS.items():
+        if params.get(name):
+            flat[key] = _list(params[name], kind, "--" + name.replace("_", "-"))
     return _nest(flat)
+
+
+def _list(values, kind, hint: str) -> list:
+    """Items of one or more comma-separated flag values (``--numeric slope,rain``)."""
+    items = [v.strip() for value in values for v in str(value).split(",") if v.strip()]
+    try:
+        return [kind(v) for v in items]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {items}",
+                                 param_hint=hint) from None
 
 
 def build_config(config_path: str | None, params: dict):
@@ -115,6 +138,33 @@ TRAIN_OPTIONS = [
     _opt("--num-workers", type=int, help="DataLoader worker processes"),
     _opt("--seed", type=int),
     _opt("--device", help="auto, cpu, cuda or cuda:N"),
+    _opt("--tabular", help="CSV with one row per image (numeric/categorical inputs)"),
+    _opt("--numeric", multiple=True, help="numeric column(s) of --tabular, comma-separated"),
+    _opt("--categorical", multiple=True, help="categorical column(s), comma-separated"),
+    _opt("--tabular-key", type=click.Choice(["path", "tile_id"]),
+         help="join rows by image path (relative to the dataset) or tile id (file stem)"),
+    _opt("--tabular-key-column", help="CSV column holding the key (default: its name)"),
+    _opt("--tabular-missing", "--missing", "tabular_missing",
+         type=click.Choice(["error", "impute"]), help="an image without a row"),
+    _opt("--tabular-unknown", type=click.Choice(["error", "unknown"]),
+         help="a category never seen in training at evaluation time"),
+    _opt("--aux", help="DEM raster: elevation, slope, aspect on each image's grid"),
+    _opt("--aux-as", type=click.Choice(["channels", "features"]),
+         help="terrain as extra input channels or as tabular features"),
+    _opt("--aux-pixel-size", type=float, help="metres per pixel when nothing is georeferenced"),
+    _opt("--size-from", type=click.Choice(["mask", "column"]),
+         help="second task: size class from the masks or from a --tabular column"),
+    _opt("--size-edges", multiple=True, help="size class edges (m² or tile fraction)"),
+    _opt("--size-names", multiple=True, help="size class names, smallest first"),
+    _opt("--size-unit", type=click.Choice(["m2", "fraction"])),
+    _opt("--size-column", help="column with size labels (default landslide_size)"),
+    _opt("--pixel-size", type=float, help="metres per pixel for m² size classes"),
+    _opt("--size-weight", type=float, help="weight of the size loss"),
+    _opt("--landslide-weight", type=float, help="weight of the landslide loss"),
+    _opt("--fusion-mode", type=click.Choice(["fused", "image", "tabular"]),
+         help="both branches, or one only (comparisons)"),
+    _opt("--emb-dim", type=int, help="embedding size of each categorical column"),
+    _opt("--mlp-hidden", type=int, help="width of the tabular MLP"),
     click.option("--grayscale", is_flag=True, default=False, help="train on greyscale images"),
     click.option("--no-augment", is_flag=True, default=False, help="switch augmentation off"),
     click.option("--resume", is_flag=True, default=False, help="continue an interrupted run"),
@@ -134,6 +184,8 @@ def register_train(cli: click.Group) -> None:
 
         result = train(cfg, Path(params["out"]), resume=params["resume"],
                        progress=_progress(cfg.progress), log=log)
+        if getattr(result, "rank", 0) != 0:
+            return  # under torchrun only rank 0 reports
         best = result.best_metrics
         shown = {k: round(v, 4) for k, v in best.items() if k.startswith("val_")}
         click.echo(f"best epoch {result.best_epoch}: {shown or 'no validation split'}")

@@ -15,6 +15,13 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from slidewatch.config_mm import (
+    AuxConfig,
+    FusionConfig,
+    SizesConfig,
+    TabularConfig,
+    validate_multimodal,
+)
 from slidewatch.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
@@ -119,6 +126,10 @@ class TrainConfig:
         default_factory=lambda: PhaseConfig(epochs=10, lr=1e-4, unfreeze_layers=20)
     )
     optim: OptimConfig = field(default_factory=OptimConfig)
+    tabular: TabularConfig = field(default_factory=TabularConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    sizes: SizesConfig = field(default_factory=SizesConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     batch_size: int = 32
     steps_per_epoch: Optional[int] = None
     class_weights: Union[str, list[float]] = "balanced"
@@ -243,8 +254,19 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+MULTIMODAL_SECTIONS = {"tabular": TabularConfig, "aux": AuxConfig, "sizes": SizesConfig,
+                       "fusion": FusionConfig}
+
+
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain data; multi-modal sections left at their defaults are left out, so
+    that plain runs describe themselves (config.yaml, metadata) exactly as before."""
+    data = dataclasses.asdict(cfg)
+    if isinstance(cfg, TrainConfig):
+        for key, cls in MULTIMODAL_SECTIONS.items():
+            if data.get(key) == dataclasses.asdict(cls()):
+                del data[key]
+    return data
 
 
 def dump_yaml(cfg: Any) -> str:
@@ -308,3 +330,4 @@ def validate(cfg: TrainConfig) -> None:
                f"a list needs {len(d.classes)} positive numbers, one per class")
     _check(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device",
            "must be auto, cpu, cuda or cuda:N")
+    validate_multimodal(cfg)

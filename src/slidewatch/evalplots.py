@@ -108,3 +108,24 @@ def write_plots(out: str | Path, y_true, prob, threshold: float, positive: str,
     plot_pr(y, prob, threshold, out / "pr.png")
     written.update(roc="roc.png", pr="pr.png")
     return written
+
+
+def plot_size_confusion(counts: np.ndarray, names: list[str], path: str | Path,
+                        macro_f1: float | None = None) -> None:
+    """KxK size-class counts: rows = true class, columns = predicted class."""
+    counts = np.asarray(counts)
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.4, 1.1 * k + 2.0))
+    ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(int(counts.max()), 1))
+    for i in range(k):
+        for j in range(k):
+            dark = counts[i, j] > counts.max() / 2
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center",
+                    color="white" if dark else "black", fontsize=11)
+    ax.set_xticks(range(k), names, rotation=30, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted size")
+    ax.set_ylabel("true size")
+    score = "" if macro_f1 is None else f", macro-F1 {macro_f1:.3f}"
+    ax.set_title(f"size classes (n = {int(counts.sum())}{score})")
+    _save(fig, Path(path))

@@ -28,7 +28,7 @@ from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import Sample, load_datasets
 from slidewatch.data.transforms import EvalTransform
 from slidewatch.errors import ConfigError, DataError
-from slidewatch.inference import no_progress, predict_probs, resolve_device
+from slidewatch.inference import no_progress, predict_outputs, resolve_device
 from slidewatch.io_utils import atomic_write_text
 
 METRICS_FILE = "metrics.json"
@@ -55,10 +55,13 @@ class EvalTiles(TileDataset):
         return arr
 
 
-def _probs(model, meta: ModelMeta, samples: list[Sample], batch_size: int, device,
-           progress: Callable, desc: str) -> np.ndarray:
-    loader = DataLoader(EvalTiles(samples, meta), batch_size=batch_size)
-    return predict_probs(model, meta, progress(loader, desc=desc, total=len(loader)), device)
+def _outputs(model, meta: ModelMeta, samples: list[Sample], batch_size: int, device,
+             progress: Callable, desc: str, inputs=None) -> dict[str, np.ndarray]:
+    """Positive-class probabilities (and size probabilities) of ``samples``; ``inputs``
+    (:class:`~slidewatch.multimodal.inputs.ModelInputs`) for a multi-modal model."""
+    ds = EvalTiles(samples, meta) if inputs is None else inputs.dataset(samples, meta)
+    loader = DataLoader(ds, batch_size=batch_size)
+    return predict_outputs(model, meta, progress(loader, desc=desc, total=len(loader)), device)
 
 
 def _check_options(threshold, target_recall, batch_size: int) -> None:
@@ -125,20 +128,22 @@ def validation_samples(model_dir: Path, meta: ModelMeta, extra_roots: list[Path]
         file = roots[root_name] / rel
         if not file.is_file():
             raise DataError(f"{file}: validation image listed in {path} is missing")
-        samples.append(Sample(path=file, label=meta.classes.index(cls), group="", region=""))
+        samples.append(Sample(path=file, label=meta.classes.index(cls), group="", region="",
+                              root=roots[root_name]))
     return samples
 
 
 def threshold_for_target(model, meta: ModelMeta, model_dir: Path, target: float,
                          extra_roots: list[Path], batch_size: int, device,
-                         progress: Callable) -> tuple[float, dict]:
+                         progress: Callable, inputs=None) -> tuple[float, dict]:
     """Highest threshold whose recall on the validation split reaches ``target``."""
     samples = validation_samples(model_dir, meta, extra_roots)
     y = np.array([s.label == meta.positive_index for s in samples])
     if not y.any():
         raise ConfigError(f"--target-recall: {model_dir / SPLIT_FILE}: the validation split "
                           f"has no '{meta.positive_class}' images")
-    prob = _probs(model, meta, samples, batch_size, device, progress, "validation")
+    prob = _outputs(model, meta, samples, batch_size, device, progress, "validation",
+                    inputs)["probability"]
     thr = float(np.clip(metrics.threshold_for_recall(y, prob, target), 1e-4, 0.9999))
     s = metrics.scores(metrics.confusion(y, prob >= thr))
     return thr, {"target_recall": target, "val_recall": s["recall"],
@@ -194,18 +199,23 @@ def mark_undefined(block: dict, c: metrics.Confusion) -> dict:
 
 
 def write_predictions(path: Path, samples: list[Sample], prob: np.ndarray, threshold: float,
-                      meta: ModelMeta) -> None:
-    """One row per tile: path, region, source image, true and predicted label, outcome."""
+                      meta: ModelMeta, size_truth=None, size_probs=None) -> None:
+    """One row per tile: path, region, source image, true and predicted label, outcome; for a
+    model with a size head also the true and predicted size class."""
+    from slidewatch.multimodal.evaluation import size_columns
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    sizes = ["true_size", "predicted_size", "size_probability"] if size_probs is not None else []
     w.writerow(["path", "region", "source_image", "true_label", "probability",
-                "predicted_label", "outcome"])
+                "predicted_label", "outcome", *sizes])
     other = meta.negative_label
-    for s, p in zip(samples, prob):
+    for i, (s, p) in enumerate(zip(samples, prob)):
         true_pos, pred_pos = s.label == meta.positive_index, bool(p >= threshold)
         outcome = ("T" if true_pos == pred_pos else "F") + ("P" if pred_pos else "N")
+        extra = size_columns(meta, size_truth, size_probs, i) if sizes else []
         w.writerow([str(s.path), s.region, s.group, meta.classes[s.label], f"{float(p):.9g}",
-                    meta.positive_class if pred_pos else other, outcome])
+                    meta.positive_class if pred_pos else other, outcome, *extra])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -213,12 +223,12 @@ def write_predictions(path: Path, samples: list[Sample], prob: np.ndarray, thres
 
 
 def _threshold(model, meta, model_dir, roots, threshold, target_recall, batch_size, dev,
-               progress) -> tuple[float, str, dict | None]:
+               progress, inputs=None) -> tuple[float, str, dict | None]:
     if threshold is not None:
         return float(threshold), SOURCE_FLAG, None
     if target_recall is not None:
         thr, info = threshold_for_target(model, meta, model_dir, target_recall, roots,
-                                         batch_size, dev, progress)
+                                         batch_size, dev, progress, inputs)
         return thr, SOURCE_TARGET, info
     return float(meta.threshold), SOURCE_MODEL, meta.extra.get("threshold_source")
 
@@ -226,28 +236,43 @@ def _threshold(model, meta, model_dir, roots, threshold, target_recall, batch_si
 def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
              threshold: float | None = None, target_recall: float | None = None,
              batch_size: int = 64, device: str = "auto", overwrite: bool = False,
-             progress: Callable = no_progress) -> dict:
+             progress: Callable = no_progress, tabular: str | Path | None = None,
+             aux: str | Path | None = None, missing: str | None = None,
+             unknown: str | None = None) -> dict:
     """Evaluate the model of ``model_dir`` on the class-folder datasets ``roots``; write
     ``metrics.json`` (returned), ``predictions.csv`` and the figures into ``out``.
 
     ``target_recall`` sets the threshold on the model's validation split and stores it in
-    the model (``slidewatch.json``) before scoring.
+    the model (``slidewatch.json``) before scoring. A multi-modal model takes the rows of
+    these images from ``tabular`` (CSV) and their terrain from ``aux`` (DEM), encoded with
+    the statistics stored in the model; a size head adds the ``size`` block.
     """
+    from slidewatch.multimodal import evaluation as mm
+    from slidewatch.multimodal.inputs import model_inputs
+
     _check_options(threshold, target_recall, batch_size)
     model_dir, out, roots = Path(model_dir), Path(out), [Path(r) for r in roots]
     _check_out(out, overwrite)
     dev = resolve_device(device)
     model, meta = load_model(model_dir, dev)
+    inputs = model_inputs(meta, tabular, aux, missing, unknown)
     samples = load_datasets(roots, tuple(meta.classes))
+    truth = mm.size_truth(inputs, samples, meta)
     thr, source, source_info = _threshold(model, meta, model_dir, roots, threshold,
-                                          target_recall, batch_size, dev, progress)
-    prob = _probs(model, meta, samples, batch_size, dev, progress, "evaluate")
+                                          target_recall, batch_size, dev, progress, inputs)
+    outputs = _outputs(model, meta, samples, batch_size, dev, progress, "evaluate", inputs)
+    prob, size_probs = outputs["probability"], outputs.get("size_probs")
     if target_recall is not None:
         store_threshold(model_dir, thr, source_info)
     result = _report(model_dir, meta, roots, samples, prob, thr, source, source_info)
+    size = mm.size_block(meta, truth, size_probs)
+    if size is not None:
+        result["size"] = size
     out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out / PREDICTIONS_FILE, samples, prob, thr, meta)
+    write_predictions(out / PREDICTIONS_FILE, samples, prob, thr, meta, truth, size_probs)
     result["plots"] = _plots(out, samples, prob, thr, meta)
+    if size is not None:
+        result["plots"]["size_confusion_matrix"] = mm.size_figure(out, size)
     atomic_write_text(out / METRICS_FILE, json.dumps(result, indent=2) + "\n")
     return result
 

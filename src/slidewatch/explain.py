@@ -349,11 +349,24 @@ def _reference(paths: list[Path], band: float) -> dict:
 def explain_paths(model_dir: str | Path, paths: list[str | Path], out: str | Path, *,
                   method: str = "gradcam", target_layer: str | None = None,
                   masks: TileMasks | None = None, device: str = "cpu",
-                  overwrite: bool = False, progress=None) -> list[dict]:
+                  overwrite: bool = False, progress=None, tabular: str | Path | None = None,
+                  aux: str | Path | None = None, missing: str | None = None,
+                  unknown: str | None = None) -> list[dict]:
     """CAM pictures, ``cams.csv`` and ``localisation.json`` for every image of ``paths`` in
-    the folder ``out`` (built atomically); returns the CSV rows."""
+    the folder ``out`` (built atomically); returns the CSV rows. A multi-modal model takes
+    ``tabular`` / ``aux`` as evaluation does and adds the tabular attributions
+    (:mod:`slidewatch.multimodal.explaining`)."""
+    from slidewatch.multimodal.inputs import model_inputs
+
     _cam_class(method)
     model, meta = load_model(model_dir, resolve_device(device))
+    inputs = model_inputs(meta, tabular, aux, missing, unknown)
+    if inputs is not None:
+        from slidewatch.multimodal.explaining import explain_fused
+
+        return explain_fused(model, meta, inputs, paths, out, method=method,
+                             target_layer=target_layer, masks=masks, overwrite=overwrite,
+                             progress=progress)
     layer, _ = resolve_target_layer(model, target_layer)
     files = ImageFiles(collect_images(paths), meta)
     indices = range(len(files))

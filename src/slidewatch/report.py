@@ -23,6 +23,7 @@ from pathlib import Path
 
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.io_utils import atomic_write_text
+from slidewatch.multimodal import reporting as mm
 
 OUTCOMES = (("TP", "true positives"), ("FP", "false positives"), ("FN", "false negatives"),
             ("TN", "true negatives"))
@@ -198,6 +199,8 @@ def _card(row: dict, cams: dict[str, dict], explain_dir: Path | None,
     overlay = ""
     if cam is not None and explain_dir is not None and cam.get("overlay_png"):
         overlay = _img_file(explain_dir / cam["overlay_png"], "Grad-CAM overlay")
+    if cam is not None and cam.get("attribution"):
+        overlay += mm.attribution_bars(cam["attribution"], _e, _num)
     return (f'<div class="card">{thumb} {overlay}<div>p = {_num(row.get("probability"))}, '
             f'{_e(row.get("true_label", ""))} ({_e(row.get("region", ""))})</div>'
             f'<div class="path">{_e(row["path"])}</div></div>')
@@ -305,15 +308,18 @@ def build_report(model_dir: str | Path, eval_dir: str | Path,
     if explain_dir is not None:
         cams = {_key(r["path"]): r for r in _read_csv(explain_dir / "cams.csv")}
         loc = _read_json(explain_dir / "localisation.json")
+        mm.attach_attributions(cams, explain_dir, _key)
     title = f"slidewatch report: {meta.get('architecture', '')} ({model_dir.name})"
     body = [f"<h1>{_e(title)}</h1><p>Model {_e(model_dir)}; evaluation {_e(eval_dir)}"
             f"{'; explanations ' + _e(explain_dir) if explain_dir else ''}.</p>",
-            _metrics_section(m), _figures_section(m, eval_dir), _training_section(model_dir),
+            _metrics_section(m), mm.size_section(m, eval_dir, _e, _num, _table, _img_file),
+            _figures_section(m, eval_dir), _training_section(model_dir),
             _galleries_section(preds, cams, explain_dir, per_gallery, meta.get("scale")),
             _localisation_section(loc) if loc is not None else "",
-            _dataset_section(m, meta), _model_card(meta, m)]
+            _dataset_section(m, meta), mm.inputs_section(meta, _e, _num, _table),
+            _model_card(meta, m)]
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
+            f"<title>{_e(title)}</title><style>{CSS}{mm.css_for(cams)}</style></head><body>"
             f"{''.join(body)}<script>{SCRIPT}</script></body></html>\n")
 
 

@@ -26,7 +26,7 @@ from slidewatch.checkpoint import save_model
 from slidewatch.config import PhaseConfig, TrainConfig, dump_yaml
 from slidewatch.config import validate as validate_config
 from slidewatch.errors import ConfigError
-from slidewatch.inference import forward_logits, no_progress
+from slidewatch.inference import forward_logits, forward_outputs, no_progress
 from slidewatch.io_utils import atomic_write_text
 from slidewatch.models.freezing import (
     freeze_backbone,
@@ -117,7 +117,7 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
     model.train()
     if bn_eval:
         set_batchnorm_eval(model)
-    losses, ys, probs = [], [], []
+    losses, ys, probs, size_losses = [], [], [], []
     step = step0
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch(s))
     steps = steps_per_epoch(s)
@@ -125,36 +125,71 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, base_lr, warmup, cfg.optim.schedule)
         y = batch["label"].to(dev)
-        logits = forward_logits(model, batch["image"], s.meta, dev)
-        loss = s.loss_fn(logits, y)
+        logits, loss, parts = batch_loss(s, model, batch, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
         losses.append(loss.item() * len(y))
+        if "loss_size" in parts:
+            size_losses.append(parts["loss_size"] * len(y))
         ys.append((batch["label"] == s.meta.positive_index).numpy())
         probs.append(torch.softmax(logits.detach(), 1)[:, s.meta.positive_index].cpu().numpy())
     loss_sum, y_all, p_all = sum(losses), np.concatenate(ys), np.concatenate(probs)
     if s.dist.enabled:  # the metrics of the whole epoch, all ranks' batches together
         loss_sum, y_all, p_all = distributed.merge_epoch(s.dist, loss_sum, y_all, p_all)
-    return _epoch_metrics("train", loss_sum / len(y_all), y_all, p_all, cfg.threshold)
+    row = _epoch_metrics("train", loss_sum / len(y_all), y_all, p_all, cfg.threshold)
+    if size_losses:  # multi-task: the size part of the (weighted) loss above
+        size_sum = sum(size_losses)
+        if s.dist.enabled:
+            size_sum = sum(distributed.gather_objects(s.dist, size_sum))
+        row["train_loss_size"] = size_sum / len(y_all)
+    return row
+
+
+def batch_loss(s: Setup, model: torch.nn.Module, batch: dict, y: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Logits, loss and loss parts of one training batch: the weighted cross-entropy for a
+    plain model; landslide + size loss with their weights for a multi-modal one."""
+    if s.multimodal is None:
+        logits = forward_logits(model, batch["image"], s.meta, s.device)
+        return logits, s.loss_fn(logits, y), {}
+    from slidewatch.multimodal.training import task_loss
+
+    out = forward_outputs(model, batch, s.meta, s.device)
+    loss, parts = task_loss(s, out, batch)
+    return out["logits"], loss, parts
 
 
 @torch.no_grad()
-def val_outputs(s: Setup) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of the whole validation split, in split order (under torchrun each
-    rank scores its share and every rank receives all of them)."""
+def val_all(s: Setup) -> dict[str, torch.Tensor]:
+    """Every output of the whole validation split, in split order: ``logits`` and ``label``,
+    plus ``size_logits`` and ``size_label`` for a size head (under torchrun each rank scores
+    its share and every rank receives all of them)."""
     s.model.eval()
-    logits, labels = [], []
+    parts: dict[str, list[torch.Tensor]] = {}
     for batch in s.val_loader:
-        logits.append(forward_logits(s.model, batch["image"], s.meta, s.device))
-        labels.append(batch["label"])
-    z = torch.cat(logits)
-    y = torch.cat(labels).to(z.device)
+        if s.multimodal is None:
+            out = {"logits": forward_logits(s.model, batch["image"], s.meta, s.device)}
+        else:
+            out = forward_outputs(s.model, batch, s.meta, s.device)
+        out["label"] = batch["label"]
+        if "size_label" in batch:
+            out["size_label"] = batch["size_label"]
+        for key, value in out.items():
+            parts.setdefault(key, []).append(value)
+    z = torch.cat(parts.pop("logits"))
+    result = {"logits": z, **{k: torch.cat(v).to(z.device) for k, v in parts.items()}}
     if s.dist.enabled:
         n = len(s.val_loader.dataset)
-        z, y = distributed.gather_rows(s.dist, z, n), distributed.gather_rows(s.dist, y, n)
-    return z, y
+        result = {k: distributed.gather_rows(s.dist, v, n) for k, v in result.items()}
+    return result
+
+
+def val_outputs(s: Setup) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of the whole validation split, in split order."""
+    out = val_all(s)
+    return out["logits"], out["label"]
 
 
 @torch.no_grad()
@@ -162,11 +197,17 @@ def validate(s: Setup) -> dict:
     """Loss (same weighted loss as training) and scores on the validation split."""
     if s.val_loader is None:
         return {}
-    z, y = val_outputs(s)
-    loss = float(s.loss_fn(z, y))
+    out = val_all(s)
+    z, y = out["logits"], out["label"]
+    if s.multimodal is None:
+        loss, extra = float(s.loss_fn(z, y)), {}
+    else:  # the training loss (landslide + size), size loss and size-class scores
+        from slidewatch.multimodal.training import val_scores
+
+        loss, extra = val_scores(s, out)
     prob = torch.softmax(z, 1)[:, s.meta.positive_index].cpu().numpy()
     pos = (y == s.meta.positive_index).cpu().numpy()
-    return _epoch_metrics("val", loss, pos, prob, s.cfg.threshold)
+    return {**_epoch_metrics("val", loss, pos, prob, s.cfg.threshold), **extra}
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
@@ -285,6 +326,8 @@ def _epoch_line(row: dict, metric: str | None) -> str:
     if "val_loss" in row:
         parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_accuracy']:.3f}",
                   f"val_recall {row['val_recall']:.3f}", f"val_f1 {row['val_f1']:.3f}"]
+    if "val_size_macro_f1" in row:
+        parts.append(f"val_size_f1 {row['val_size_macro_f1']:.3f}")
     parts.append(f"{row['seconds']:.1f}s")
     return " | ".join(parts)
 

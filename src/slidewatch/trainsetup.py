@@ -27,6 +27,7 @@ from slidewatch.distributed import DistContext, everywhere, main_first, sampler
 from slidewatch.errors import ConfigError, DataError, WeightsError
 from slidewatch.inference import prepare_model, resolve_device, seed_everything, worker_init
 from slidewatch.models import build_model, model_data_config
+from slidewatch.multimodal.training import MultiModalSetup, prepare_multimodal
 
 RESUME_FILE = "resume.pt"
 
@@ -46,6 +47,7 @@ class Setup:
     freeze_bn: bool = True  # pretrained backbones keep their BatchNorm statistics
     dist: DistContext = field(default_factory=DistContext)  # this process under torchrun
     train_model: torch.nn.Module | None = None  # the DDP wrapper of ``model`` under torchrun
+    multimodal: MultiModalSetup | None = None  # tabular / terrain / size inputs (None: plain)
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -232,19 +234,19 @@ def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.d
     split = _split(cfg, samples, out_dir, save=ctx.is_main)
     train_s = [samples[i] for i in split.train]
     val_s = [samples[i] for i in split.val]
-    in_chans = _bands(train_s + val_s)
+    mm = prepare_multimodal(cfg, train_s, val_s, log)  # None for a plain image run
+    in_chans = _bands(train_s + val_s) + (mm.extra_channels if mm else 0)
     model, meta = _build(cfg, in_chans, log)
-    scale = meta.scale
-    train_ds = TileDataset(train_s, transform=TrainTransform(cfg.augment, meta.input_size),
-                           cache=cfg.data.cache, scale=scale)
-    eval_tf = EvalTransform(meta.input_size, grayscale=meta.grayscale)
-    val_ds = TileDataset(val_s, transform=eval_tf, cache=cfg.data.cache, scale=scale)
+    train_ds, val_ds = _datasets(cfg, meta, train_s, val_s, mm)
     if cfg.data.cache:  # every image is read (and checked) before the first epoch
         train_ds.preload()
         val_ds.preload()
     pretrained = bool(cfg.model.init_from) or not meta.weights_source.startswith("none")
     if not (in_chans == 3 and pretrained) and not cfg.model.init_from:  # training split only
         meta.mean, meta.std = band_statistics(train_ds, seed=cfg.seed)
+    if mm is not None:  # the FusionModel around the backbone; items carry the tabular inputs
+        model = mm.attach(model, meta)
+        train_ds, val_ds = mm.wrap(train_ds, "train"), mm.wrap(val_ds, "val")
     weights = class_weights(cfg, [s.label for s in train_s]).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.optim.label_smoothing)
     summary = _summary(cfg, samples, split)
@@ -254,7 +256,22 @@ def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.d
                  train_loader=_loader(train_ds, cfg, device, True, ctx),
                  val_loader=_loader(val_ds, cfg, device, False, ctx) if val_s else None,
                  loss_fn=loss_fn, config_dict=to_dict(cfg), data_summary=summary,
-                 out_dir=out_dir, freeze_bn=pretrained, dist=ctx)
+                 out_dir=out_dir, freeze_bn=pretrained, dist=ctx, multimodal=mm)
+
+
+def _datasets(cfg: TrainConfig, meta: ModelMeta, train_s: list[Sample], val_s: list[Sample],
+              mm: MultiModalSetup | None) -> tuple[TileDataset, TileDataset]:
+    """Training (augmented) and validation images; with terrain channels the terrain is
+    appended to each image before the transforms (photometric jitter on the image bands)."""
+    extra = mm.extra_channels if mm else 0
+    train_tf = TrainTransform(cfg.augment, meta.input_size,
+                              color_bands=meta.in_chans - extra if extra else None)
+    eval_tf = EvalTransform(meta.input_size, grayscale=meta.grayscale)
+    if mm is None:
+        return (TileDataset(train_s, transform=train_tf, cache=cfg.data.cache, scale=meta.scale),
+                TileDataset(val_s, transform=eval_tf, cache=cfg.data.cache, scale=meta.scale))
+    return (mm.image_dataset(train_s, train_tf, cache=cfg.data.cache, scale=meta.scale),
+            mm.image_dataset(val_s, eval_tf, cache=cfg.data.cache, scale=meta.scale))
 
 
 def save_resume(s: Setup, *, phase: int, phase_epoch: int, history: list, best: dict,

@@ -69,9 +69,10 @@ class TrainTransform:
     DataLoader worker by ``worker_init``), so runs are repeatable.
     """
 
-    def __init__(self, cfg: AugmentConfig, size: int):
+    def __init__(self, cfg: AugmentConfig, size: int, color_bands: int | None = None):
         self.cfg = cfg
         self.size = size
+        self.color_bands = color_bands  # photometric jitter on these first bands only
         self.crop = cfg.crop or size
         self.resize = cfg.resize or self.crop
 
@@ -95,7 +96,11 @@ class TrainTransform:
             x = torch.rot90(x, int(torch.randint(0, 4, (), generator=gen)), dims=(-2, -1))
         if cfg.translate > 0:
             x = _translate(x, cfg.translate, gen)
-        x = _color(x, cfg, gen)
+        if self.color_bands is None:
+            x = _color(x, cfg, gen)
+        else:  # extra bands (e.g. terrain) follow the geometry but keep their values
+            b = self.color_bands
+            x = torch.cat([_color(x[:b], cfg, gen), x[b:]])
         if cfg.channel_shuffle > 0 and torch.rand((), generator=gen) < cfg.channel_shuffle:
             x = x[torch.randperm(x.shape[0], generator=gen)]
         if cfg.random_grayscale > 0 and torch.rand((), generator=gen) < cfg.random_grayscale:

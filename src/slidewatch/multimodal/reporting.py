@@ -1,0 +1,127 @@
+"""HTML pieces of ``slidewatch report`` for multi-modal models: the size-class table (confusion
+matrix, macro-F1 beside the majority baseline), the model's extra inputs, and each explained
+tile's tabular attributions as bars beside its Grad-CAM overlay. Plain CSS bars (no script, no
+external file); every text is escaped by the caller's ``_e``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slidewatch.errors import DataError
+
+CSS = """
+.attr{margin-top:.3em;font-size:.95em}.attr .r{display:flex;align-items:center;gap:.3em}
+.attr .n{width:40%;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.attr .b{flex:1;display:flex;height:.8em;background:#f4f4f4}
+.attr .h{width:50%;display:flex}.attr .neg{justify-content:flex-end}
+.attr .p{background:#d9534f}.attr .m{background:#428bca}
+.attr .v{width:3.6em;text-align:right;font-variant-numeric:tabular-nums}
+"""
+
+
+def css_for(cams: dict[str, dict]) -> str:
+    """The bars' CSS when some tile has attributions (plain reports stay as they were)."""
+    return CSS if any(c.get("attribution") for c in cams.values()) else ""
+
+
+def attach_attributions(cams: dict[str, dict], explain_dir: Path | None, key) -> None:
+    """Add each image's attribution entry (``attributions.json``, when the explain folder has
+    one) to its ``cams.csv`` row under ``"attribution"``; a tile without a CAM row gets one."""
+    if explain_dir is None:
+        return
+    path = explain_dir / "attributions.json"
+    if not path.is_file():
+        return
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        entries = list(doc["images"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not an attributions file ({exc})") from None
+    for entry in entries:
+        cams.setdefault(key(entry["path"]), {"path": entry["path"]})["attribution"] = entry
+
+
+def attribution_bars(entry: dict, e, num) -> str:
+    """Bars of the tabular attributions (red raises the landslide probability, blue lowers
+    it), scaled to the largest one, with each input's raw value."""
+    feats = sorted(entry.get("features") or [], key=lambda f: -abs(float(f["attribution"])))
+    if not feats:
+        return ""
+    top = max(abs(float(f["attribution"])) for f in feats) or 1.0
+    lines = []
+    for f in feats:
+        a = float(f["attribution"])
+        width = f"{50 * abs(a) / top:.1f}%"
+        bar = f'<span class="{"p" if a >= 0 else "m"}" style="width:{width}"></span>'
+        left = f'<span class="h neg">{bar if a < 0 else ""}</span>'
+        right = f'<span class="h">{bar if a >= 0 else ""}</span>'
+        raw = f.get("raw", "")
+        label = f"{f['name']} = {raw}" if raw != "" else f"{f['name']} (imputed)"
+        lines.append(f'<div class="r"><span class="n" title="{e(label)}">{e(label)}</span>'
+                     f'<span class="b">{left}{right}</span>'
+                     f'<span class="v">{num(a, 3)}</span></div>')
+    return (f'<div class="attr"><div>tabular attribution (p {num(entry.get("probability"))}'
+            f' vs baseline row {num(entry.get("baseline_probability"))})</div>'
+            + "".join(lines) + "</div>")
+
+
+def size_section(m: dict, eval_dir: Path, e, num, table, img_file) -> str:
+    """Size-class confusion matrix and scores from metrics.json's ``size`` block."""
+    block = m.get("size")
+    if not block:
+        return ""
+    parts = ["<h2>Size classes</h2>"]
+    if not block.get("n"):
+        return parts[0] + f'<p class="note">{e(block.get("note", "no labelled tiles"))}</p>'
+    names = block["names"]
+    rows = [[e(f"true {n}")] + [e(v) for v in row] for n, row in zip(names, block["confusion"])]
+    parts.append(table(["rows: true, columns: predicted"] + list(names), rows))
+    scores = [[e(n), num(p), num(r), num(f)] for n, p, r, f in
+              zip(names, block["precision"], block["recall"], block["f1"])]
+    parts.append(table(["class", "precision", "recall", "F1"], scores))
+    base = block.get("baseline")
+    line = (f"Macro-F1 {num(block['macro_f1'])}, accuracy {num(block['accuracy'])} over "
+            f"{e(block['n'])} landslide tiles with a known size ({e(block.get('source'))}"
+            f"{', ' + e(block['unit']) if block.get('unit') else ''}).")
+    if base:
+        line += (f" Always predicting the most common training class ({e(base['class'])}): "
+                 f"macro-F1 {num(base['macro_f1'])}, accuracy {num(base['accuracy'])}.")
+    top = block.get("baseline_evaluated_majority")
+    if top:
+        line += (f" Always the most common class of these tiles ({e(top['class'])}, known only "
+                 f"afterwards): macro-F1 {num(top['macro_f1'])}.")
+    parts.append(f"<p>{line}</p>")
+    figure = (m.get("plots") or {}).get("size_confusion_matrix")
+    if figure:
+        parts.append(f'<div class="figs">{img_file(eval_dir / figure, "size confusion")}</div>')
+    return "".join(parts)
+
+
+def inputs_section(meta: dict, e, num, table) -> str:
+    """The model's inputs beside the image: encoder statistics, terrain and size classes."""
+    tab, aux, sizes, fusion = (meta.get(k) for k in ("tabular", "aux", "sizes", "fusion"))
+    if not (tab or aux or sizes or fusion):
+        return ""
+    parts = ["<h2>Inputs beside the image</h2>"]
+    if fusion:
+        parts.append(f"<p>Fusion mode {e(fusion.get('mode'))}; "
+                     f"{e(fusion.get('size_classes') or 'no')} size classes.</p>")
+    if tab:
+        rows = [[e(c), num(s["mean"]), num(s["std"])] for c, s in tab["numeric"].items()]
+        rows += [[e(c), e(f"{len(v['vocabulary']) - 1} categories"), e(f"fill {v['fill']}")]
+                 for c, v in tab["categorical"].items()]
+        parts.append(table(["column", "training mean / categories", "std / fill"], rows)
+                     + f'<p class="note">Statistics from {e(tab.get("n_train"))} training rows; '
+                       f'missing indicators: {e(", ".join(tab.get("indicators") or []) or "none")}'
+                       "</p>")
+    if aux:
+        parts.append(f"<p>Terrain from a DEM as {e(aux.get('use'))}: "
+                     f"{e(', '.join(aux.get('names') or []))}.</p>")
+    if sizes:
+        edges = sizes.get("edges")
+        parts.append(f"<p>Size classes {e(', '.join(sizes.get('names') or []))} from "
+                     f"{e(sizes.get('source'))}"
+                     f"{' (edges ' + e(edges) + ' ' + e(sizes.get('unit')) + ')' if edges else ''}"
+                     f"; training counts {e(sizes.get('train_counts'))}.</p>")
+    return "".join(parts)
