@@ -11,8 +11,14 @@ import pytest
 from _factories import make_class_dataset, train_tiny_cnn
 from conftest import write_image
 from PIL import Image
-from sklearn.metrics import (accuracy_score, average_precision_score, f1_score,
-                             precision_score, recall_score, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from slidewatch import metrics
 from slidewatch.checkpoint import read_meta

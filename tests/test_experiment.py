@@ -13,8 +13,14 @@ from PIL import Image
 
 from slidewatch.cli import main
 from slidewatch.errors import ConfigError
-from slidewatch.experiment import (METRIC_COLUMNS, expand, load_experiment, parse_experiment,
-                                   run_experiment, run_name)
+from slidewatch.experiment import (
+    METRIC_COLUMNS,
+    expand,
+    load_experiment,
+    parse_experiment,
+    run_experiment,
+    run_name,
+)
 
 
 def base_config(train_dir):

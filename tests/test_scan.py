@@ -20,8 +20,10 @@ from slidewatch import raster
 from slidewatch.checkpoint import ModelMeta
 from slidewatch.cli import main
 from slidewatch.errors import ConfigError
-from slidewatch.raster import NODATA, OUT_BLOCK, Grid, blend_weights, polygonize, starts
+from slidewatch.raster import NODATA, OUT_BLOCK, Grid, blend_weights, starts
 from slidewatch.scan import ScanSettings, scan, scan_with_model
+from slidewatch.scan_outputs import polygonize
+from slidewatch.scan_score import ChunkPlan
 
 TRANSFORM = from_origin(500000, 3000000, 10, 10)
 
@@ -105,6 +107,27 @@ def test_window_starts_cover_the_far_edge(size, tile, stride):
     s = starts(size, tile, stride)
     assert s[0] == 0 and s[-1] == size - tile
     assert all(0 < b - a <= stride for a, b in itertools.pairwise(s))
+
+
+@pytest.mark.parametrize("height,width,batch", [(100, 70, 4), (100, 70, 32), (300, 203, 7)])
+def test_chunks_hold_whole_batches_and_give_back_rows_in_order_from_any_start(height, width,
+                                                                               batch):
+    """A backend call scores a chunk of whole batches; a resume at any row scores the same
+    chunks and gets each row's probabilities back in order."""
+    grid = Grid(height, width, 32, 20)
+    plan = ChunkPlan(grid, batch)
+    n = len(grid.cols)
+    assert plan.size % batch == 0 and n <= plan.size < n + batch
+    flat = [w for c in range(plan.count) for w in plan.windows(c)]
+    assert flat == [w for i in range(len(grid.rows)) for w in grid.windows(i)]
+    for first in (0, 1, len(grid.rows) - 1):
+        c0 = plan.first_chunk(first)
+        scores = (np.arange(c * plan.size, c * plan.size + len(plan.windows(c)), dtype=np.float32)
+                  for c in range(c0, plan.count))
+        rows = list(plan.rows(scores, first))
+        assert [i for i, _ in rows] == list(range(first, len(grid.rows)))
+        for i, probs in rows:
+            np.testing.assert_array_equal(probs, np.arange(i * n, (i + 1) * n))
 
 
 @pytest.mark.parametrize("blend", ["mean", "hann"])

@@ -38,16 +38,28 @@ def _bands(value: str | None) -> list[int] | None:
 @click.option("--overwrite/--resume", default=False, show_default=True,
               help="start again, or continue an interrupted scan with the same settings")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="score windows in this process, or on Ray workers "
+              "(pip install 'slidewatch[ray]')")
+@click.option("--ray-address", default=None, help="Ray cluster to join, e.g. auto or "
+              "ray://head:10001  [default: $RAY_ADDRESS if set, else a local instance]")
+@click.option("--workers", type=int, default=None, help="Ray workers (model replicas)  "
+              "[default: CPUs / --worker-cpus, or one per GPU with --device cuda]")
+@click.option("--worker-cpus", type=int, default=None,
+              help="CPUs (torch threads) per Ray worker  [default: 1 on a local instance, 4 on a "
+              "cluster]")
 def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, device, overwrite,
-         no_progress) -> None:
+         no_progress, backend, ray_address, workers, worker_cpus) -> None:
     """Scan whole SCENES (GeoTIFF, PNG, JPEG) window by window into probability maps and
     detection polygons."""
     from slidewatch.cli import _echo, _progress
+    from slidewatch.scan import Backend
     from slidewatch.scan import scan as run_scan
 
+    where = Backend(backend, ray_address, workers, worker_cpus)
     summary = run_scan(model_dir, list(scenes), out, tile=tile, stride=stride, batch=batch,
                        bands=_bands(bands), blend=blend, threshold=threshold, device=device,
-                       overwrite=overwrite, progress=_progress(not no_progress))
+                       overwrite=overwrite, progress=_progress(not no_progress), backend=where)
     for w in summary.warnings:
         _echo(f"warning: {w}")
     for r in summary.scenes:

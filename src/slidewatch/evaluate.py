@@ -22,8 +22,14 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from slidewatch import metrics
-from slidewatch.checkpoint import (ModelMeta, library_versions, load_model, now_iso, read_meta,
-                                   write_meta)
+from slidewatch.checkpoint import (
+    ModelMeta,
+    library_versions,
+    load_model,
+    now_iso,
+    read_meta,
+    write_meta,
+)
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import Sample, load_datasets
 from slidewatch.data.transforms import EvalTransform

@@ -37,8 +37,7 @@ from slidewatch import metrics
 from slidewatch.checkpoint import META_FILE
 from slidewatch.config import from_dict, load_yaml, merge
 from slidewatch.errors import ConfigError, SlidewatchError
-from slidewatch.evaluate import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_FILE,
-                                 mark_undefined)
+from slidewatch.evaluate import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_FILE, mark_undefined
 from slidewatch.inference import no_progress
 from slidewatch.io_utils import atomic_write_text
 

@@ -8,8 +8,8 @@
   (``tile + OUT_BLOCK`` rows x scene width).
 * Scene opening with one-line errors, windowed reads with the nodata mask, and the probability
   GeoTIFF (float32, 256x256 tiles, deflate, nodata :data:`NODATA`) written a block row at a time.
-* :func:`polygonize`: connected areas above a threshold, a block row at a time; pieces that touch
-  across block rows are joined (union-find), so memory is bounded by the open areas only.
+
+Polygons, GeoJSON and quick-looks from the finished map: :mod:`slidewatch.scan_outputs`.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ NODATA = -1.0  # probabilities are in [0, 1]; -1 marks "not scanned" (nodata in 
 OUT_BLOCK = 256  # output GeoTIFF tile size; rows are written a block row at a time
 HANN_FLOOR = 0.01
 SCAN_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"}
-GDAL_ENV = {"GDAL_CACHEMAX": 128 * 2**20}  # bytes; the default (5% of RAM) counts towards RSS
+GDAL_ENV = {"GDAL_CACHEMAX": 32 * 2**20}  # bytes; the default (5% of RAM) counts towards RSS
 MAX_READ_BYTES = 256 * 2**20  # a row of windows is read as one strip up to this size
 
 
-def gdal_env() -> rasterio.Env:
-    return rasterio.Env(**GDAL_ENV)
+def gdal_env(**options) -> rasterio.Env:
+    return rasterio.Env(**{**GDAL_ENV, **options})
 
 
 def open_quiet(path: Path, mode: str = "r", **profile):
@@ -319,101 +319,3 @@ def write_rows(path: Path, row0: int, rows: np.ndarray) -> None:
 def set_tags(path: Path, **tags: str) -> None:
     with open_quiet(path, "r+") as dst:
         dst.update_tags(**tags)
-
-
-# ---------------------------------------------------------------- polygons
-
-
-@dataclass
-class Region:
-    """One connected (4-neighbour) area, geometry in pixel coordinates (col, row)."""
-
-    geometry: object  # shapely Polygon
-    area_px: int
-    sum_prob: float
-    max_prob: float
-
-
-class _Groups:
-    """Union-find over piece ids; each root keeps its member ids."""
-
-    def __init__(self):
-        self.parent: dict[int, int] = {}
-        self.members: dict[int, list[int]] = {}
-
-    def add(self, i: int) -> None:
-        self.parent[i] = i
-        self.members[i] = [i]
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = sorted((self.find(a), self.find(b)))
-        if ra != rb:
-            self.parent[rb] = ra
-            self.members[ra] += self.members.pop(rb)
-
-
-def _pieces(hit: np.ndarray, prob: np.ndarray, y0: int):
-    """Components of one block row: (geometries, local label raster, count, sum, max)."""
-    from affine import Affine
-    from rasterio.features import rasterize, shapes
-    from shapely.geometry import shape
-
-    at = Affine.translation(0, y0)
-    geoms = [shape(g) for g, _ in shapes(hit.view(np.uint8), mask=hit, connectivity=4,
-                                          transform=at)]
-    if not geoms:
-        return [], np.zeros(hit.shape, np.int32), None, None, None
-    labels = rasterize(((g, k + 1) for k, g in enumerate(geoms)), out_shape=hit.shape,
-                       transform=at, dtype="int32")
-    n = len(geoms) + 1
-    flat = labels.ravel()
-    count = np.bincount(flat, minlength=n)
-    total = np.bincount(flat, weights=prob.ravel().astype(np.float64), minlength=n)
-    sel = labels[hit]
-    order = np.argsort(sel, kind="stable")
-    first = np.searchsorted(sel[order], np.arange(1, n))  # every label has >= 1 pixel
-    top = np.concatenate([[-np.inf], np.maximum.reduceat(prob[hit][order], first)])
-    return geoms, labels, count, total, top
-
-
-def polygonize(path: Path, threshold: float, chunk_rows: int = OUT_BLOCK) -> Iterator[Region]:
-    """Connected areas with probability >= ``threshold`` of a probability GeoTIFF.
-
-    Reads ``chunk_rows`` rows at a time; areas are yielded once no later row can extend them.
-    """
-    from shapely import union_all
-
-    groups, pieces, prev, next_id = _Groups(), {}, None, 1
-    with open_quiet(path) as ds:
-        for y0 in range(0, ds.height, chunk_rows):
-            h = min(chunk_rows, ds.height - y0)
-            prob = ds.read(1, window=Window(0, y0, ds.width, h))
-            hit = (prob >= threshold) & (prob != NODATA)
-            geoms, labels, count, total, top = _pieces(hit, prob, y0)
-            ids = np.where(labels > 0, labels + (next_id - 1), 0)
-            for k, g in enumerate(geoms, start=1):
-                pieces[next_id + k - 1] = (g, int(count[k]), float(total[k]), float(top[k]))
-                groups.add(next_id + k - 1)
-            next_id += len(geoms)
-            if prev is not None:
-                both = (prev > 0) & (ids[0] > 0)
-                for a, b in set(zip(prev[both].tolist(), ids[0][both].tolist())):
-                    groups.union(a, b)
-            prev = ids[-1]
-            last = y0 + h >= ds.height
-            still_open = set() if last else {groups.find(i) for i in np.unique(prev[prev > 0])}
-            for root in sorted(r for r in groups.members if r not in still_open):
-                members = sorted(groups.members.pop(root))
-                parts = [pieces.pop(i) for i in members]
-                for i in members:
-                    del groups.parent[i]
-                geom = parts[0][0] if len(parts) == 1 else \
-                    union_all([p[0] for p in parts]).simplify(0)  # drop seam vertices
-                yield Region(geom, sum(p[1] for p in parts), sum(p[2] for p in parts),
-                             max(p[3] for p in parts))
