@@ -6,9 +6,10 @@ TorchGeo: windows of size = tile and stride = stride (pixel units), batches of `
 (``stack_samples``), each window through the same pixel path as scan (``scale_to_unit`` ->
 ``EvalTransform`` -> ``forward_logits`` -> softmax); it only scores windows (no blending, no
 output files). slidewatch: ``scan`` end to end (scoring, blending, probability GeoTIFF,
-polygons, quick-look), timed before and after TorchGeo, and its scoring alone (the local
-backend's chunks) for the per-window probabilities. Windows are matched by their bounds; the
-max absolute difference of the probabilities is taken over the windows both have.
+polygons, quick-look), interleaved with TorchGeo ``--repeat`` times (medians compared), and
+its scoring alone (the local backend's chunks) for the per-window probabilities. Windows are
+matched by their bounds; the max absolute difference of the probabilities is taken over the
+windows both have.
 GridGeoSampler anchors its grid at the scene's left and bottom (south) edges and its last
 column and row reach past the right and top edges (padded with nodata), where slidewatch
 anchors at the left and top and ends with windows flush with the right and bottom edges; the
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=112)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--tg-workers", type=int, default=1, help="TorchGeo DataLoader workers")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved scan/TorchGeo pairs")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--results", default=None)
     args = ap.parse_args()
@@ -130,20 +132,23 @@ def main() -> None:
             "stride": args.stride, "batch": args.batch, "scene": [args.height, args.width],
             "torchgeo": torchgeo.__version__, "tg_workers": args.tg_workers,
             "machine": machine(args.device)}
-    first = slidewatch_scan(model_dir, scene, root / "out", args)
-    emit({**base, "what": "slidewatch scan", "load": load(), **first}, results)
-    tg_probs, tg = torchgeo_pass(scene, model, meta, args, device)
-    emit({**base, "what": "torchgeo", "load": load(), **tg}, results)
-    second = slidewatch_scan(model_dir, scene, root / "out", args)
-    emit({**base, "what": "slidewatch scan", "load": load(), **second}, results)
+    rates: dict[str, list[float]] = {"slidewatch scan": [], "torchgeo": []}
+    for _ in range(args.repeat):  # interleaved: the machine's load changes from minute to minute
+        res = slidewatch_scan(model_dir, scene, root / "out", args)
+        emit({**base, "what": "slidewatch scan", "load": load(), **res}, results)
+        rates["slidewatch scan"].append(res["windows_per_s"])
+        tg_probs, tg = torchgeo_pass(scene, model, meta, args, device)
+        emit({**base, "what": "torchgeo", "load": load(), **tg}, results)
+        rates["torchgeo"].append(tg["windows_per_s"])
     sw_probs, sw = slidewatch_scores(scene, model, meta, args, device)
     emit({**base, "what": "slidewatch scoring only", "load": load(), **sw}, results)
     both = sorted(set(tg_probs) & set(sw_probs))
     diff = np.array([abs(tg_probs[k] - sw_probs[k]) for k in both])
-    scan_rate = (first["windows_per_s"] + second["windows_per_s"]) / 2
-    emit({**base, "what": "comparison", "slidewatch_scan_windows_per_s": scan_rate,
-          "torchgeo_windows_per_s": tg["windows_per_s"],
-          "ratio_slidewatch_to_torchgeo": scan_rate / tg["windows_per_s"],
+    scan_rate, tg_rate = (float(np.median(rates[k])) for k in ("slidewatch scan", "torchgeo"))
+    emit({**base, "what": "comparison", "repeats": args.repeat,
+          "slidewatch_scan_windows_per_s": scan_rate, "torchgeo_windows_per_s": tg_rate,
+          "ratio_slidewatch_to_torchgeo": scan_rate / tg_rate,
+          "ratios_per_repeat": [a / b for a, b in zip(*rates.values())],
           "windows_slidewatch": len(sw_probs), "windows_torchgeo": len(tg_probs),
           "windows_coinciding": len(both), "max_abs_diff": float(diff.max()),
           "identical_windows": int((diff == 0).sum())}, results)
