@@ -64,9 +64,16 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(*args.child, args.stride, args.batch, args.device)
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        return run(args, Path(args.work))
+    with tempfile.TemporaryDirectory(prefix="scan_memory_") as tmp:
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, root: Path) -> None:
+    """Scenes (kept in ``root`` between runs), one subprocess per scan, the JSON lines."""
     results = Path(args.results or RESULTS / f"{args.device.split(':')[0]}-scan-memory.jsonl")
-    root = Path(args.work or tempfile.mkdtemp(prefix="scan_memory_"))
-    root.mkdir(parents=True, exist_ok=True)
     model_dir, _ = lite0_model_dir(root)
     base = {"benchmark": "scan_memory", "model": "efficientnet_lite0", "tile": 224,
             "stride": args.stride, "batch": args.batch, "machine": machine(args.device)}

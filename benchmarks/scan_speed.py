@@ -107,9 +107,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="Ray workers")
     ap.add_argument("--results", default=None, help="JSON lines file [results/<device>-...]")
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="scan_speed_") as tmp:
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, root: Path) -> None:
     device = torch.device(args.device)
     results = Path(args.results or RESULTS / f"{device.type}-scan-speed.jsonl")
-    root = Path(tempfile.mkdtemp(prefix="scan_speed_"))
     model_dir, _ = lite0_model_dir(root)
     compress = None if args.compress == "none" else args.compress
     scene = write_scene(root / "scene.tif", args.size, args.size, compress=compress)

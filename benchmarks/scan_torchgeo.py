@@ -119,11 +119,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--results", default=None)
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="scan_torchgeo_") as tmp:
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, root: Path) -> None:
     import torchgeo
 
     device = torch.device(args.device)
     results = Path(args.results or RESULTS / f"{device.type}-scan-torchgeo.jsonl")
-    root = Path(tempfile.mkdtemp(prefix="scan_torchgeo_"))
     model_dir, _ = lite0_model_dir(root)
     (root / "scene").mkdir()
     scene = write_scene(root / "scene" / "scene.tif", args.height, args.width, seed=3)

@@ -18,6 +18,7 @@ from test_scan import StopAfter, add_slide, vegetation
 
 from slidewatch import raster
 from slidewatch.cli import main
+from slidewatch.errors import ConfigError
 from slidewatch.scan import Backend, scan
 
 ray = pytest.importorskip("ray", reason="the Ray backend is an optional extra (slidewatch[ray])")
@@ -122,3 +123,10 @@ def test_ray_options_errors_are_one_line(capsys, monkeypatch, tmp_path, model_di
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and needle in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cluster_address_that_does_not_answer_fails_fast():
+    from slidewatch.scan_ray import check_reachable
+
+    with pytest.raises(ConfigError, match="--ray-address 127.0.0.1:1: no Ray cluster answers"):
+        check_reachable("127.0.0.1:1")  # instead of minutes of Ray's retries

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import socket
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from slidewatch.scan_score import score_windows
 
 QUEUED_PER_WORKER = 2  # chunks sent to a worker before its first one comes back
 CLUSTER_WORKER_CPUS = 4
+CONNECT_TIMEOUT_S = 5
 
 
 class RayWorkerError(SlidewatchError):
@@ -64,6 +66,22 @@ class _Worker:
                                 self.device)
 
 
+def check_reachable(address: str) -> None:
+    """``host:port`` (or ``ray://host:port``) that does not answer: an error in seconds rather
+    than after Ray's minutes of retries."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if "://" in hostport or not host or not port.isdigit():
+        return  # auto, a bare host, another scheme: Ray decides
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--ray-address {address}: no Ray cluster answers there "
+                          f"({_one_line(exc)}); start one with `ray start --head`, or leave "
+                          f"--ray-address out for a local instance") from None
+
+
 def connect(address: str | None, cpus: int | None) -> bool:
     """Join or start Ray; True when this call started it (shut it down at the end)."""
     if ray.is_initialized():
@@ -74,6 +92,7 @@ def connect(address: str | None, cpus: int | None) -> bool:
         if address is None:
             ray.init(num_cpus=cpus or os.cpu_count() or 1, **kw)
         else:
+            check_reachable(address)
             ray.init(address=address, **kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"--ray-address {address}" if address else "--backend ray"

@@ -4,8 +4,9 @@
 it on the chunks of :class:`ChunkPlan` (whole batches, about a window row each). The local
 backend (:class:`LocalScorer`) runs its two halves, :func:`window_batches` (reading) and
 :func:`score_batches` (unit scaling, transform, the model), with the next batches read in a
-thread while the model runs; the Ray backend calls :func:`score_windows` on its workers. Batches never span
-two calls, so every backend scores the same batches and gives the same numbers.
+thread while the model runs; the Ray backend calls :func:`score_windows` on its workers.
+Batches never span two calls, so every backend scores the same batches and gives the same
+numbers.
 """
 
 from __future__ import annotations
