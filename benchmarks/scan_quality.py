@@ -11,9 +11,6 @@ hand-drawn mask. Prints one JSON line (also appended to benchmarks/results/scan-
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -21,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.transform import from_origin
+from scan_common import RESULTS, emit, load, machine
 
 from slidewatch.checkpoint import read_meta
 from slidewatch.data.readers import read_image, read_mask
 from slidewatch.scan import scan
 
-RESULTS = Path(__file__).parent / "results" / "scan-quality.jsonl"
+RESULTS_FILE = RESULTS / "scan-quality.jsonl"
 
 
 def wrap_scenes(region: Path, out: Path) -> list[Path]:
@@ -42,16 +40,6 @@ def wrap_scenes(region: Path, out: Path) -> list[Path]:
             ds.write(arr.transpose(2, 0, 1))
         paths.append(path)
     return paths
-
-
-def machine() -> str:
-    model = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
 
 
 def main() -> None:
@@ -88,12 +76,8 @@ def main() -> None:
            "flagged_fraction": round((tp + fp) / max(1, c.sum()), 4),
            "mask_fraction": round((tp + fn) / max(1, c.sum()), 4),
            "scenes_with_a_detection_on_the_mask": hits,
-           "machine": machine()}
-    line = json.dumps(row)
-    print(line)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
+           "machine": machine(), "load": load()}
+    emit(row, RESULTS_FILE)
 
 
 if __name__ == "__main__":

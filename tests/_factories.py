@@ -90,3 +90,21 @@ def write_rows(path: Path, rows: list[dict], columns: list[str] | None = None) -
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def interrupt_after_saves(monkeypatch, saves: int = 2):
+    """Make training stop (KeyboardInterrupt) right after its ``saves``-th resume checkpoint,
+    as a user's Ctrl-C would; returns the real ``save_resume`` to put back."""
+    import slidewatch.train as train_module
+
+    real = train_module.save_resume
+    calls = {"n": 0}
+
+    def save_then_stop(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == saves:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_resume", save_then_stop)
+    return real

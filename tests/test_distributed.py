@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _factories import make_class_dataset
+from _factories import interrupt_after_saves, make_class_dataset
 from safetensors.torch import load_file
 
 from slidewatch.checkpoint import load_model
@@ -190,20 +190,9 @@ def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(data, tmp_path):
 def test_resume_under_torchrun_continues_a_run(data, tmp_path, monkeypatch):
     """An interrupted run continues under torchrun: every rank loads the same resume state
     (model, optimizer, best epoch, history), and the ranks end identical."""
-    import slidewatch.train as T
-
     cfg_path = write_config(tmp_path / "cfg.yaml", data, **{"phase2.epochs": 2})
     cfg = from_dict(yaml.safe_load(cfg_path.read_text()))
-    real = T.save_resume
-    calls = {"n": 0}
-
-    def crash_after_two(*a, **k):
-        real(*a, **k)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(T, "save_resume", crash_after_two)
+    interrupt_after_saves(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut")
     first_two = history(tmp_path / "cut")

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _factories import make_class_dataset
+from _factories import interrupt_after_saves, make_class_dataset
 from safetensors.torch import load_file
 
 from slidewatch.checkpoint import load_model
@@ -54,7 +54,8 @@ def test_model_folder_is_complete_and_self_describing(trained):
     assert not (out / "resume.pt").exists()
     meta = json.loads((out / "slidewatch.json").read_text())
     assert meta["architecture"] == "test_efficientnet"
-    assert meta["classes"] == ["landslide", "non_landslide"] and meta["positive_class"] == "landslide"
+    assert meta["classes"] == ["landslide", "non_landslide"]
+    assert meta["positive_class"] == "landslide"
     assert meta["input_size"] == 32 and meta["in_chans"] == 3 and len(meta["mean"]) == 3
     assert meta["threshold"] == 0.5 and "torch" in meta["versions"]
     assert meta["best_epoch"] == result.best_epoch
@@ -122,16 +123,7 @@ def test_resume_continues_an_interrupted_run(data, tmp_path, monkeypatch):
     cfg = tiny_config(data)
     full = train(cfg, tmp_path / "full")
     import slidewatch.train as T
-    calls = {"n": 0}
-    real = T.save_resume
-
-    def crash_after_two(*a, **k):
-        real(*a, **k)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(T, "save_resume", crash_after_two)
+    real = interrupt_after_saves(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut")
     monkeypatch.setattr(T, "save_resume", real)

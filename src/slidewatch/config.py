@@ -206,7 +206,8 @@ def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ConfigError(f"unknown config key '{key}'; known keys here: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown config key '{key}'; known keys here: "
+                          f"{', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name

@@ -143,31 +143,30 @@ def _outcome(ctx: DistContext, err: Exception | None) -> None:
         raise RankFailed(f"rank {rank} failed: {message}")
 
 
-def everywhere(ctx: DistContext, fn: Callable, *args, **kwargs):
-    """``fn(*args, **kwargs)`` on every rank; if it fails on any rank, it fails on all."""
-    if not ctx.enabled:
-        return fn(*args, **kwargs)
+def _agreed(ctx: DistContext, run_here: bool, fn: Callable, args, kwargs):
+    """Run ``fn`` where ``run_here``; if it failed on any rank, raise on every rank."""
     result, err = None, None
-    try:
-        result = fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - re-raised below, once the other ranks know
-        err = exc
-    _outcome(ctx, err)
-    return result
-
-
-def on_main(ctx: DistContext, fn: Callable, *args, **kwargs):
-    """``fn`` on rank 0 only (e.g. writing files); the others wait and fail if it failed."""
-    if not ctx.enabled:
-        return fn(*args, **kwargs)
-    result, err = None, None
-    if ctx.is_main:
+    if run_here:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - re-raised below, once the other ranks know
             err = exc
     _outcome(ctx, err)
     return result
+
+
+def everywhere(ctx: DistContext, fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on every rank; if it fails on any rank, it fails on all."""
+    if not ctx.enabled:
+        return fn(*args, **kwargs)
+    return _agreed(ctx, True, fn, args, kwargs)
+
+
+def on_main(ctx: DistContext, fn: Callable, *args, **kwargs):
+    """``fn`` on rank 0 only (e.g. writing files); the others wait and fail if it failed."""
+    if not ctx.enabled:
+        return fn(*args, **kwargs)
+    return _agreed(ctx, ctx.is_main, fn, args, kwargs)
 
 
 def main_first(ctx: DistContext, fn: Callable, *args, **kwargs):

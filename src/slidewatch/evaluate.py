@@ -32,6 +32,7 @@ from slidewatch.checkpoint import (
 )
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import Sample, load_datasets
+from slidewatch.data.tiling import is_scene_folder
 from slidewatch.data.transforms import EvalTransform
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.inference import no_progress, predict_outputs, resolve_device
@@ -102,7 +103,7 @@ def _training_roots(model_dir: Path, meta: ModelMeta, extra: list[Path]) -> dict
     tiles = model_dir / "tiles"
     candidates += sorted(tiles.iterdir()) if tiles.is_dir() else []
     for path in candidates + list(extra):
-        if (path / "images").is_dir() and (path / "masks").is_dir():
+        if is_scene_folder(path):
             path = tiles / path.name
         if path.is_dir():
             found.setdefault(path.name, path.resolve())

@@ -191,7 +191,7 @@ def expand(exp: Experiment) -> list[Run]:
 
 def prepare_test_data(exp: Experiment, out: Path, log: Callable) -> list[Path]:
     """Test roots: ``$VARS`` expanded; scene folders tiled once into ``<out>/test-tiles``."""
-    from slidewatch.data.tiling import tile_scenes
+    from slidewatch.data.tiling import is_scene_folder, tile_scenes
 
     roots = []
     classes = tuple(exp.base.get("data", {}).get("classes") or ("landslide", "non_landslide"))
@@ -199,7 +199,7 @@ def prepare_test_data(exp: Experiment, out: Path, log: Callable) -> list[Path]:
         path = Path(os.path.expandvars(raw)).expanduser()
         if "$" in str(path):
             raise ConfigError(f"test.data: {raw}: an environment variable is not set")
-        if (path / "images").is_dir() and (path / "masks").is_dir():
+        if is_scene_folder(path):
             tiles = out / "test-tiles" / path.name
             if not (tiles / "tiles.csv").is_file():
                 opts = {"tile": 224, "stride": 224, "min_landslide": 0.05, **exp.test_tiling}
@@ -215,14 +215,14 @@ def prepare_test_data(exp: Experiment, out: Path, log: Callable) -> list[Path]:
 def share_train_tiles(runs: list[Run], out: Path, log: Callable) -> None:
     """Scene folders in the runs' ``data.paths`` are tiled once per tiling setting into
     ``<out>/train-tiles`` and every run reads those tiles (not a copy per run)."""
-    from slidewatch.data.tiling import tile_scenes
+    from slidewatch.data.tiling import is_scene_folder, tile_scenes
 
     for run in runs:
         d = run.config.data
         paths = []
         for raw in d.paths:
             path = Path(os.path.expandvars(raw)).expanduser()
-            if not ((path / "images").is_dir() and (path / "masks").is_dir()):
+            if not is_scene_folder(path):
                 paths.append(raw)  # class folders (or a missing path: training reports it)
                 continue
             key = f"{path.name}-t{d.tile}-s{d.stride}-m{d.min_landslide:g}"

@@ -52,15 +52,21 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x
 
 
+def _run(model: torch.nn.Module, x: torch.Tensor, meta: ModelMeta, device: torch.device,
+         *extra: torch.Tensor):
+    """The model on a normalised unit-scale image batch (plus extra inputs), under autocast."""
+    x = normalize(to_device(x, device), meta.mean, meta.std)
+    with autocast(device):
+        return model(x, *extra)
+
+
 def forward_logits(model: torch.nn.Module, x: torch.Tensor, meta: ModelMeta,
                    device: torch.device) -> torch.Tensor:
     """Normalise a unit-scale batch with the model's statistics and run the model (fp32 out)."""
     if getattr(model, "tabular", None) is not None:  # a FusionModel with a tabular branch
         raise ModelError(f"{meta.architecture} + tabular inputs: this model needs each image's "
                          "tabular row; use evaluate/predict/explain with --tabular or --aux")
-    x = normalize(to_device(x, device), meta.mean, meta.std)
-    with autocast(device):
-        out = model(x)
+    out = _run(model, x, meta, device)
     if isinstance(out, dict):  # a FusionModel that needs no tabular inputs (image mode)
         out = out["logits"]
     return out.float()
@@ -73,11 +79,9 @@ def forward_outputs(model: torch.nn.Module, batch: dict, meta: ModelMeta,
     (``"logits"`` and, with a size head, ``"size_logits"``)."""
     if "numeric" not in batch:
         return {"logits": forward_logits(model, batch["image"], meta, device)}
-    x = normalize(to_device(batch["image"], device), meta.mean, meta.std)
     numeric = batch["numeric"].to(device, non_blocking=True).float()
     categorical = batch["categorical"].to(device, non_blocking=True).long()
-    with autocast(device):
-        out = model(x, numeric, categorical)
+    out = _run(model, batch["image"], meta, device, numeric, categorical)
     return {k: v.float() for k, v in out.items()}
 
 

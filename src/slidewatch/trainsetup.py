@@ -21,7 +21,7 @@ from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import Sample, load_datasets
 from slidewatch.data.readers import probe
 from slidewatch.data.splits import Split, load_split, save_split, split_samples
-from slidewatch.data.tiling import tile_scenes
+from slidewatch.data.tiling import is_scene_folder, tile_scenes
 from slidewatch.data.transforms import EvalTransform, TrainTransform
 from slidewatch.distributed import DistContext, everywhere, main_first, sampler
 from slidewatch.errors import ConfigError, DataError, WeightsError
@@ -70,7 +70,7 @@ def resolve_paths(cfg: TrainConfig, out_dir: Path, log: Callable, tile: bool = T
         if "$" in str(path):
             var = str(path)[str(path).index("$"):].split("/")[0]
             raise ConfigError(f"data.paths: {raw}: environment variable {var} is not set")
-        if (path / "images").is_dir() and (path / "masks").is_dir():
+        if is_scene_folder(path):
             tiles = out_dir / "tiles" / path.name
             if not (tiles / "tiles.csv").is_file():
                 if not tile:

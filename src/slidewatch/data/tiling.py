@@ -73,6 +73,11 @@ class _Job:
     mask: Path
 
 
+def is_scene_folder(path: Path) -> bool:
+    """A folder of scenes to tile: ``images/`` and ``masks/`` side by side."""
+    return (path / "images").is_dir() and (path / "masks").is_dir()
+
+
 def validate_classes(classes: Sequence[str]) -> tuple[str, ...]:
     """Two or more distinct folder names, or ConfigError naming ``--classes``."""
     classes = tuple(classes)
