@@ -58,18 +58,19 @@ def _class_images(folder: Path) -> list[Path]:
 
 
 def read_tiles_csv(path: Path) -> dict[str, dict]:
-    """Rows of a ``tiles.csv`` keyed by their relative path."""
+    """Rows of a ``tiles.csv`` keyed by their relative path (``region`` is optional: without
+    it every tile belongs to the dataset folder's region, as for tiles without a csv)."""
     rows: dict[str, dict] = {}
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        missing = {"path", "source_image", "region"} - set(reader.fieldnames or ())
+        missing = {"path", "source_image"} - set(reader.fieldnames or ())
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
         for line, row in enumerate(reader, start=2):
             try:
                 rows[row["path"]] = {
                     "group": row["source_image"],
-                    "region": row["region"],
+                    "region": row.get("region") or path.parent.name,
                     "row": _opt(row.get("row"), int),
                     "col": _opt(row.get("col"), int),
                     "landslide_fraction": _opt(row.get("landslide_fraction"), float),
