@@ -302,14 +302,18 @@ def test_size_classes_from_masks_and_the_size_report(tmp_path, capsys):
     assert code == 0 and "Size classes" in html and 'alt="size confusion"' in html, err
 
 
-def test_size_classes_from_a_nasa_style_column(tmp_path, capsys):
+@pytest.mark.parametrize("inputs", ["tabular", "labels only"])
+def test_size_classes_from_a_nasa_style_column(tmp_path, capsys, inputs):
+    """The column feeds the size head; the CSV may also carry tabular inputs, or nothing else
+    (an inventory's tiles.csv used for its size labels only)."""
+    flags = TABULAR if inputs == "tabular" else ["--tabular-key", "tile_id"]
     rows = make_fusion_dataset(tmp_path / "d", n=64, seed=3, prefix="c")
     values = ["Small", "medium", "Large", "very_large", "unknown", ""]
     for i, r in enumerate(rows):  # landslide-free tiles have no size, whatever the column says
         r["landslide_size"] = values[i % len(values)]
     table = write_rows(tmp_path / "t.csv", rows)
     code, _, err = run(capsys, "train", "--data", tmp_path / "d", "--out", tmp_path / "m",
-                       "--tabular", table, *TABULAR, "--size-from", "column", "--size-weight",
+                       "--tabular", table, *flags, "--size-from", "column", "--size-weight",
                        "2", *BASE, "--input-size", "32", "--phase2-epochs", "1",
                        "--batch-size", "16")
     assert code == 0, err
@@ -322,6 +326,8 @@ def test_size_classes_from_a_nasa_style_column(tmp_path, capsys):
                     for r in train) for n in names]
     assert meta["sizes"]["source"] == "column" and meta["sizes"]["names"] == names
     assert meta["sizes"]["train_counts"] == expected and meta["sizes"]["weight"] == 2.0
+    assert ("tabular" in meta) == (inputs == "tabular")
+    assert meta["fusion"]["mode"] == ("fused" if inputs == "tabular" else "image")
     code, _, err = run(capsys, "evaluate", tmp_path / "m", "--data", tmp_path / "d", "--out",
                        tmp_path / "ev", "--tabular", table, "--quiet")
     size = json.loads((tmp_path / "ev" / "metrics.json").read_text())["size"]

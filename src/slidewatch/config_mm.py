@@ -80,8 +80,11 @@ def _check(cond: bool, key: str, what: str) -> None:
 
 
 def has_tabular_inputs(cfg) -> bool:
-    """Tabular columns from a CSV or terrain features feed a tabular branch."""
-    return bool(cfg.tabular.path) or (bool(cfg.aux.dem) and cfg.aux.use == "features")
+    """Tabular columns from a CSV or terrain features feed a tabular branch (a CSV that only
+    holds the size labels does not)."""
+    t = cfg.tabular
+    return (bool(t.path) and bool([*t.numeric, *t.categorical])) or (
+        bool(cfg.aux.dem) and cfg.aux.use == "features")
 
 
 def is_multimodal(cfg) -> bool:
@@ -95,9 +98,10 @@ def validate_multimodal(cfg) -> None:
     columns = [*t.numeric, *t.categorical]
     _check(bool(t.path) or not columns, "tabular.numeric",
            "columns need a tabular file (tabular.path, --tabular)")
-    _check(not t.path or bool(columns), "tabular.path",
+    _check(not t.path or bool(columns) or s.source == "column", "tabular.path",
            "name at least one column (tabular.numeric / tabular.categorical, --numeric / "
-           "--categorical)")
+           "--categorical), or take size labels from it (sizes.source: column, --size-from "
+           "column)")
     _check(len(set(columns)) == len(columns), "tabular.numeric",
            f"a column is named twice in {columns}")
     _check(a.pixel_size is None or a.pixel_size > 0, "aux.pixel_size", "must be > 0 metres")

@@ -93,9 +93,9 @@ def format_size(block: dict | None) -> str:
         return f"size: {block.get('note', 'no labelled tiles')}"
     line = f"size: macro-F1 {block['macro_f1']:.3f}, accuracy {block['accuracy']:.3f} " \
            f"(n = {block['n']})"
-    base = block.get("baseline")
-    for key in ("baseline", "baseline_evaluated_majority"):
+    for key, whose in (("baseline", "training"), ("baseline_evaluated_majority", "evaluated")):
         base = block.get(key)
         if base:
-            line += f"; always '{base['class']}': macro-F1 {base['macro_f1']:.3f}"
+            line += (f"; always '{base['class']}' ({whose} majority): "
+                     f"macro-F1 {base['macro_f1']:.3f}")
     return line
