@@ -56,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000])
     ap.add_argument("--stride", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=16, help="[16: the CPU default of scan]")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default=None, help="folder for the scenes [a temporary one]")
     ap.add_argument("--child", nargs=3, metavar=("MODEL", "SCENE", "OUT"), help=argparse.SUPPRESS)

@@ -27,7 +27,8 @@ def _bands(value: str | None) -> list[int] | None:
 @click.option("--tile", type=int, default=None, help="window size in pixels  [default: the "
               "model's input size]")
 @click.option("--stride", type=int, default=None, help="step between windows  [default: tile/2]")
-@click.option("--batch", default=32, show_default=True, type=int, help="windows per forward pass")
+@click.option("--batch", default=None, type=int,
+              help="windows per forward pass  [default: 16 on CPU, 32 on a GPU]")
 @click.option("--bands", default=None,
               help="1-based band numbers, comma-separated  [default: all bands]")
 @click.option("--blend", type=click.Choice(["mean", "hann"]), default="mean", show_default=True,
