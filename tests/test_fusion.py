@@ -212,6 +212,11 @@ def test_multitask_loss_weights_and_ignored_size_labels():
     size_ce = float(ce(out["size_logits"][[0, 2]], sizes[[0, 2]]))
     assert parts["loss_size"] == pytest.approx(size_ce)
     assert float(loss) == pytest.approx(0.5 * float(ce(out["logits"], y)) + 2.0 * size_ce)
+    w = torch.tensor([3.0, 1.0, 0.5])  # weighted mean over the labelled tiles, as torch does
+    _, parts = multitask_loss(out, y, sizes, size_class_weights=w)
+    logp = torch.log_softmax(out["size_logits"][[0, 2]], 1)
+    manual = -(w[2] * logp[0, 2] + w[0] * logp[1, 0]) / (w[2] + w[0])
+    assert parts["loss_size"] == pytest.approx(float(manual))
 
 
 def test_metadata_round_trip_rebuilds_the_same_model(task, tmp_path):

@@ -306,7 +306,8 @@ def test_size_classes_from_masks_and_the_size_report(tmp_path, capsys):
 def test_size_classes_from_a_nasa_style_column(tmp_path, capsys, inputs):
     """The column feeds the size head; the CSV may also carry tabular inputs, or nothing else
     (an inventory's tiles.csv used for its size labels only)."""
-    flags = TABULAR if inputs == "tabular" else ["--tabular-key", "tile_id"]
+    flags = TABULAR if inputs == "tabular" else ["--tabular-key", "tile_id",
+                                                 "--size-class-weights", "balanced"]
     rows = make_fusion_dataset(tmp_path / "d", n=64, seed=3, prefix="c")
     values = ["Small", "medium", "Large", "very_large", "unknown", ""]
     for i, r in enumerate(rows):  # landslide-free tiles have no size, whatever the column says
@@ -327,6 +328,12 @@ def test_size_classes_from_a_nasa_style_column(tmp_path, capsys, inputs):
     assert meta["sizes"]["source"] == "column" and meta["sizes"]["names"] == names
     assert meta["sizes"]["train_counts"] == expected and meta["sizes"]["weight"] == 2.0
     assert ("tabular" in meta) == (inputs == "tabular")
+    if inputs == "tabular":
+        assert meta["sizes"]["class_weights"] is None
+    else:  # n / (k * n_class) over the labelled training tiles; 0 for an absent class
+        n, k = sum(expected), sum(c > 0 for c in expected)
+        assert meta["sizes"]["class_weights"] == pytest.approx(
+            [n / (k * c) if c else 0.0 for c in expected])
     assert meta["fusion"]["mode"] == ("fused" if inputs == "tabular" else "image")
     code, _, err = run(capsys, "evaluate", tmp_path / "m", "--data", tmp_path / "d", "--out",
                        tmp_path / "ev", "--tabular", table, "--quiet")

@@ -27,7 +27,8 @@ FLAG_KEYS = {
     "tabular_unknown": "tabular.unknown", "aux": "aux.dem", "aux_as": "aux.use",
     "aux_pixel_size": "aux.pixel_size", "size_from": "sizes.source", "size_unit": "sizes.unit",
     "size_column": "sizes.column", "pixel_size": "sizes.pixel_size",
-    "size_weight": "sizes.weight", "fusion_mode": "fusion.mode", "emb_dim": "fusion.emb_dim",
+    "size_weight": "sizes.weight", "size_class_weights": "sizes.class_weights",
+    "fusion_mode": "fusion.mode", "emb_dim": "fusion.emb_dim",
     "mlp_hidden": "fusion.mlp_hidden", "landslide_weight": "fusion.weight",
 }
 # flag name -> config key path of a comma-separated list (the flag may be repeated)
@@ -161,6 +162,8 @@ TRAIN_OPTIONS = [
     _opt("--size-column", help="column with size labels (default landslide_size)"),
     _opt("--pixel-size", type=float, help="metres per pixel for m² size classes"),
     _opt("--size-weight", type=float, help="weight of the size loss"),
+    _opt("--size-class-weights", type=click.Choice(["none", "balanced"]),
+         help="size classes weighted alike (none) or by inverse training frequency"),
     _opt("--landslide-weight", type=float, help="weight of the landslide loss"),
     _opt("--fusion-mode", type=click.Choice(["fused", "image", "tabular"]),
          help="both branches, or one only (comparisons)"),

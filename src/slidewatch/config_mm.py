@@ -49,7 +49,10 @@ class SizesConfig:
     fraction of the tile) or ``column`` (a text column of the tabular CSV, e.g. NASA
     ``landslide_size``); left out = no size task. ``edges``/``names``/``unit`` set the mask
     classes (defaults in :mod:`slidewatch.sizes`); ``names`` also orders column values.
-    ``weight``: the size loss's weight (the landslide loss has ``fusion.weight``)."""
+    ``weight``: the size loss's weight (the landslide loss has ``fusion.weight``).
+    ``class_weights``: ``balanced`` weighs each size class by ``n / (k * n_class)`` over the
+    training split's labelled tiles (classes without a tile get 0), so a rare class counts as
+    much as a common one; ``none`` (default) weighs every tile alike."""
 
     source: Optional[Literal["mask", "column"]] = None
     edges: Optional[list[float]] = None
@@ -58,6 +61,7 @@ class SizesConfig:
     column: str = "landslide_size"
     pixel_size: Optional[float] = None
     weight: float = 1.0
+    class_weights: Literal["none", "balanced"] = "none"
 
 
 @dataclass

@@ -224,11 +224,13 @@ def build_fusion(config: Mapping, backbone: nn.Module | None) -> FusionModel:
 def multitask_loss(out: Mapping[str, torch.Tensor], labels: torch.Tensor,
                    size_labels: torch.Tensor | None = None, *, weight: float = 1.0,
                    size_weight: float = 1.0, class_weights: torch.Tensor | None = None,
-                   label_smoothing: float = 0.0, ignore_index: int = -1
+                   label_smoothing: float = 0.0, ignore_index: int = -1,
+                   size_class_weights: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """``weight * CE(logits) + size_weight * CE(size_logits)`` (size labels equal to
-    ``ignore_index`` skipped; a batch without any size label adds 0). Returns the total and
-    the float value of each part."""
+    ``ignore_index`` skipped; a batch without any size label adds 0; ``size_class_weights``
+    weigh the size classes as ``class_weights`` do the landslide classes). Returns the total
+    and the float value of each part."""
     loss = F.cross_entropy(out["logits"].float(), labels, weight=class_weights,
                            label_smoothing=label_smoothing)
     parts = {"loss_landslide": float(loss.detach())}
@@ -236,7 +238,8 @@ def multitask_loss(out: Mapping[str, torch.Tensor], labels: torch.Tensor,
     if "size_logits" in out and size_labels is not None and size_weight > 0:
         valid = size_labels != ignore_index
         if bool(valid.any()):
-            size_loss = F.cross_entropy(out["size_logits"].float()[valid], size_labels[valid])
+            size_loss = F.cross_entropy(out["size_logits"].float()[valid], size_labels[valid],
+                                        weight=size_class_weights)
         else:
             size_loss = out["size_logits"].float().sum() * 0.0
         parts["loss_size"] = float(size_loss.detach())

@@ -123,13 +123,26 @@ class MultiModalSetup:
             meta.extra["sizes"] = self._sizes_json()
         return fused
 
-    def _sizes_json(self) -> dict:
+    def _train_counts(self) -> np.ndarray:
         labels = self.sizes["train"]
-        counts = np.bincount(labels[labels != IGNORE_INDEX], minlength=len(self.size_names))
+        return np.bincount(labels[labels != IGNORE_INDEX], minlength=len(self.size_names))
+
+    def size_class_weights(self) -> list[float] | None:
+        """``n / (k * n_class)`` per size class over the training split's labelled tiles
+        (0 for a class without one) with ``sizes.class_weights: balanced``, else None."""
+        if self.inputs.sizes is None or self.cfg.sizes.class_weights != "balanced":
+            return None
+        counts = self._train_counts().astype(np.float64)
+        present = counts > 0
+        weights = np.zeros_like(counts)
+        weights[present] = counts.sum() / (present.sum() * counts[present])
+        return weights.tolist()
+
+    def _sizes_json(self) -> dict:
         s = self.cfg.sizes
         return {**self.inputs.sizes.to_json(), "pixel_size": s.pixel_size,
-                "join": list(self.inputs.join), "train_counts": counts.tolist(),
-                "weight": s.weight}
+                "join": list(self.inputs.join), "train_counts": self._train_counts().tolist(),
+                "weight": s.weight, "class_weights": self.size_class_weights()}
 
 
 def fusion_model(cfg: TrainConfig, backbone: torch.nn.Module, inputs: ModelInputs,
@@ -204,10 +217,14 @@ def task_loss(s, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]
 
     y = batch["label"].to(s.device)
     sizes = batch.get("size_label")
+    mm = getattr(s, "multimodal", None)
+    size_weights = mm.size_class_weights() if mm is not None else None
     return multitask_loss(out, y, None if sizes is None else sizes.to(s.device),
                           weight=s.cfg.fusion.weight, size_weight=s.cfg.sizes.weight,
                           class_weights=s.loss_fn.weight,
-                          label_smoothing=s.loss_fn.label_smoothing)
+                          label_smoothing=s.loss_fn.label_smoothing,
+                          size_class_weights=None if size_weights is None else
+                          torch.tensor(size_weights, dtype=torch.float32, device=s.device))
 
 
 def size_metrics(prefix: str, size_logits: torch.Tensor | None, labels: torch.Tensor | None,
