@@ -7,6 +7,7 @@ GeoTIFF: a vegetation texture with bright landslide-like scars.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -25,6 +26,15 @@ from slidewatch.models import build_model, model_data_config
 RESULTS = Path(__file__).resolve().parent / "results"
 ORIGIN = (500000.0, 3000000.0)  # west, north (EPSG:32645)
 PIXEL = 10.0
+
+
+def scan_args(ap: argparse.ArgumentParser, stride: int = 112) -> None:
+    """The options every scan benchmark takes: windows, batch, device, results file."""
+    ap.add_argument("--stride", type=int, default=stride)
+    ap.add_argument("--batch", type=int, default=16, help="windows per forward pass [16: "
+                    "scan's CPU default]")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--results", default=None, help="JSON lines file [results/<device>-...]")
 
 
 def machine(device: str = "cpu") -> dict:

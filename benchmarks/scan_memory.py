@@ -22,7 +22,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scan_common import RESULTS, emit, lite0_model_dir, load, machine, write_scene  # noqa: E402
+from scan_common import (  # noqa: E402
+    RESULTS,
+    emit,
+    lite0_model_dir,
+    load,
+    machine,
+    scan_args,
+    write_scene,
+)
 
 
 def rss_mb() -> float:
@@ -55,12 +63,9 @@ def child(model_dir: str, scene: str, out: str, stride: int, batch: int, device:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000])
-    ap.add_argument("--stride", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=16, help="[16: the CPU default of scan]")
-    ap.add_argument("--device", default="cpu")
+    scan_args(ap, stride=224)
     ap.add_argument("--work", default=None, help="folder for the scenes [a temporary one]")
     ap.add_argument("--child", nargs=3, metavar=("MODEL", "SCENE", "OUT"), help=argparse.SUPPRESS)
-    ap.add_argument("--results", default=None)
     args = ap.parse_args()
     if args.child:
         return child(*args.child, args.stride, args.batch, args.device)

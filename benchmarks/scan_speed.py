@@ -8,7 +8,7 @@ size (already on the device), images/s. scan: ``slidewatch.scan.scan`` over a ge
 before and after the scan; the ratio uses their mean. ``--profile`` adds a run with the reading
 inline under cProfile and reports the seconds per stage.
 
-    python benchmarks/scan_speed.py [--size 3584] [--batch 32] [--device cpu|cuda]
+    python benchmarks/scan_speed.py [--size 3584] [--batch 16] [--device cpu|cuda]
     python benchmarks/scan_speed.py --device cuda --size 12000 --batch 128   # on a GPU machine
 """
 
@@ -25,7 +25,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scan_common import RESULTS, emit, lite0_model_dir, load, machine, write_scene  # noqa: E402
+from scan_common import (  # noqa: E402
+    RESULTS,
+    emit,
+    lite0_model_dir,
+    load,
+    machine,
+    scan_args,
+    write_scene,
+)
 
 from slidewatch import scan_score  # noqa: E402
 from slidewatch.checkpoint import load_model  # noqa: E402
@@ -96,16 +104,13 @@ def profile(model_dir, scene, out, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=3584, help="scene side in pixels")
-    ap.add_argument("--stride", type=int, default=112)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--device", default="cpu")
+    scan_args(ap)
     ap.add_argument("--bare-seconds", type=float, default=20.0)
     ap.add_argument("--compress", default="deflate", help="scene compression (none: raw)")
     ap.add_argument("--profile", action="store_true", help="also a cProfile run, per stage")
     ap.add_argument("--no-prefetch", action="store_true", help="read inline (no thread)")
     ap.add_argument("--backend", default="local", choices=["local", "ray"])
     ap.add_argument("--workers", type=int, default=None, help="Ray workers")
-    ap.add_argument("--results", default=None, help="JSON lines file [results/<device>-...]")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="scan_speed_") as tmp:
         run(args, Path(tmp))

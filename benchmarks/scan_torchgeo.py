@@ -16,7 +16,7 @@ anchors at the left and top and ends with windows flush with the right and botto
 default scene (2688 rows = 224 + 22 x 112, 2700 columns) makes the rows coincide and shows the
 different last column.
 
-    python benchmarks/scan_torchgeo.py [--height 2688 --width 2700] [--batch 32] [--tg-workers 1]
+    python benchmarks/scan_torchgeo.py [--height 2688 --width 2700] [--batch 16] [--tg-workers 1]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from scan_common import (  # noqa: E402
     lite0_model_dir,
     load,
     machine,
+    scan_args,
     write_scene,
 )
 
@@ -112,12 +113,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=2688, help="scene rows")
     ap.add_argument("--width", type=int, default=2700, help="scene columns")
     ap.add_argument("--tile", type=int, default=224)
-    ap.add_argument("--stride", type=int, default=112)
-    ap.add_argument("--batch", type=int, default=32)
+    scan_args(ap)
     ap.add_argument("--tg-workers", type=int, default=1, help="TorchGeo DataLoader workers")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved scan/TorchGeo pairs")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--results", default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="scan_torchgeo_") as tmp:
         run(args, Path(tmp))

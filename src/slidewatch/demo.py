@@ -121,10 +121,14 @@ def run_demo(data_dir: str | None, out: Path, *, quick: bool = False,
         row = evaluate_region(run_dir, tiles, region)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        f1 = row["f1"] if row["landslide_tiles"] else None  # as in the table: no landslides
-        log(f"held-out {region}: F1 {_fmt(f1)}, recall {_fmt(row['recall'])} "
+        log(f"held-out {region}: F1 {_fmt(_shown_f1(row))}, recall {_fmt(row['recall'])} "
             f"({row['seconds']:.0f}s)")
     return rows
+
+
+def _shown_f1(row: dict) -> float | None:
+    """F1 of a held-out region; None (n/a) for a region without landslide tiles."""
+    return row["f1"] if row["landslide_tiles"] else None
 
 
 def _fmt(value: float | None) -> str:
@@ -140,7 +144,7 @@ def format_table(rows: list[dict]) -> str:
         has_pos = r["landslide_tiles"] > 0
         prec = f"{r['precision']:.3f}" if r["tp"] + r["fp"] else "n/a"
         rec = f"{r['recall']:.3f}" if has_pos else "n/a"
-        f1 = f"{r['f1']:.3f}" if has_pos else "n/a"
+        f1 = _fmt(_shown_f1(r))
         ci = r["ci95"]["f1"]
         ci_s = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci and has_pos else "n/a"
         auc = f"{r['roc_auc']:.3f}" if r["roc_auc"] is not None else "n/a"

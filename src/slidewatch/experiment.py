@@ -39,7 +39,7 @@ from slidewatch.config import from_dict, load_yaml, merge
 from slidewatch.errors import ConfigError, SlidewatchError
 from slidewatch.evaluate import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_FILE, mark_undefined
 from slidewatch.inference import no_progress
-from slidewatch.io_utils import atomic_write_text
+from slidewatch.io_utils import atomic_write_text, expand_path
 
 TOP_KEYS = ("base", "grid", "test", "out", "search")  # "search" is read by slidewatch.search
 TEST_KEYS = ("data", "regions", "tile", "stride", "min_landslide")
@@ -196,9 +196,7 @@ def prepare_test_data(exp: Experiment, out: Path, log: Callable) -> list[Path]:
     roots = []
     classes = tuple(exp.base.get("data", {}).get("classes") or ("landslide", "non_landslide"))
     for raw in exp.test_data:
-        path = Path(os.path.expandvars(raw)).expanduser()
-        if "$" in str(path):
-            raise ConfigError(f"test.data: {raw}: an environment variable is not set")
+        path = expand_path(raw, "test.data")
         if is_scene_folder(path):
             tiles = out / "test-tiles" / path.name
             if not (tiles / "tiles.csv").is_file():

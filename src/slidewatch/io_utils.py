@@ -16,6 +16,16 @@ from pathlib import Path
 from slidewatch.errors import ConfigError
 
 
+def expand_path(raw: str, key: str) -> Path:
+    """``raw`` with ``$VARS`` and ``~`` expanded; a ConfigError naming ``key`` and the
+    variable when one is not set."""
+    path = Path(os.path.expandvars(raw)).expanduser()
+    if "$" in str(path):
+        var = str(path)[str(path).index("$"):].split("/")[0]
+        raise ConfigError(f"{key}: {raw}: environment variable {var} is not set")
+    return path
+
+
 def _tmp_sibling(path: Path) -> Path:
     """``.<stem>.tmp-<pid><suffix>`` next to ``path`` (the suffix kept for suffix-aware writers)."""
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")

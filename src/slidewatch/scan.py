@@ -41,12 +41,7 @@ __all__ = ["Backend", "ScanSettings", "ScanSummary", "SceneResult", "resolve_set
 BACKENDS = ("local", "ray")
 # Windows per forward pass when --batch is not given. On CPU 16 scores as fast as 32 and peaks
 # ~200 MiB lower (benchmarks/scan_memory.py); a GPU wants larger batches.
-DEFAULT_BATCH = {"cpu": 16}
-DEFAULT_GPU_BATCH = 32
-
-
-def default_batch(device: torch.device) -> int:
-    return DEFAULT_BATCH.get(device.type, DEFAULT_GPU_BATCH)
+CPU_BATCH, GPU_BATCH = 16, 32
 
 
 @dataclass(frozen=True)
@@ -200,7 +195,8 @@ def scan(model_dir: str | Path, scenes: Sequence, out: str | Path, *, tile: int 
         raise ModelError(f"{model_dir}: a multi-modal model ({fusion.get('mode')} mode) needs "
                          f"tabular inputs; scan takes image-only models")
     dev = _device(device, backend)
-    batch = default_batch(dev) if batch is None else batch
+    if batch is None:
+        batch = CPU_BATCH if dev.type == "cpu" else GPU_BATCH
     settings = resolve_settings(meta, tile=tile, stride=stride, batch=batch, bands=bands,
                                 blend=blend, threshold=threshold)
     model_id = scan_plan.model_identity(model_dir)

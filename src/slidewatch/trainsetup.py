@@ -5,7 +5,6 @@ Kept apart from :mod:`slidewatch.train` so the loop itself reads top to bottom.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from slidewatch.data.transforms import EvalTransform, TrainTransform
 from slidewatch.distributed import DistContext, everywhere, main_first, sampler
 from slidewatch.errors import ConfigError, DataError, WeightsError
 from slidewatch.inference import prepare_model, resolve_device, seed_everything, worker_init
+from slidewatch.io_utils import expand_path
 from slidewatch.models import build_model, model_data_config
 from slidewatch.multimodal.training import MultiModalSetup, prepare_multimodal
 
@@ -48,6 +48,7 @@ class Setup:
     dist: DistContext = field(default_factory=DistContext)  # this process under torchrun
     train_model: torch.nn.Module | None = None  # the DDP wrapper of ``model`` under torchrun
     multimodal: MultiModalSetup | None = None  # tabular / terrain / size inputs (None: plain)
+    size_weights: torch.Tensor | None = None  # size-class weights of the size loss (balanced)
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -66,10 +67,7 @@ def resolve_paths(cfg: TrainConfig, out_dir: Path, log: Callable, tile: bool = T
     (``tile=False``: the tiles must exist already, as for the ranks after rank 0)."""
     roots = []
     for raw in cfg.data.paths:
-        path = Path(os.path.expandvars(raw)).expanduser()
-        if "$" in str(path):
-            var = str(path)[str(path).index("$"):].split("/")[0]
-            raise ConfigError(f"data.paths: {raw}: environment variable {var} is not set")
+        path = expand_path(raw, "data.paths")
         if is_scene_folder(path):
             tiles = out_dir / "tiles" / path.name
             if not (tiles / "tiles.csv").is_file():
@@ -249,6 +247,7 @@ def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.d
         train_ds, val_ds = mm.wrap(train_ds, "train"), mm.wrap(val_ds, "val")
     weights = class_weights(cfg, [s.label for s in train_s]).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.optim.label_smoothing)
+    size_weights = mm.size_class_weights() if mm is not None else None
     summary = _summary(cfg, samples, split)
     log(f"data: train {summary['train']}, val {summary['val']}, test {summary['test']}; "
         f"{in_chans} bands; input {meta.input_size}px; device {device}")
@@ -256,7 +255,9 @@ def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.d
                  train_loader=_loader(train_ds, cfg, device, True, ctx),
                  val_loader=_loader(val_ds, cfg, device, False, ctx) if val_s else None,
                  loss_fn=loss_fn, config_dict=to_dict(cfg), data_summary=summary,
-                 out_dir=out_dir, freeze_bn=pretrained, dist=ctx, multimodal=mm)
+                 out_dir=out_dir, freeze_bn=pretrained, dist=ctx, multimodal=mm,
+                 size_weights=None if size_weights is None else
+                 torch.tensor(size_weights, dtype=torch.float32, device=device))
 
 
 def _datasets(cfg: TrainConfig, meta: ModelMeta, train_s: list[Sample], val_s: list[Sample],

@@ -8,7 +8,6 @@ loss and size metrics of the training loop.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,8 @@ import torch
 
 from slidewatch.config import TrainConfig
 from slidewatch.config_mm import has_tabular_inputs, is_multimodal
-from slidewatch.errors import ConfigError, DataError
+from slidewatch.errors import DataError
+from slidewatch.io_utils import expand_path
 from slidewatch.multimodal.inputs import AuxSpec, ModelInputs
 from slidewatch.sizes import (
     DEFAULT_EDGES,
@@ -36,10 +36,7 @@ from slidewatch.terrain import FEATURES
 def _expand(raw: str | None, key: str) -> Path | None:
     if not raw:
         return None
-    path = Path(os.path.expandvars(raw)).expanduser()
-    if "$" in str(path):
-        raise ConfigError(f"{key}: {raw}: an environment variable in it is not set")
-    return path
+    return expand_path(raw, key)
 
 
 def encoder_spec(cfg: TrainConfig) -> TabularSpec | None:
@@ -212,19 +209,16 @@ def _describe(s: MultiModalSetup) -> str:
 
 def task_loss(s, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted landslide + size loss of a multi-modal batch (same class weights and label
-    smoothing as the plain loss)."""
+    smoothing as the plain loss; the size classes weighted by ``s.size_weights``)."""
     from slidewatch.models.fusion import multitask_loss
 
     y = batch["label"].to(s.device)
     sizes = batch.get("size_label")
-    mm = getattr(s, "multimodal", None)
-    size_weights = mm.size_class_weights() if mm is not None else None
     return multitask_loss(out, y, None if sizes is None else sizes.to(s.device),
                           weight=s.cfg.fusion.weight, size_weight=s.cfg.sizes.weight,
                           class_weights=s.loss_fn.weight,
                           label_smoothing=s.loss_fn.label_smoothing,
-                          size_class_weights=None if size_weights is None else
-                          torch.tensor(size_weights, dtype=torch.float32, device=s.device))
+                          size_class_weights=s.size_weights)
 
 
 def size_metrics(prefix: str, size_logits: torch.Tensor | None, labels: torch.Tensor | None,
