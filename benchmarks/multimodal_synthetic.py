@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _factories import make_fusion_dataset, write_rows  # noqa: E402
 
-from slidewatch.cli import main  # noqa: E402
+from slidewatch.cli.main import main  # noqa: E402
 
 MODES = ("fused", "image", "tabular")
 

@@ -20,8 +20,9 @@ import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from slidewatch.checkpoint import ModelMeta, save_model
+from slidewatch.meta import ModelMeta
 from slidewatch.models import build_model, model_data_config
+from slidewatch.models.checkpoint import save_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORIGIN = (500000.0, 3000000.0)  # west, north (EPSG:32645)

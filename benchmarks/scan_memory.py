@@ -41,9 +41,9 @@ def child(model_dir: str, scene: str, out: str, stride: int, batch: int, device:
     """Runs in the subprocess: one JSON line with the floor and the peak."""
     import torch
 
-    from slidewatch.checkpoint import load_model
-    from slidewatch.inference import forward_logits
-    from slidewatch.scan import scan
+    from slidewatch.inference.forward import forward_logits
+    from slidewatch.models.checkpoint import load_model
+    from slidewatch.scan.run import scan
 
     model, meta = load_model(model_dir, device)
     loaded = rss_mb()  # torch (CUDA build: its libraries count), timm, rasterio, the weights

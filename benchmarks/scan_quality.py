@@ -20,9 +20,9 @@ import rasterio
 from rasterio.transform import from_origin
 from scan_common import RESULTS, emit, load, machine
 
-from slidewatch.checkpoint import read_meta
 from slidewatch.data.readers import read_image, read_mask
-from slidewatch.scan import scan
+from slidewatch.meta import read_meta
+from slidewatch.scan.run import scan
 
 RESULTS_FILE = RESULTS / "scan-quality.jsonl"
 

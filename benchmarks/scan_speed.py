@@ -35,10 +35,10 @@ from scan_common import (  # noqa: E402
     write_scene,
 )
 
-from slidewatch import scan_score  # noqa: E402
-from slidewatch.checkpoint import load_model  # noqa: E402
-from slidewatch.inference import forward_logits  # noqa: E402
-from slidewatch.scan import Backend, scan  # noqa: E402
+from slidewatch.inference.forward import forward_logits  # noqa: E402
+from slidewatch.models.checkpoint import load_model  # noqa: E402
+from slidewatch.scan import score as scan_score  # noqa: E402
+from slidewatch.scan.run import Backend, scan  # noqa: E402
 
 STAGES = {  # (file suffix, function name) -> stage, from cProfile's cumulative times
     ("raster.py", "read_windows"): "read",

@@ -43,13 +43,13 @@ from scan_common import (  # noqa: E402
     write_scene,
 )
 
-from slidewatch import raster  # noqa: E402
-from slidewatch.checkpoint import load_model  # noqa: E402
+from slidewatch.data import raster  # noqa: E402
 from slidewatch.data.readers import scale_to_unit  # noqa: E402
 from slidewatch.data.transforms import EvalTransform  # noqa: E402
-from slidewatch.inference import forward_logits  # noqa: E402
-from slidewatch.scan import scan  # noqa: E402
-from slidewatch.scan_score import ChunkPlan, LocalScorer  # noqa: E402
+from slidewatch.inference.forward import forward_logits  # noqa: E402
+from slidewatch.models.checkpoint import load_model  # noqa: E402
+from slidewatch.scan.run import scan  # noqa: E402
+from slidewatch.scan.score import ChunkPlan, LocalScorer  # noqa: E402
 
 
 def torchgeo_pass(scene: Path, model, meta, args, device) -> tuple[dict, dict]:

@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from slidewatch.checkpoint import ModelMeta
-from slidewatch.config import AugmentConfig
+from slidewatch.config.train import AugmentConfig
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import scan_class_folders
 from slidewatch.data.transforms import TrainTransform
-from slidewatch.inference import forward_logits, prepare_model, worker_init
+from slidewatch.inference.forward import forward_logits
+from slidewatch.meta import ModelMeta
 from slidewatch.models import build_model, model_data_config
 from slidewatch.models.freezing import set_batchnorm_eval, unfreeze_top_blocks
+from slidewatch.runtime import prepare_model, worker_init
 
 
 def machine() -> dict:

@@ -48,7 +48,7 @@ def make_class_dataset(root: Path, *, images: int = 6, per_image: int = 4, size:
 
 def train_tiny_cnn(tiles: Path, out: Path) -> Path:
     """Train the study's small CNN for one epoch at 32 px through the command line."""
-    from slidewatch.cli import main
+    from slidewatch.cli.main import main
 
     code = main(["train", "--data", str(tiles), "--out", str(out), "--model", "baseline_cnn",
                  "--weights", "none", "--input-size", "32", "--phase1-epochs", "0",
@@ -95,7 +95,7 @@ def write_rows(path: Path, rows: list[dict], columns: list[str] | None = None) -
 def interrupt_after_saves(monkeypatch, saves: int = 2):
     """Make training stop (KeyboardInterrupt) right after its ``saves``-th resume checkpoint,
     as a user's Ctrl-C would; returns the real ``save_resume`` to put back."""
-    import slidewatch.train as train_module
+    import slidewatch.training.loop as train_module
 
     real = train_module.save_resume
     calls = {"n": 0}

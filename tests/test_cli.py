@@ -11,7 +11,7 @@ import pytest
 from _factories import make_class_dataset, train_tiny_cnn
 from conftest import make_scene, truncate, write_image
 
-from slidewatch.cli import main
+from slidewatch.cli.main import main
 
 
 def run(capsys, *args):

@@ -1,6 +1,6 @@
 import pytest
 
-from slidewatch.config import TrainConfig, dump_yaml, from_dict, load_yaml, merge
+from slidewatch.config.train import TrainConfig, dump_yaml, from_dict, load_yaml, merge
 from slidewatch.errors import ConfigError
 
 
@@ -70,7 +70,7 @@ def test_shipped_configs_are_valid():
     assert configs
     for path in configs:
         if "grid" in load_yaml(path):  # an experiment: every grid point must be a valid config
-            from slidewatch.experiment import expand, load_experiment
+            from slidewatch.experiments.grid import expand, load_experiment
 
             assert expand(load_experiment(path)), path
             continue

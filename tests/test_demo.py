@@ -7,10 +7,10 @@ import pytest
 from conftest import make_scene
 from PIL import Image
 
-from slidewatch import sampledata
-from slidewatch.config import from_dict
-from slidewatch.demo import format_table, run_demo
+from slidewatch.config.train import from_dict
+from slidewatch.data import sampledata
 from slidewatch.errors import DataError
+from slidewatch.experiments.demo import format_table, run_demo
 
 
 def fake_regions(root, size=64):

@@ -22,12 +22,12 @@ import yaml
 from _factories import interrupt_after_saves, make_class_dataset
 from safetensors.torch import load_file
 
-from slidewatch.checkpoint import load_model
-from slidewatch.config import from_dict
-from slidewatch.distributed import DUMP_ENV
-from slidewatch.metrics import threshold_for_recall
-from slidewatch.predict import predict_paths
-from slidewatch.train import train
+from slidewatch.config.train import from_dict
+from slidewatch.evaluation.metrics import threshold_for_recall
+from slidewatch.inference.predict import predict_paths
+from slidewatch.models.checkpoint import load_model
+from slidewatch.training.distributed import DUMP_ENV
+from slidewatch.training.loop import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

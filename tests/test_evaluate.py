@@ -20,13 +20,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from slidewatch import metrics
-from slidewatch.checkpoint import read_meta
-from slidewatch.cli import main
+from slidewatch.cli.main import main
 from slidewatch.errors import ConfigError, DataError
-from slidewatch.evalplots import write_plots
-from slidewatch.evaluate import evaluate, score_block
-from slidewatch.predict import predict_paths
+from slidewatch.evaluation import metrics
+from slidewatch.evaluation.evaluate import evaluate, score_block
+from slidewatch.evaluation.plots import write_plots
+from slidewatch.inference.predict import predict_paths
+from slidewatch.meta import read_meta
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +266,7 @@ def test_cli_prints_table(cli_run, model_dir, test_tiles, capsys, tmp_path):
 
 
 def test_undefined_scores_are_null_not_zero():
-    from slidewatch.evaluate import score_block
+    from slidewatch.evaluation.evaluate import score_block
 
     y = np.zeros(6, bool)  # no landslide tiles, nothing flagged
     block = score_block(y, np.full(6, 0.1), 0.5, ["non_landslide"] * 6)

@@ -11,9 +11,9 @@ from _factories import make_class_dataset
 from conftest import make_scene
 from PIL import Image
 
-from slidewatch.cli import main
+from slidewatch.cli.main import main
 from slidewatch.errors import ConfigError
-from slidewatch.experiment import (
+from slidewatch.experiments.grid import (
     METRIC_COLUMNS,
     expand,
     load_experiment,

@@ -11,10 +11,9 @@ from _factories import make_class_dataset, train_tiny_cnn
 from conftest import make_scene
 from PIL import Image
 
-from slidewatch.checkpoint import load_model
-from slidewatch.cli import main
-from slidewatch.explain import METHODS, compute_cam, default_target_layer
-from slidewatch.localisation import (
+from slidewatch.cli.main import main
+from slidewatch.explain.cams import METHODS, compute_cam, default_target_layer
+from slidewatch.explain.localisation import (
     border_bias,
     cam_iou,
     energy_inside,
@@ -22,6 +21,7 @@ from slidewatch.localisation import (
     uniform_reference,
 )
 from slidewatch.models import build_model
+from slidewatch.models.checkpoint import load_model
 from slidewatch.models.freezing import freeze_backbone, set_batchnorm_eval
 
 
@@ -87,7 +87,7 @@ def test_default_target_layer_per_architecture():
     assert default_target_layer(effnet) == "conv_head"
     set_batchnorm_eval(effnet)
     freeze_backbone(effnet)
-    from slidewatch.checkpoint import ModelMeta
+    from slidewatch.meta import ModelMeta
 
     meta = ModelMeta("test_efficientnet", ["landslide", "non_landslide"], 3, 64,
                      [0.5] * 3, [0.5] * 3)

@@ -11,15 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
-from slidewatch.checkpoint import ModelMeta, read_meta, save_model
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import scan_class_folders
 from slidewatch.data.splits import split_samples
+from slidewatch.data.tabular import TabularEncoder, TabularSpec, join_samples, read_table
 from slidewatch.data.transforms import normalize
 from slidewatch.errors import ConfigError, ModelError
-from slidewatch.metrics import confusion, fbeta
+from slidewatch.evaluation.metrics import confusion, fbeta
+from slidewatch.explain.attributions import tabular_attributions
+from slidewatch.meta import ModelMeta, read_meta
 from slidewatch.models import build_model
 from slidewatch.models.baseline import BaselineCNN
+from slidewatch.models.checkpoint import save_model
 from slidewatch.models.freezing import unfreeze_top_blocks, unfreeze_top_layers
 from slidewatch.models.fusion import (
     FusionModel,
@@ -29,9 +32,7 @@ from slidewatch.models.fusion import (
     fusion_config,
     multitask_loss,
     pooled_features,
-    tabular_attributions,
 )
-from slidewatch.tabular import TabularEncoder, TabularSpec, join_samples, read_table
 
 SIZE = 32
 THRESHOLD = 20.0  # degrees: landslide = bright scar AND slope above this
@@ -154,7 +155,7 @@ def test_integrated_gradients_credit_the_slope(task):
 
 
 def test_grad_cam_runs_on_the_backbone_of_a_fused_model(task):
-    from slidewatch.explain import compute_cam_raw, resolve_target_layer
+    from slidewatch.explain.cams import compute_cam_raw, resolve_target_layer
 
     data, model = task["data"], task["models"]["fused"]
     i = task["split"].test[0]

@@ -13,8 +13,8 @@ from conftest import UTM45, truncate, write_image
 from rasterio.transform import Affine
 from rasterio.warp import transform as warp
 
-from slidewatch.cli import main
-from slidewatch.cli_inventory import DEFAULTS
+from slidewatch.cli.inventory import DEFAULTS
+from slidewatch.cli.main import main
 from slidewatch.data import inventory as lib
 from slidewatch.data.folders import load_datasets
 from slidewatch.data.inventory import InventoryColumns, chips_from_inventory

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from slidewatch import metrics
+from slidewatch.evaluation import metrics
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from slidewatch.cli import main
+from slidewatch.cli.main import main
 
 BANDS = 14
 

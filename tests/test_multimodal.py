@@ -17,8 +17,8 @@ from conftest import UTM45, make_scene, write_image
 from rasterio.transform import from_origin
 from sklearn.metrics import f1_score
 
-from slidewatch.cli import main
-from slidewatch.config import TrainConfig, dump_yaml, from_dict
+from slidewatch.cli.main import main
+from slidewatch.config.train import TrainConfig, dump_yaml, from_dict
 from slidewatch.errors import ConfigError
 
 BASE = ["--model", "baseline_cnn", "--weights", "none", "--phase1-epochs", "0",

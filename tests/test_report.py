@@ -15,7 +15,7 @@ import pytest
 from _factories import make_class_dataset, train_tiny_cnn
 from PIL import Image
 
-from slidewatch.cli import main
+from slidewatch.cli.main import main
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -16,14 +16,14 @@ from PIL import Image
 from rasterio.transform import from_origin
 from shapely.geometry import box, shape
 
-from slidewatch import raster
-from slidewatch.checkpoint import ModelMeta
-from slidewatch.cli import main
+from slidewatch.cli.main import main
+from slidewatch.data import raster
+from slidewatch.data.raster import NODATA, OUT_BLOCK, Grid, blend_weights, starts
 from slidewatch.errors import ConfigError
-from slidewatch.raster import NODATA, OUT_BLOCK, Grid, blend_weights, starts
-from slidewatch.scan import ScanSettings, scan, scan_with_model
-from slidewatch.scan_outputs import polygonize
-from slidewatch.scan_score import ChunkPlan
+from slidewatch.meta import ModelMeta
+from slidewatch.scan.outputs import polygonize
+from slidewatch.scan.run import ScanSettings, scan, scan_with_model
+from slidewatch.scan.score import ChunkPlan
 
 TRANSFORM = from_origin(500000, 3000000, 10, 10)
 

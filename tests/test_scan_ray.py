@@ -16,10 +16,10 @@ from conftest import UTM45, write_image
 from rasterio.transform import from_origin
 from test_scan import StopAfter, add_slide, vegetation
 
-from slidewatch import raster
-from slidewatch.cli import main
+from slidewatch.cli.main import main
+from slidewatch.data import raster
 from slidewatch.errors import ConfigError
-from slidewatch.scan import Backend, scan
+from slidewatch.scan.run import Backend, scan
 
 ray = pytest.importorskip("ray", reason="the Ray backend is an optional extra (slidewatch[ray])")
 
@@ -117,7 +117,7 @@ def test_interrupted_ray_scan_resumes_to_the_same_output(tmp_path, ray_instance,
 def test_ray_options_errors_are_one_line(capsys, monkeypatch, tmp_path, model_dir, scenes,
                                         args, needle):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    monkeypatch.delitem(sys.modules, "slidewatch.scan_ray", raising=False)
+    monkeypatch.delitem(sys.modules, "slidewatch.scan.ray_backend", raising=False)
     code = main(["scan", str(model_dir), str(scenes[0]), "--out", str(tmp_path / "out"),
                  "--no-progress", *args])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
@@ -126,7 +126,7 @@ def test_ray_options_errors_are_one_line(capsys, monkeypatch, tmp_path, model_di
 
 
 def test_a_cluster_address_that_does_not_answer_fails_fast():
-    from slidewatch.scan_ray import check_reachable
+    from slidewatch.scan.ray_backend import check_reachable
 
     with pytest.raises(ConfigError, match="--ray-address 127.0.0.1:1: no Ray cluster answers"):
         check_reachable("127.0.0.1:1")  # instead of minutes of Ray's retries

@@ -6,10 +6,10 @@ import pytest
 import yaml
 from _factories import make_class_dataset
 
-from slidewatch.cli import main
-from slidewatch.config import from_dict
+from slidewatch.cli.main import main
+from slidewatch.config.train import from_dict
 from slidewatch.errors import ConfigError
-from slidewatch.search import parse_search
+from slidewatch.experiments.search import parse_search
 
 
 def spec_for(train_dir, out):

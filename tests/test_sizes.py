@@ -9,9 +9,7 @@ from rasterio.transform import from_origin
 from sklearn.metrics import confusion_matrix, f1_score
 
 from slidewatch.data.folders import scan_class_folders
-from slidewatch.data.tiling import tile_scenes
-from slidewatch.errors import ConfigError, DataError
-from slidewatch.sizes import (
+from slidewatch.data.sizes import (
     IGNORE_INDEX,
     SizeClasses,
     SizeColumn,
@@ -22,6 +20,8 @@ from slidewatch.sizes import (
     size_report,
     size_scheme_from_json,
 )
+from slidewatch.data.tiling import tile_scenes
+from slidewatch.errors import ConfigError, DataError
 from tests.conftest import UTM45, write_image
 
 M2 = SizeClasses(edges=(1_000, 10_000, 100_000), names=("small", "medium", "large", "huge"))

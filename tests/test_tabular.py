@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from slidewatch.data.folders import Sample, scan_class_folders
-from slidewatch.errors import ConfigError, DataError
-from slidewatch.tabular import (
+from slidewatch.data.tabular import (
     TabularEncoder,
     TabularSpec,
     join_samples,
@@ -19,6 +18,7 @@ from slidewatch.tabular import (
     read_table,
     tabular_dataset,
 )
+from slidewatch.errors import ConfigError, DataError
 from tests._factories import make_class_dataset
 
 SPEC = TabularSpec(numeric=("slope", "rain"), categorical=("trigger",))

@@ -10,8 +10,14 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 
+from slidewatch.data.terrain import (
+    FEATURES,
+    Grid,
+    terrain_features,
+    terrain_for_grid,
+    terrain_for_image,
+)
 from slidewatch.errors import ConfigError, DataError
-from slidewatch.terrain import FEATURES, Grid, terrain_features, terrain_for_grid, terrain_for_image
 from tests.conftest import UTM45, write_image
 
 X0, Y0 = 500_000.0, 3_100_000.0  # UTM 45N, near 87E 28N (zone's central meridian)

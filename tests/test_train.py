@@ -9,11 +9,11 @@ import torch
 from _factories import interrupt_after_saves, make_class_dataset
 from safetensors.torch import load_file
 
-from slidewatch.checkpoint import load_model
-from slidewatch.config import from_dict
+from slidewatch.config.train import from_dict
 from slidewatch.errors import ConfigError, WeightsError
-from slidewatch.predict import predict_paths
-from slidewatch.train import lr_at, train
+from slidewatch.inference.predict import predict_paths
+from slidewatch.models.checkpoint import load_model
+from slidewatch.training.loop import lr_at, train
 
 
 def tiny_config(data, **over):
@@ -122,7 +122,7 @@ def test_cpu_training_is_deterministic(data, tmp_path):
 def test_resume_continues_an_interrupted_run(data, tmp_path, monkeypatch):
     cfg = tiny_config(data)
     full = train(cfg, tmp_path / "full")
-    import slidewatch.train as T
+    import slidewatch.training.loop as T
     real = interrupt_after_saves(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut")

@@ -1,6 +1,6 @@
 import torch
 
-from slidewatch.config import AugmentConfig
+from slidewatch.config.train import AugmentConfig
 from slidewatch.data.transforms import EvalTransform, TrainTransform, normalize, to_grayscale
 
 

@@ -1,3 +1,3 @@
-from slidewatch.cli import main
+from slidewatch.cli.main import main
 
 raise SystemExit(main())

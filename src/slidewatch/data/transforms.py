@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from slidewatch.config import AugmentConfig
+from slidewatch.config.train import AugmentConfig
 
 # ITU-R 601 luma weights, as torchvision and PIL use them.
 _LUMA = (0.299, 0.587, 0.114)

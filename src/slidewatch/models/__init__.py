@@ -1,4 +1,7 @@
-"""Architectures (timm + the study's baseline CNN), weight sources and freezing.
+"""Architectures (timm + the study's baseline CNN), weight sources, heads, freezing, fusion with
+tabular inputs, and ``checkpoint`` (save and rebuild a model folder).
+
+May import: the leaf modules and ``config``; never data or anything above.
 
 Public API::
 
@@ -22,16 +25,15 @@ from slidewatch.models.freezing import (
     unfreeze_top_layers,
     weighted_layers,
 )
+from slidewatch.models.heads import backbone_parameters, get_head, head_modules, head_state_keys
 from slidewatch.models.registry import (
     BASELINE,
     DEFAULT_MODEL,
     MODELS,
     ModelSpec,
-    backbone_parameters,
     build_model,
     check_model_name,
     first_conv_in_chans,
-    get_head,
     list_models,
     model_data_config,
 )
@@ -40,7 +42,8 @@ from slidewatch.models.weights import WeightsInfo, load_weights, read_weights
 __all__ = [
     "BASELINE", "DEFAULT_MODEL", "MODELS", "BaselineCNN", "ModelSpec", "WeightsInfo",
     "backbone_parameters", "blocks", "build_model", "check_model_name", "first_conv_in_chans",
-    "freeze_backbone", "get_head", "list_models", "load_weights", "model_data_config",
+    "freeze_backbone", "get_head", "head_modules", "head_state_keys", "list_models",
+    "load_weights", "model_data_config",
     "read_weights", "set_batchnorm_eval", "trainable_summary", "unfreeze_top_blocks",
     "unfreeze_top_layers", "weighted_layers",
 ]

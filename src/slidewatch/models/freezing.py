@@ -24,7 +24,7 @@ from __future__ import annotations
 from torch import nn
 
 from slidewatch.errors import ConfigError
-from slidewatch.models.registry import head_modules
+from slidewatch.models.heads import head_modules
 
 
 def is_batchnorm(module: nn.Module) -> bool:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from slidewatch.errors import ConfigError, ModelError
+from slidewatch.models.heads import default_target_layer
 
 MODES = ("fused", "image", "tabular")
 PREFIX = "backbone."
@@ -105,8 +106,6 @@ class FusionModel(nn.Module):
         """Grad-CAM target: the backbone's default target layer, under ``backbone.``."""
         if self.backbone is None:
             return None
-        from slidewatch.explain import default_target_layer
-
         return PREFIX + default_target_layer(self.backbone)
 
     def get_classifier(self) -> tuple[nn.Module, ...]:
@@ -267,57 +266,3 @@ class ImageView(nn.Module):
         num = None if self.numeric is None else self.numeric.reshape(1, -1).expand(n, -1)
         cat = None if self.categorical is None else self.categorical.reshape(1, -1).expand(n, -1)
         return self.model(image, num, cat)["logits"]
-
-
-# ----------------------------------------------------------------------------- attribution
-
-
-def tabular_attributions(model: FusionModel, image: torch.Tensor | None, numeric: torch.Tensor,
-                         categorical: torch.Tensor | None, feature_names: Sequence[str],
-                         target: int = 0, n_steps: int = 64) -> dict:
-    """Integrated Gradients (Captum) of the probability of class ``target`` for one sample,
-    over its tabular inputs, the image held fixed.
-
-    Baseline: 0 for every numeric input (the training mean after standardisation; indicators
-    "not missing") and a zero embedding vector for categorical columns (each categorical
-    column's attribution is the sum over its embedding dimensions). ``feature_names`` are the
-    encoder's ``feature_names``; ``target`` the class (``meta.positive_index``). Returns
-    ``{"features": [{"name", "value", "attribution"}], "probability", "baseline_probability",
-    "delta"}`` (delta: IG's completeness error).
-    """
-    from captum.attr import IntegratedGradients
-
-    if model.tabular is None:
-        raise ModelError("tabular attribution: the model has no tabular branch")
-    names = list(feature_names)
-    if len(names) != model.n_numeric + len(model.cat_cardinalities):
-        raise ValueError(f"feature_names: expected {model.n_numeric} numeric + "
-                         f"{len(model.cat_cardinalities)} categorical names, got {len(names)}")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            img_feat = model.image_features(None if image is None else image.reshape(
-                1, *image.shape[-3:]))
-            num = numeric.reshape(1, -1).float()
-            emb = model.embed(None if categorical is None else categorical.reshape(1, -1), 1)
-
-        def prob(n: torch.Tensor, e: torch.Tensor, feat: torch.Tensor | None) -> torch.Tensor:
-            return torch.softmax(model.fuse(feat, n, e)["logits"], dim=1)[:, target]
-
-        ig = IntegratedGradients(prob)
-        (a_num, a_emb), delta = ig.attribute(
-            (num, emb), baselines=(torch.zeros_like(num), torch.zeros_like(emb)),
-            additional_forward_args=(img_feat,), n_steps=n_steps,
-            return_convergence_delta=True)
-        with torch.no_grad():
-            p, p0 = float(prob(num, emb, img_feat)), float(prob(num * 0, emb * 0, img_feat))
-    finally:
-        model.train(was_training)
-    values, inputs = a_num[0].tolist(), num[0].tolist()
-    if emb.numel():  # one value per categorical column: the sum over its embedding
-        values += a_emb[0].reshape(-1, model.emb_dim).sum(1).tolist()
-        inputs += categorical.reshape(-1).tolist()
-    return {"features": [{"name": n, "value": v, "attribution": a}
-                         for n, v, a in zip(names, inputs, values, strict=True)],
-            "probability": p, "baseline_probability": p0, "delta": float(delta.abs().max())}

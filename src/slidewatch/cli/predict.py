@@ -1,0 +1,29 @@
+"""`slidewatch predict`: probabilities and labels for images."""
+
+from __future__ import annotations
+
+import click
+
+from slidewatch.cli.common import echo, progress, tabular_inputs
+
+
+@click.command("predict")
+@click.argument("model_dir")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--out", required=True, help="CSV to write (path, probability, label)")
+@click.option("--threshold", type=float, default=None, help="override the model's threshold")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@tabular_inputs
+def predict_cmd(model_dir, paths, out, threshold, batch_size, device, quiet, tabular, aux,
+                missing, unknown):
+    """Landslide probability for every image in PATHS (files or folders)."""
+    from slidewatch.inference.predict import predict_paths, write_predictions
+
+    preds = predict_paths(model_dir, list(paths), threshold=threshold, batch_size=batch_size,
+                          device=device, progress=progress(not quiet), tabular=tabular,
+                          aux=aux, missing=missing, unknown=unknown)
+    write_predictions(out, preds)
+    positives = sum(p.positive for p in preds)
+    echo(f"{len(preds)} images, {positives} predicted landslide -> {out}")

@@ -1,0 +1,161 @@
+"""Config sections of multi-modal training: tabular inputs, terrain (DEM), size task, fusion.
+
+Part of :class:`slidewatch.config.TrainConfig` (keys ``tabular``, ``aux``, ``sizes``,
+``fusion``). The defaults add nothing: a config without these keys trains the plain image
+classifier exactly as before. :func:`validate_multimodal` rejects impossible combinations with
+a message that names the key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from slidewatch.errors import ConfigError
+
+SIZE_UNITS = ("m2", "fraction")
+
+
+def validate_edges(edges: Sequence[float], unit: str) -> tuple[float, ...]:
+    """Finite, positive, strictly increasing edges (fractions below 1); ConfigError otherwise."""
+    if unit not in SIZE_UNITS:
+        raise ConfigError(f"--size-unit: must be one of {', '.join(SIZE_UNITS)}, got {unit!r}")
+    edges = tuple(float(e) for e in edges)
+    if not edges:
+        raise ConfigError("--size-edges: give at least one edge (two classes)")
+    if not all(math.isfinite(e) and e > 0 for e in edges):
+        raise ConfigError(f"--size-edges: edges must be finite and > 0, got {list(edges)}")
+    if any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ConfigError(f"--size-edges: edges must increase strictly, got {list(edges)}")
+    if unit == "fraction" and edges[-1] >= 1:
+        raise ConfigError(f"--size-edges: fractions of a tile must be below 1, got {edges[-1]}")
+    return edges
+
+
+@dataclass
+class TabularConfig:
+    """A CSV with one row per image (``--tabular``), joined by ``key`` (``path`` relative to
+    the dataset root, or ``tile_id`` = file stem) found in ``key_column`` (default: the key's
+    name). ``missing``: an image without a row is an ``error`` or imputed (``impute``);
+    ``unknown``: a category never seen in training is an ``error`` or ``unknown`` (index 0)."""
+
+    path: Optional[str] = None
+    numeric: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    key: Literal["path", "tile_id"] = "path"
+    key_column: Optional[str] = None
+    missing: Literal["error", "impute"] = "error"
+    unknown: Literal["error", "unknown"] = "error"
+
+
+@dataclass
+class AuxConfig:
+    """A DEM (``--aux DEM.tif``): elevation, slope and aspect on each image's grid, used as
+    three extra input ``channels`` or as summary ``features`` of the tabular branch.
+    ``pixel_size`` (metres) is needed only when neither the DEM nor the image is
+    georeferenced."""
+
+    dem: Optional[str] = None
+    use: Literal["channels", "features"] = "features"
+    pixel_size: Optional[float] = None
+
+
+@dataclass
+class SizesConfig:
+    """A second task: the landslide size class. ``source``: ``mask`` (area of the tile's mask,
+    from tiles.csv ``landslide_fraction``; m² when the ground resolution is known, else the
+    fraction of the tile) or ``column`` (a text column of the tabular CSV, e.g. NASA
+    ``landslide_size``); left out = no size task. ``edges``/``names``/``unit`` set the mask
+    classes (defaults in :mod:`slidewatch.sizes`); ``names`` also orders column values.
+    ``weight``: the size loss's weight (the landslide loss has ``fusion.weight``).
+    ``class_weights``: ``balanced`` weighs each size class by ``n / (k * n_class)`` over the
+    training split's labelled tiles (classes without a tile get 0), so a rare class counts as
+    much as a common one; ``none`` (default) weighs every tile alike."""
+
+    source: Optional[Literal["mask", "column"]] = None
+    edges: Optional[list[float]] = None
+    names: Optional[list[str]] = None
+    unit: Optional[Literal["m2", "fraction"]] = None
+    column: str = "landslide_size"
+    pixel_size: Optional[float] = None
+    weight: float = 1.0
+    class_weights: Literal["none", "balanced"] = "none"
+
+
+@dataclass
+class FusionConfig:
+    """How image and tabular features are joined. ``mode``: ``fused`` (both branches),
+    ``image`` or ``tabular`` (one branch, for comparisons); left out = ``fused`` when there
+    are tabular inputs, else ``image``. ``weight``: the landslide loss's weight."""
+
+    mode: Optional[Literal["fused", "image", "tabular"]] = None
+    emb_dim: int = 4
+    mlp_hidden: int = 64
+    fusion_hidden: Optional[int] = None
+    dropout: float = 0.1
+    weight: float = 1.0
+
+
+def _check(cond: bool, key: str, what: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {what}")
+
+
+def has_tabular_inputs(cfg) -> bool:
+    """Tabular columns from a CSV or terrain features feed a tabular branch (a CSV that only
+    holds the size labels does not)."""
+    t = cfg.tabular
+    return (bool(t.path) and bool([*t.numeric, *t.categorical])) or (
+        bool(cfg.aux.dem) and cfg.aux.use == "features")
+
+
+def is_multimodal(cfg) -> bool:
+    """The model is a FusionModel (tabular inputs, a size task, or an explicit fusion mode)."""
+    return has_tabular_inputs(cfg) or cfg.sizes.source is not None or cfg.fusion.mode is not None
+
+
+def validate_multimodal(cfg) -> None:
+    """Reject impossible multi-modal settings with a message naming the key."""
+    t, a, s, f = cfg.tabular, cfg.aux, cfg.sizes, cfg.fusion
+    columns = [*t.numeric, *t.categorical]
+    _check(bool(t.path) or not columns, "tabular.numeric",
+           "columns need a tabular file (tabular.path, --tabular)")
+    _check(not t.path or bool(columns) or s.source == "column", "tabular.path",
+           "name at least one column (tabular.numeric / tabular.categorical, --numeric / "
+           "--categorical), or take size labels from it (sizes.source: column, --size-from "
+           "column)")
+    _check(len(set(columns)) == len(columns), "tabular.numeric",
+           f"a column is named twice in {columns}")
+    _check(a.pixel_size is None or a.pixel_size > 0, "aux.pixel_size", "must be > 0 metres")
+    _check(bool(a.dem) or a.use == "features", "aux.use", "needs a DEM (aux.dem, --aux)")
+    if a.dem and a.use == "channels":
+        g = cfg.augment
+        _check(not (g.grayscale or g.random_grayscale or g.channel_shuffle), "aux.use",
+               "channels cannot be used with augment.grayscale, random_grayscale or "
+               "channel_shuffle (they would mix terrain into the image bands)")
+    _check(s.source != "column" or bool(t.path), "sizes.source",
+           "column needs the tabular file that holds it (tabular.path, --tabular)")
+    _check(s.source is not None or (s.edges is None and s.names is None and s.unit is None),
+           "sizes.source", "size classes are set but no source (mask or column) is given")
+    _check(s.pixel_size is None or s.pixel_size > 0, "sizes.pixel_size", "must be > 0 metres")
+    _check(s.weight >= 0, "sizes.weight", "must be >= 0")
+    _check(s.source != "column" or s.column not in columns, "sizes.column",
+           f"{s.column!r} is also a feature column; the size label cannot be an input")
+    if s.source == "mask" and s.edges is not None:
+        try:
+            validate_edges(s.edges, s.unit or "m2")
+        except ConfigError as exc:
+            raise ConfigError(f"sizes.edges: {str(exc).split(': ', 1)[-1]}") from None
+    _check(f.emb_dim >= 1, "fusion.emb_dim", "must be >= 1")
+    _check(f.mlp_hidden >= 1, "fusion.mlp_hidden", "must be >= 1")
+    _check(f.fusion_hidden is None or f.fusion_hidden >= 1, "fusion.fusion_hidden",
+           "must be >= 1")
+    _check(0.0 <= f.dropout < 1.0, "fusion.dropout", "must be in [0, 1)")
+    _check(f.weight > 0, "fusion.weight", "must be > 0")
+    _check(f.mode not in ("fused", "tabular") or has_tabular_inputs(cfg), "fusion.mode",
+           f"{f.mode} needs tabular inputs (--tabular with --numeric/--categorical, or "
+           "--aux-as features)")
+    _check(not (is_multimodal(cfg) and cfg.model.init_from), "model.init_from",
+           "continuing an earlier model is not supported with tabular inputs or a size task")

@@ -1,0 +1,334 @@
+"""Configuration: dataclasses for every setting, loaded from YAML and overridden by flags.
+
+Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags. Unknown keys,
+wrong types and impossible values are ``ConfigError``s that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from slidewatch.config.multimodal import (
+    AuxConfig,
+    FusionConfig,
+    SizesConfig,
+    TabularConfig,
+    validate_multimodal,
+)
+from slidewatch.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
+SCHEDULES = ("cosine", "constant", "step")
+STOP_METRICS = ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2")
+
+
+@dataclass
+class DataConfig:
+    """Which tiles to train on and how to split them (by image or region, never by tile).
+
+    ``paths`` are class-folder datasets, or scene folders (``images/`` + ``masks/``) that are
+    tiled first with ``tile``, ``stride`` and ``min_landslide``. ``$VARS`` are expanded.
+    """
+
+    paths: list[str] = field(default_factory=list)
+    tile: int = 224
+    stride: int = 224
+    min_landslide: float = 0.05
+    classes: list[str] = field(default_factory=lambda: ["landslide", "non_landslide"])
+    split_by: Literal["image", "region", "tile"] = "image"
+    val_fraction: float = 0.2
+    holdout_regions: list[str] = field(default_factory=list)
+    split_file: Optional[str] = None
+    scale: Optional[float] = None
+    cache: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Architecture, starting weights and input geometry."""
+
+    name: str = "efficientnet_b3"
+    weights: str = "imagenet"
+    input_size: Optional[int] = None
+    drop_rate: float = 0.3
+    init_from: Optional[str] = None
+    # "none": when ``weights: imagenet`` cannot be had (offline, not cached), start from random
+    # weights with a warning instead of failing; the model records what it really started from.
+    weights_fallback: Optional[str] = None
+
+
+@dataclass
+class AugmentConfig:
+    """Training-only augmentation; each part can be switched off. ``resize``/``crop`` follow the
+    study (resize to 350, random crop 300); ``crop`` defaults to the model's input size.
+    ``random_grayscale`` and ``channel_shuffle`` are probabilities per image (robustness to
+    other sensors and band composites); ``grayscale`` turns every image grey, at training and
+    at prediction time."""
+
+    enabled: bool = True
+    resize: Optional[int] = None
+    crop: Optional[int] = None
+    hflip: bool = True
+    vflip: bool = True
+    rotate90: bool = False
+    translate: float = 0.1
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    random_grayscale: float = 0.0
+    channel_shuffle: float = 0.0
+    grayscale: bool = False
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase. Phase 1 trains the head on a frozen backbone; phase 2 fine-tunes the
+    top ``unfreeze_layers`` layers (Keras counting) or ``unfreeze_blocks`` stages."""
+
+    epochs: int = 3
+    lr: float = 1e-3
+    unfreeze_layers: Optional[int] = None
+    unfreeze_blocks: Optional[int] = None
+    patience: Optional[int] = None
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adam", "adamw", "nadam", "rmsprop", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    warmup_epochs: float = 0.0
+    momentum: float = 0.9
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``slidewatch train`` needs; mirrors the command-line flags.
+
+    ``steps_per_epoch`` caps an epoch at that many batches (a random subset of a large
+    training set each epoch, as Keras' ``steps_per_epoch``); ``None`` = one full pass.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    phase1: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=3, lr=1e-3))
+    phase2: PhaseConfig = field(
+        default_factory=lambda: PhaseConfig(epochs=10, lr=1e-4, unfreeze_layers=20)
+    )
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    tabular: TabularConfig = field(default_factory=TabularConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    sizes: SizesConfig = field(default_factory=SizesConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    batch_size: int = 32
+    steps_per_epoch: Optional[int] = None
+    class_weights: Union[str, list[float]] = "balanced"
+    early_stopping_metric: Literal[
+        "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2"
+    ] = "val_f1"
+    patience: int = 5
+    threshold: float = 0.5
+    target_recall: Optional[float] = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        names = " or ".join(_type_name(a) for a in args if a is not type(None))
+        raise ConfigError(f"{key}: expected {names}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - programming error
+
+
+def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        where = prefix or "config"
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(f"unknown config key '{key}'; known keys here: "
+                          f"{', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, cls: type = TrainConfig) -> Any:
+    """Build and validate a config from a plain mapping (as read from YAML)."""
+    cfg = _from_dict(cls, data)
+    validate(cfg)
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config file into a mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """Deep-merge ``overrides`` (e.g. from flags; ``None`` values ignored) into ``base``."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        elif isinstance(value, dict):
+            out[key] = merge({}, value)
+        else:
+            out[key] = value
+    return out
+
+
+MULTIMODAL_SECTIONS = {"tabular": TabularConfig, "aux": AuxConfig, "sizes": SizesConfig,
+                       "fusion": FusionConfig}
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain data; multi-modal sections left at their defaults are left out, so
+    that plain runs describe themselves (config.yaml, metadata) exactly as before."""
+    data = dataclasses.asdict(cfg)
+    if isinstance(cfg, TrainConfig):
+        for key, cls in MULTIMODAL_SECTIONS.items():
+            if data.get(key) == dataclasses.asdict(cls()):
+                del data[key]
+    return data
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _check(cond: bool, key: str, what: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {what}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject impossible values with a message naming the key."""
+    d, a = cfg.data, cfg.augment
+    _check(d.tile > 0, "data.tile", "must be > 0")
+    _check(d.stride > 0, "data.stride", "must be > 0")
+    _check(0.0 <= d.min_landslide <= 1.0, "data.min_landslide", "must be in [0, 1]")
+    _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+    _check(len(d.classes) >= 2, "data.classes", "needs at least two class names")
+    _check(len(set(d.classes)) == len(d.classes), "data.classes", "names must differ")
+    _check(d.scale is None or d.scale > 0, "data.scale", "must be > 0")
+    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _check(cfg.model.input_size is None or cfg.model.input_size >= 8, "model.input_size",
+           "must be >= 8 pixels")
+    _check(0.0 <= cfg.model.drop_rate < 1.0, "model.drop_rate", "must be in [0, 1)")
+    _check(cfg.model.weights_fallback in (None, "none"), "model.weights_fallback",
+           "must be 'none' or left out")
+    for key in ("resize", "crop"):
+        v = getattr(a, key)
+        _check(v is None or v >= 8, f"augment.{key}", "must be >= 8 pixels")
+    _check(0.0 <= a.translate < 0.5, "augment.translate", "must be in [0, 0.5)")
+    for key in ("brightness", "contrast", "saturation", "random_grayscale", "channel_shuffle"):
+        _check(0.0 <= getattr(a, key) < 1.0, f"augment.{key}", "must be in [0, 1)")
+    for name in ("phase1", "phase2"):
+        p = getattr(cfg, name)
+        _check(p.epochs >= 0, f"{name}.epochs", "must be >= 0")
+        _check(p.lr > 0, f"{name}.lr", "must be > 0")
+        _check(p.unfreeze_layers is None or p.unfreeze_layers >= 0, f"{name}.unfreeze_layers",
+               "must be >= 0")
+        _check(p.unfreeze_blocks is None or p.unfreeze_blocks >= 0, f"{name}.unfreeze_blocks",
+               "must be >= 0")
+        _check(p.patience is None or p.patience >= 1, f"{name}.patience", "must be >= 1")
+    _check(not (cfg.phase2.unfreeze_layers is not None and cfg.phase2.unfreeze_blocks is not None),
+           "phase2", "give unfreeze_layers or unfreeze_blocks, not both")
+    _check(cfg.phase1.epochs + cfg.phase2.epochs > 0, "phase1.epochs", "no epochs to train")
+    _check(cfg.batch_size >= 1, "batch_size", "must be >= 1")
+    _check(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, "steps_per_epoch",
+           "must be >= 1")
+    _check(cfg.patience >= 1, "patience", "must be >= 1")
+    _check(0.0 < cfg.threshold < 1.0, "threshold", "must be in (0, 1)")
+    _check(cfg.target_recall is None or 0.0 < cfg.target_recall <= 1.0, "target_recall",
+           "must be in (0, 1]")
+    _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _check(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+    _check(0.0 <= cfg.optim.label_smoothing < 1.0, "optim.label_smoothing", "must be in [0, 1)")
+    cw = cfg.class_weights
+    if isinstance(cw, str):
+        _check(cw in ("balanced", "none"), "class_weights", "must be 'balanced', 'none' or a list")
+    else:
+        _check(len(cw) == len(d.classes) and all(w > 0 for w in cw), "class_weights",
+               f"a list needs {len(d.classes)} positive numbers, one per class")
+    _check(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device",
+           "must be auto, cpu, cuda or cuda:N")
+    validate_multimodal(cfg)

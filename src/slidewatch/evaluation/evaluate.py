@@ -1,0 +1,333 @@
+"""Scores of a trained model on labelled class-folder data: ``metrics.json``,
+``predictions.csv`` and figures, overall and per region.
+
+Confidence intervals (95%): Wilson score intervals for accuracy and recall; for F1 a
+percentile bootstrap over tiles (1000 resamples, seed 0; see
+:func:`slidewatch.metrics.bootstrap_f1_interval`). ROC-AUC and PR-AUC (average precision)
+are null, with a reason, when a block holds only one class.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from slidewatch.data.dataset import TileDataset
+from slidewatch.data.folders import Sample, load_datasets
+from slidewatch.data.tiling import is_scene_folder
+from slidewatch.data.transforms import EvalTransform
+from slidewatch.errors import ConfigError, DataError
+from slidewatch.evaluation import metrics
+from slidewatch.inference.forward import predict_outputs
+from slidewatch.io_utils import atomic_write_text
+from slidewatch.meta import ModelMeta, library_versions, now_iso, read_meta, write_meta
+from slidewatch.models.checkpoint import load_model
+from slidewatch.runtime import no_progress, resolve_device
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+SPLIT_FILE = "split.json"
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+SOURCE_MODEL, SOURCE_FLAG, SOURCE_TARGET = "model", "flag", "target_recall on validation"
+
+
+class EvalTiles(TileDataset):
+    """``TileDataset`` prepared as ``predict`` prepares images, refusing other band counts."""
+
+    def __init__(self, samples: list[Sample], meta: ModelMeta):
+        super().__init__(samples, transform=EvalTransform(meta.input_size, meta.grayscale),
+                         cache=False, scale=meta.scale)
+        self.in_chans = meta.in_chans
+
+    def _array(self, i: int) -> np.ndarray:
+        arr = super()._array(i)
+        if arr.shape[2] != self.in_chans:
+            raise DataError(f"{self.samples[i].path}: has {arr.shape[2]} bands; the model "
+                            f"takes {self.in_chans}")
+        return arr
+
+
+def _outputs(model, meta: ModelMeta, samples: list[Sample], batch_size: int, device,
+             progress: Callable, desc: str, inputs=None) -> dict[str, np.ndarray]:
+    """Positive-class probabilities (and size probabilities) of ``samples``; ``inputs``
+    (:class:`~slidewatch.multimodal.inputs.ModelInputs`) for a multi-modal model."""
+    ds = EvalTiles(samples, meta) if inputs is None else inputs.dataset(samples, meta)
+    loader = DataLoader(ds, batch_size=batch_size)
+    return predict_outputs(model, meta, progress(loader, desc=desc, total=len(loader)), device)
+
+
+def _check_options(threshold, target_recall, batch_size: int) -> None:
+    if threshold is not None and target_recall is not None:
+        raise ConfigError("--threshold and --target-recall: give one or the other, not both")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ConfigError(f"--threshold: must be in (0, 1), got {threshold}")
+    if target_recall is not None and not 0.0 < target_recall <= 1.0:
+        raise ConfigError(f"--target-recall: must be in (0, 1], got {target_recall}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    if (out / METRICS_FILE).exists() and not overwrite:
+        raise ConfigError(f"--out {out}: already holds {METRICS_FILE}; choose another folder "
+                          "or pass --overwrite")
+
+
+# ------------------------------------------------------------- threshold from validation
+
+
+def _training_roots(model_dir: Path, meta: ModelMeta, extra: list[Path]) -> dict[str, Path]:
+    """Dataset roots by folder name: the training paths in the metadata (scene folders as
+    the model's ``tiles/<name>``), the model's ``tiles/`` folders, then ``extra``."""
+    raw = list(meta.extra.get("data", {}).get("paths") or [])
+    raw += list(meta.extra.get("training", {}).get("data", {}).get("paths") or [])
+    found: dict[str, Path] = {}
+    candidates = [Path(os.path.expandvars(p)).expanduser() for p in raw]
+    tiles = model_dir / "tiles"
+    candidates += sorted(tiles.iterdir()) if tiles.is_dir() else []
+    for path in candidates + list(extra):
+        if is_scene_folder(path):
+            path = tiles / path.name
+        if path.is_dir():
+            found.setdefault(path.name, path.resolve())
+    return found
+
+
+def validation_samples(model_dir: Path, meta: ModelMeta, extra_roots: list[Path]
+                       ) -> list[Sample]:
+    """Samples of the validation part of the model's ``split.json`` (keys
+    ``<root name>/<class>/<file>``), found under the training data roots."""
+    path = model_dir / SPLIT_FILE
+    if not path.is_file():
+        raise ConfigError(f"--target-recall: {path} not found; the model has no validation "
+                          "split to set a threshold on")
+    try:
+        keys = json.loads(path.read_text(encoding="utf-8"))["val"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a split file ({exc})") from None
+    if not keys:
+        raise ConfigError(f"--target-recall: {path} has no validation images")
+    roots = _training_roots(model_dir, meta, extra_roots)
+    samples = []
+    for key in keys:
+        root_name, _, rel = str(key).partition("/")
+        cls = rel.split("/", 1)[0]
+        if root_name not in roots or cls not in meta.classes:
+            raise ConfigError(f"--target-recall: {path}: cannot find the data of {key} (training "
+                              f"folders: {', '.join(sorted(roots)) or 'none found'})")
+        file = roots[root_name] / rel
+        if not file.is_file():
+            raise DataError(f"{file}: validation image listed in {path} is missing")
+        samples.append(Sample(path=file, label=meta.classes.index(cls), group="", region="",
+                              root=roots[root_name]))
+    return samples
+
+
+def threshold_for_target(model, meta: ModelMeta, model_dir: Path, target: float,
+                         extra_roots: list[Path], batch_size: int, device,
+                         progress: Callable, inputs=None) -> tuple[float, dict]:
+    """Highest threshold whose recall on the validation split reaches ``target``."""
+    samples = validation_samples(model_dir, meta, extra_roots)
+    y = np.array([s.label == meta.positive_index for s in samples])
+    if not y.any():
+        raise ConfigError(f"--target-recall: {model_dir / SPLIT_FILE}: the validation split "
+                          f"has no '{meta.positive_class}' images")
+    prob = _outputs(model, meta, samples, batch_size, device, progress, "validation",
+                    inputs)["probability"]
+    thr = float(np.clip(metrics.threshold_for_recall(y, prob, target), 1e-4, 0.9999))
+    s = metrics.scores(metrics.confusion(y, prob >= thr))
+    return thr, {"target_recall": target, "val_recall": s["recall"],
+                 "val_precision": s["precision"], "val_n": int(len(y)),
+                 "val_positives": int(y.sum())}
+
+
+def store_threshold(model_dir: Path, threshold: float, source: dict) -> None:
+    """Write ``threshold`` and its ``threshold_source`` into the model's metadata."""
+    meta = read_meta(model_dir)
+    meta.threshold = threshold
+    meta.extra["threshold_source"] = source
+    write_meta(model_dir, meta)
+
+
+# ------------------------------------------------------------------------- scores
+
+
+def score_block(y_true, prob, threshold: float, labels: list[str]) -> dict:
+    """Counts, scores, AUCs and 95% intervals of one set of tiles (``labels``: class names)."""
+    y = np.asarray(y_true).astype(bool)
+    prob = np.asarray(prob, dtype=float)
+    c = metrics.confusion(y, prob >= threshold)
+    s = metrics.scores(c)
+    both = bool(y.any() and not y.all())
+    note = None if both else "only one class present: ROC-AUC and PR-AUC are undefined"
+    block = {
+        "n": c.n,
+        "counts": dict(sorted(Counter(labels).items())),
+        "accuracy": s["accuracy"], "precision": s["precision"], "recall": s["recall"],
+        "sensitivity": s["recall"], "specificity": s["specificity"], "f1": s["f1"],
+        "roc_auc": metrics.roc_auc(y, prob) if both else None,
+        "pr_auc": metrics.average_precision(y, prob) if both else None,
+        "auc_note": note,
+        "confusion": asdict(c),
+        "ci95": {
+            "accuracy": metrics.wilson_interval(c.tp + c.tn, c.n),
+            "recall": metrics.wilson_interval(c.tp, c.tp + c.fn),
+            "f1": metrics.bootstrap_f1_interval(c, resamples=BOOTSTRAP_RESAMPLES,
+                                                seed=BOOTSTRAP_SEED),
+        },
+    }
+    return mark_undefined(block, c)
+
+
+def mark_undefined(block: dict, c: metrics.Confusion) -> dict:
+    """Scores with a zero denominator become null (n/a) and are listed under "undefined"."""
+    missing = metrics.undefined(c)
+    for key in missing:
+        block[key] = None
+    block["undefined"] = missing
+    return block
+
+
+def write_predictions(path: Path, samples: list[Sample], prob: np.ndarray, threshold: float,
+                      meta: ModelMeta, size_truth=None, size_probs=None) -> None:
+    """One row per tile: path, region, source image, true and predicted label, outcome; for a
+    model with a size head also the true and predicted size class."""
+    from slidewatch.evaluation.sizes import size_columns
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    sizes = ["true_size", "predicted_size", "size_probability"] if size_probs is not None else []
+    w.writerow(["path", "region", "source_image", "true_label", "probability",
+                "predicted_label", "outcome", *sizes])
+    other = meta.negative_label
+    for i, (s, p) in enumerate(zip(samples, prob)):
+        true_pos, pred_pos = s.label == meta.positive_index, bool(p >= threshold)
+        outcome = ("T" if true_pos == pred_pos else "F") + ("P" if pred_pos else "N")
+        extra = size_columns(meta, size_truth, size_probs, i) if sizes else []
+        w.writerow([str(s.path), s.region, s.group, meta.classes[s.label], f"{float(p):.9g}",
+                    meta.positive_class if pred_pos else other, outcome, *extra])
+    atomic_write_text(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------------- evaluate
+
+
+def _threshold(model, meta, model_dir, roots, threshold, target_recall, batch_size, dev,
+               progress, inputs=None) -> tuple[float, str, dict | None]:
+    if threshold is not None:
+        return float(threshold), SOURCE_FLAG, None
+    if target_recall is not None:
+        thr, info = threshold_for_target(model, meta, model_dir, target_recall, roots,
+                                         batch_size, dev, progress, inputs)
+        return thr, SOURCE_TARGET, info
+    return float(meta.threshold), SOURCE_MODEL, meta.extra.get("threshold_source")
+
+
+def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
+             threshold: float | None = None, target_recall: float | None = None,
+             batch_size: int = 64, device: str = "auto", overwrite: bool = False,
+             progress: Callable = no_progress, tabular: str | Path | None = None,
+             aux: str | Path | None = None, missing: str | None = None,
+             unknown: str | None = None) -> dict:
+    """Evaluate the model of ``model_dir`` on the class-folder datasets ``roots``; write
+    ``metrics.json`` (returned), ``predictions.csv`` and the figures into ``out``.
+
+    ``target_recall`` sets the threshold on the model's validation split and stores it in
+    the model (``slidewatch.json``) before scoring. A multi-modal model takes the rows of
+    these images from ``tabular`` (CSV) and their terrain from ``aux`` (DEM), encoded with
+    the statistics stored in the model; a size head adds the ``size`` block.
+    """
+    from slidewatch.data.inputs import model_inputs
+    from slidewatch.evaluation import sizes as mm
+
+    _check_options(threshold, target_recall, batch_size)
+    model_dir, out, roots = Path(model_dir), Path(out), [Path(r) for r in roots]
+    _check_out(out, overwrite)
+    dev = resolve_device(device)
+    model, meta = load_model(model_dir, dev)
+    inputs = model_inputs(meta, tabular, aux, missing, unknown)
+    samples = load_datasets(roots, tuple(meta.classes))
+    truth = mm.size_truth(inputs, samples, meta)
+    thr, source, source_info = _threshold(model, meta, model_dir, roots, threshold,
+                                          target_recall, batch_size, dev, progress, inputs)
+    outputs = _outputs(model, meta, samples, batch_size, dev, progress, "evaluate", inputs)
+    prob, size_probs = outputs["probability"], outputs.get("size_probs")
+    if target_recall is not None:
+        store_threshold(model_dir, thr, source_info)
+    result = _report(model_dir, meta, roots, samples, prob, thr, source, source_info)
+    size = mm.size_block(meta, truth, size_probs)
+    if size is not None:
+        result["size"] = size
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / PREDICTIONS_FILE, samples, prob, thr, meta, truth, size_probs)
+    result["plots"] = _plots(out, samples, prob, thr, meta)
+    if size is not None:
+        result["plots"]["size_confusion_matrix"] = mm.size_figure(out, size)
+    atomic_write_text(out / METRICS_FILE, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _plots(out: Path, samples, prob, thr: float, meta: ModelMeta) -> dict:
+    from slidewatch.evaluation.plots import write_plots
+
+    y = np.array([s.label == meta.positive_index for s in samples])
+    plots = write_plots(out, y, prob, thr, meta.positive_class, meta.negative_label)
+    for name in ("roc", "pr"):
+        if plots[name] is None:
+            (out / f"{name}.png").unlink(missing_ok=True)  # stale figure of an earlier run
+    return plots
+
+
+def _report(model_dir, meta, roots, samples, prob, thr, source, source_info) -> dict:
+    y = np.array([s.label == meta.positive_index for s in samples])
+    labels = [meta.classes[s.label] for s in samples]
+    regions: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        regions.setdefault(s.region, []).append(i)
+    return {
+        "format": "slidewatch-evaluation", "format_version": 1,
+        "model_dir": str(model_dir), "architecture": meta.architecture,
+        "classes": list(meta.classes), "positive_class": meta.positive_class,
+        "data": [str(r) for r in roots],
+        "threshold": thr, "threshold_source": source, "threshold_detail": source_info,
+        "confidence_intervals": {
+            "level": 0.95, "accuracy": "Wilson score", "recall": "Wilson score",
+            "f1": f"percentile bootstrap over tiles, {BOOTSTRAP_RESAMPLES} resamples, "
+                  f"seed {BOOTSTRAP_SEED}"},
+        "overall": score_block(y, prob, thr, labels),
+        "regions": {r: score_block(y[idx], prob[idx], thr, [labels[i] for i in idx])
+                    for r, idx in sorted(regions.items())},
+        "created": now_iso(), "versions": library_versions(),
+    }
+
+
+def format_table(result: dict) -> str:
+    """Overall and per-region n, precision, recall, specificity and F1 with its 95% CI."""
+    head = f"{'':16} {'n':>6} {'precision':>9} {'recall':>7} {'specif.':>7}  {'F1 [95% CI]':<20}"
+    lines = [f"threshold {result['threshold']:.4g} ({result['threshold_source']})", head]
+    rows = [("overall", result["overall"])] + list(result["regions"].items())
+    def num(value: float, defined: bool) -> str:
+        return f"{value:.3f}" if defined else "n/a"
+
+    for name, b in rows:
+        c = b["confusion"]
+        pos, neg, flagged = c["tp"] + c["fn"], c["tn"] + c["fp"], c["tp"] + c["fp"]
+        ci = b["ci95"]["f1"]
+        f1 = f"{b['f1']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") if pos else "n/a"
+        lines.append(f"{name[:16]:16} {b['n']:>6} {num(b['precision'], flagged > 0):>9} "
+                     f"{num(b['recall'], pos > 0):>7} {num(b['specificity'], neg > 0):>7}  "
+                     f"{f1:<20}")
+    lines.append("n/a: undefined (no landslide tiles, no landslide-free tiles, or none flagged)")
+    return "\n".join(lines)

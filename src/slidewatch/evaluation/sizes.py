@@ -1,0 +1,101 @@
+"""Size-class scores of a multi-task model for ``slidewatch evaluate``.
+
+The ``size`` block of ``metrics.json``: :func:`slidewatch.sizes.size_report` (confusion
+matrix with rows = true class, per-class precision/recall/F1, macro-F1, accuracy) over the
+landslide tiles with a known size, plus the same scores of the majority baseline (always the
+class most common among the *training* labels, stored in the model) for comparison, and of
+always the most common class of the evaluated tiles themselves (``baseline_evaluated_majority``;
+a reference that peeks at the answers, telling how much of a score the class mix alone gives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from slidewatch.data.inputs import ModelInputs
+from slidewatch.data.sizes import IGNORE_INDEX, size_report
+
+SIZE_FIGURE = "size_confusion_matrix.png"
+
+
+def size_truth(inputs: ModelInputs | None, samples: Sequence, meta) -> np.ndarray | None:
+    """True size class of each sample (-1: none or unknown); None without a size task or,
+    for a size column, without that column in the evaluation CSV."""
+    if inputs is None or inputs.sizes is None:
+        return None
+    return inputs.size_labels(samples, meta.positive_index, required=False)
+
+
+def size_block(meta, truth: np.ndarray | None, size_probs: np.ndarray | None) -> dict | None:
+    """The ``size`` block of metrics.json (None for a model without a size head)."""
+    sizes = meta.extra.get("sizes")
+    if sizes is None or size_probs is None:
+        return None
+    names = list(sizes["names"])
+    source = sizes.get("source", "mask")
+    if truth is None:
+        return {"names": names, "source": source, "n": 0,
+                "note": f"no size labels: the evaluation CSV has no column "
+                        f"'{sizes.get('column')}'"}
+    pred = size_probs.argmax(1)
+    block = {**size_report(truth, pred, names), "source": source,
+             "unit": sizes.get("unit"), "edges": sizes.get("edges")}
+    counts = sizes.get("train_counts") or []
+    if counts and sum(counts):
+        block["baseline"] = _constant(truth, int(np.argmax(counts)), names,
+                                      "always the most common class of the training labels")
+    known = truth[truth != IGNORE_INDEX]
+    if known.size:
+        block["baseline_evaluated_majority"] = _constant(
+            truth, int(np.bincount(known, minlength=len(names)).argmax()), names,
+            "always the most common class of the evaluated tiles (known only afterwards)")
+    if block["n"] == 0:
+        block["note"] = "no landslide tile with a known size in this data"
+    return block
+
+
+def _constant(truth: np.ndarray, k: int, names: list[str], rule: str) -> dict:
+    """Scores of always predicting class ``k``."""
+    report = size_report(truth, np.full_like(truth, k), names)
+    return {"rule": rule, "class": names[k], "macro_f1": report["macro_f1"],
+            "accuracy": report["accuracy"]}
+
+
+def size_columns(meta, truth: np.ndarray | None, size_probs: np.ndarray | None,
+                 i: int) -> list[str]:
+    """``true_size``, ``predicted_size``, ``size_probability`` of sample ``i``."""
+    names = meta.extra["sizes"]["names"]
+    k = int(size_probs[i].argmax())
+    t = "" if truth is None or truth[i] == IGNORE_INDEX else names[int(truth[i])]
+    return [t, names[k], f"{float(size_probs[i, k]):.6g}"]
+
+
+def size_figure(out: Path, block: dict | None) -> str | None:
+    """The size confusion matrix as a PNG in ``out``; its file name, or None."""
+    if not block or not block.get("n"):
+        (out / SIZE_FIGURE).unlink(missing_ok=True)
+        return None
+    from slidewatch.evaluation.plots import plot_size_confusion
+
+    plot_size_confusion(np.asarray(block["confusion"]), block["names"], out / SIZE_FIGURE,
+                        block["macro_f1"])
+    return SIZE_FIGURE
+
+
+def format_size(block: dict | None) -> str:
+    """One line for the console."""
+    if not block:
+        return ""
+    if not block.get("n"):
+        return f"size: {block.get('note', 'no labelled tiles')}"
+    line = f"size: macro-F1 {block['macro_f1']:.3f}, accuracy {block['accuracy']:.3f} " \
+           f"(n = {block['n']})"
+    for key, whose in (("baseline", "training"), ("baseline_evaluated_majority", "evaluated")):
+        base = block.get(key)
+        if base:
+            line += (f"; always '{base['class']}' ({whose} majority): "
+                     f"macro-F1 {base['macro_f1']:.3f}")
+    return line

@@ -1,0 +1,131 @@
+"""Landslide probabilities for image files with a trained slidewatch model."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from slidewatch.data.readers import IMAGE_SUFFIXES, read_image, scale_to_unit
+from slidewatch.data.transforms import EvalTransform
+from slidewatch.errors import ConfigError, DataError
+from slidewatch.inference.forward import predict_outputs
+from slidewatch.io_utils import atomic_write_text
+from slidewatch.meta import ModelMeta
+from slidewatch.models.checkpoint import load_model
+from slidewatch.runtime import no_progress, resolve_device
+
+
+def collect_images(paths: list[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively) in folders, in a stable order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
+                           and f.is_file())
+            if not found:
+                raise DataError(f"{p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder")
+            out += found
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(f"{p}: not an image file type slidewatch reads")
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return out
+
+
+class ImageFiles(Dataset):
+    """Files prepared exactly as the model's evaluation path prepares them."""
+
+    def __init__(self, paths: list[Path], meta: ModelMeta):
+        self.paths = paths
+        self.meta = meta
+        self.transform = EvalTransform(meta.input_size, grayscale=meta.grayscale)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        arr = read_image(self.paths[i])
+        if arr.shape[2] != self.meta.in_chans:
+            raise DataError(f"{self.paths[i]}: has {arr.shape[2]} bands; the model takes "
+                            f"{self.meta.in_chans}")
+        x = torch.from_numpy(scale_to_unit(arr, self.meta.scale)).permute(2, 0, 1)
+        return {"image": self.transform(x.contiguous()), "index": i}
+
+
+def image_samples(paths: list[str | Path], files: list[Path], classes: list[str]) -> list:
+    """Unlabelled samples of ``files`` for joining tabular rows: a file found in a folder
+    argument is keyed relative to that folder (to its parent when the folder is named like
+    a class, as in a dataset's ``<root>/<class>/<file>``)."""
+    from slidewatch.data.folders import Sample
+
+    folders = [Path(p) for p in paths if Path(p).is_dir()]
+    out = []
+    for f in files:
+        root = next((d for d in folders if f.is_relative_to(d)), None)
+        if root is not None and root.resolve().name in classes:
+            root = root.parent
+        out.append(Sample(path=f, label=-1, group="", region="", root=root))
+    return out
+
+
+@dataclass
+class Prediction:
+    path: str
+    probability: float
+    label: str
+    positive: bool
+    size: str | None = None  # size class of a model with a size head
+    size_probability: float | None = None
+
+
+def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: float | None = None,
+                  batch_size: int = 32, device: str = "auto", num_workers: int = 0,
+                  progress: Callable = no_progress, tabular: str | Path | None = None,
+                  aux: str | Path | None = None, missing: str | None = None,
+                  unknown: str | None = None) -> list[Prediction]:
+    """One prediction per image; the label uses the model's threshold unless one is given.
+    A multi-modal model takes each image's row from ``tabular`` and its terrain from ``aux``."""
+    from slidewatch.data.inputs import model_inputs
+
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ConfigError(f"--threshold: must be in (0, 1), got {threshold}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
+    files = collect_images(paths)
+    dev = resolve_device(device)
+    model, meta = load_model(model_dir, dev)
+    inputs = model_inputs(meta, tabular, aux, missing, unknown)
+    thr = meta.threshold if threshold is None else threshold
+    ds = ImageFiles(files, meta) if inputs is None else inputs.dataset(
+        image_samples(paths, files, meta.classes), meta)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
+    batches = progress(loader, desc="predict", total=len(loader))
+    out = predict_outputs(model, meta, batches, dev)
+    other = meta.negative_label
+    preds = [Prediction(str(f), float(p), meta.positive_class if p >= thr else other,
+                        bool(p >= thr)) for f, p in zip(files, out["probability"])]
+    if "size_probs" in out:
+        names = meta.extra["sizes"]["names"]
+        for pred, sp in zip(preds, out["size_probs"]):
+            k = int(sp.argmax())
+            pred.size, pred.size_probability = names[k], float(sp[k])
+    return preds
+
+
+def write_predictions(path: str | Path, preds: list[Prediction]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    sizes = any(p.size is not None for p in preds)
+    w.writerow(["path", "probability", "label", *(["size", "size_probability"] if sizes else [])])
+    for p in preds:
+        extra = [p.size, f"{p.size_probability:.6f}"] if sizes else []
+        w.writerow([p.path, f"{p.probability:.6f}", p.label, *extra])
+    atomic_write_text(Path(path), buf.getvalue())

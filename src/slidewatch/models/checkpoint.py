@@ -1,0 +1,58 @@
+"""Save and rebuild models from a slidewatch model folder (weights + :mod:`slidewatch.meta`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from slidewatch.errors import WeightsError
+from slidewatch.io_utils import atomic_path, atomic_write_text
+from slidewatch.meta import META_FILE, WEIGHTS_FILE, ModelMeta, library_versions, now_iso, read_meta
+from slidewatch.runtime import prepare_model
+
+
+def save_model(model_dir: str | Path, model: torch.nn.Module, meta: ModelMeta) -> None:
+    """Write weights and metadata, each atomically."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(model_dir / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"architecture": meta.architecture})
+    meta.extra.setdefault("versions", library_versions())
+    meta.extra.setdefault("created", now_iso())
+    atomic_write_text(model_dir / META_FILE, json.dumps(meta.to_json(), indent=2) + "\n")
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model of a slidewatch model folder; returns ``(model, meta)`` in eval mode."""
+    from slidewatch.models import build_model
+
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    wpath = model_dir / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise WeightsError(f"{model_dir}: weights file {WEIGHTS_FILE} is missing")
+    fusion = meta.extra.get("fusion")
+    model = None
+    if fusion is None or fusion.get("mode") != "tabular":
+        model = build_model(meta.architecture, num_classes=len(meta.classes),
+                            in_chans=meta.in_chans, weights="none", drop_rate=meta.drop_rate)
+    if fusion is not None:  # image + tabular model: the backbone inside a FusionModel
+        from slidewatch.models.fusion import build_fusion
+
+        model = build_fusion(fusion, model)
+    try:
+        state = load_file(str(wpath))
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise WeightsError(f"{wpath}: unreadable safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise WeightsError(f"{wpath}: does not fit {meta.architecture}: {detail}") from None
+
+    prepare_model(model, torch.device(device)).eval()
+    return model, meta

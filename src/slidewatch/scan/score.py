@@ -1,0 +1,217 @@
+"""Scoring windows of a scene: the unit of work of every scan backend.
+
+:func:`score_windows` turns a list of windows into P(positive class) per window. A scan calls
+it on the chunks of :class:`ChunkPlan` (whole batches, about a window row each). The local
+backend (:class:`LocalScorer`) runs its two halves, :func:`window_batches` (reading) and
+:func:`score_batches` (unit scaling, transform, the model), with the next batches read in a
+thread while the model runs; the Ray backend calls :func:`score_windows` on its workers.
+Batches never span two calls, so every backend scores the same batches and gives the same
+numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from slidewatch.data import raster
+from slidewatch.data.readers import scale_to_unit
+from slidewatch.data.transforms import EvalTransform
+from slidewatch.inference.forward import forward_logits
+from slidewatch.meta import ModelMeta
+
+PREFETCH_BATCHES = 2  # batches read ahead of the model by the local backend (0: inline)
+
+
+class ChunkPlan:
+    """The windows of a grid in row-major order, cut into chunks (one backend call each) of
+    ``size`` windows: the smallest multiple of ``batch`` that holds a window row. Batches are
+    full even when a row is narrower than a batch, and the cut does not depend on where a scan
+    starts, so a resumed scan scores the same batches as an uninterrupted one."""
+
+    def __init__(self, grid: raster.Grid, batch: int):
+        self.grid, self.ncols = grid, len(grid.cols)
+        self.size = batch * math.ceil(self.ncols / batch)
+        self.count = math.ceil(grid.n_windows / self.size)
+
+    def windows(self, c: int) -> list:
+        g = self.grid
+        return [Window(g.cols[k % self.ncols], g.rows[k // self.ncols], g.tile, g.tile)
+                for k in range(c * self.size, min((c + 1) * self.size, g.n_windows))]
+
+    def first_chunk(self, row: int) -> int:
+        """The chunk that holds the first window of window row ``row``."""
+        return row * self.ncols // self.size
+
+    def rows(self, scores: Iterable[np.ndarray], first_row: int) -> Iterator[tuple]:
+        """``(window row, its probabilities)`` from ``first_row`` on, out of the scores of the
+        chunks from :meth:`first_chunk` on (windows before ``first_row`` are dropped)."""
+        start = self.first_chunk(first_row) * self.size  # window index of buf[0]
+        buf, i, n = np.zeros(0, np.float32), first_row, self.ncols
+        for probs in scores:
+            buf = np.concatenate([buf, probs])
+            while i < len(self.grid.rows) and (i + 1) * n <= start + len(buf):
+                yield i, buf[i * n - start:(i + 1) * n - start]
+                i += 1
+            buf, start = buf[i * n - start:], i * n
+
+
+def window_batches(ds, windows: list, bands: Sequence[int], batch: int) -> Iterator[tuple]:
+    """``(positions in windows, N x C x H x W pixels as read, N x H x W valid masks or None)``
+    for the windows of ``ds`` (an open rasterio dataset), ``batch`` at a time; windows without a
+    valid pixel are left out. Raw pixels are 4 x smaller than the float batch: this is what the
+    local backend's reading thread hands over."""
+    bands = list(bands)
+    masked = raster.needs_mask(ds, bands)
+    index: list[int] = []
+    items: list[tuple] = []
+
+    def done() -> tuple:
+        valid = None if items[0][1] is None else np.stack([v for _, v in items])
+        return index, np.stack([d for d, _ in items]), valid
+
+    for k, (data, valid) in enumerate(raster.read_windows(ds, windows, bands, masked)):
+        if valid is not None and not valid.any():
+            continue
+        items.append((data, valid))
+        index.append(k)
+        if len(items) == batch:
+            yield done()
+            index, items = [], []
+    if items:
+        yield done()
+
+
+def batch_tensor(meta: ModelMeta, raw: np.ndarray, valid: np.ndarray | None,
+                 pin: bool = False) -> torch.Tensor:
+    """Raw N x C x H x W pixels -> the unit-scale, transformed float32 batch (in pinned memory
+    with ``pin``, so that the copy to a GPU can overlap)."""
+    x = np.empty(raw.shape, np.float32)
+    for k, out in enumerate(x):  # window by window: no batch-sized temporaries
+        out[:] = scale_to_unit(raw[k], meta.scale)
+        if valid is not None:  # invalid pixels of partly valid windows are 0
+            out[:, ~valid[k]] = 0.0
+    t = torch.from_numpy(x)
+    size = meta.input_size
+    if meta.grayscale or t.shape[-2:] != (size, size):
+        transform = EvalTransform(size, grayscale=meta.grayscale)
+        t = torch.stack([transform(v) for v in t])
+    return t.pin_memory() if pin else t
+
+
+def score_batches(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, n: int,
+                  device: torch.device) -> np.ndarray:
+    """P(positive) for ``n`` windows from :func:`window_batches`' output; NaN where left out."""
+    probs = np.full(n, np.nan, np.float32)
+    with torch.inference_mode():
+        for index, raw, valid in batches:
+            x = batch_tensor(meta, raw, valid, pin=device.type == "cuda")
+            logits = forward_logits(model, x, meta, device)
+            probs[index] = torch.softmax(logits, dim=1)[:, meta.positive_index].cpu().numpy()
+    return probs
+
+
+def score_windows(model: torch.nn.Module, meta: ModelMeta, scene, windows: list,
+                  bands: Sequence[int], batch: int, device: torch.device) -> np.ndarray:
+    """P(positive class) of each window (rasterio ``Window``s) of ``scene`` (a path or an open
+    rasterio dataset), float32; NaN for windows without a valid pixel (skipped).
+
+    Invalid pixels of partly valid windows are 0 after unit scaling. Batches never mix calls,
+    so a given list of windows always gives the same numbers.
+    """
+    if isinstance(scene, (str, Path)):
+        with raster.gdal_env(), raster.open_raster(Path(scene)) as ds:
+            return score_windows(model, meta, ds, windows, bands, batch, device)
+    model.eval()
+    batches = window_batches(scene, windows, bands, batch)
+    return score_batches(model, meta, batches, len(windows), device)
+
+
+class LocalScorer:
+    """Scores chunks in this process. A thread reads up to :data:`PREFETCH_BATCHES` batches
+    ahead (its own handle on the scene: rasterio datasets are not shared between threads) while
+    the model runs; with ``PREFETCH_BATCHES = 0`` it reads inline. Either way the batches are
+    those of :func:`score_windows` on each chunk."""
+
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: torch.device,
+                 batch: int):
+        self.model, self.meta, self.device, self.batch = model.eval(), meta, device, batch
+
+    def __enter__(self) -> LocalScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def scores(self, path: Path, ds, bands: Sequence[int],
+               chunks: Iterable[list]) -> Iterator[np.ndarray]:
+        """P(positive) per window for each list of windows of ``chunks``, in order."""
+        if PREFETCH_BATCHES < 1:
+            for windows in chunks:
+                yield score_windows(self.model, self.meta, ds, windows, bands, self.batch,
+                                    self.device)
+            return
+        for n, batches in _prefetched(path, bands, self.batch, chunks,
+                                      self.device.type == "cuda"):
+            yield score_batches(self.model, self.meta, batches, n, self.device)
+
+
+_END, _CHUNK_END = object(), object()
+
+
+def _prefetched(path: Path, bands: Sequence[int], batch: int, chunks: Iterable[list],
+                gpu: bool) -> Iterator[tuple[int, Iterator]]:
+    """``(number of windows, its raw batches)`` per chunk, read by a thread (for a GPU, GDAL
+    decodes the scene's blocks with all cores).
+    Each chunk's batch iterator must be used up before the next chunk is taken."""
+    q: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            threads = {"GDAL_NUM_THREADS": "ALL_CPUS"} if gpu else {}
+            with raster.gdal_env(**threads), raster.open_raster(path) as ds:
+                for windows in chunks:
+                    raw = window_batches(ds, windows, bands, batch)
+                    items = itertools.chain([len(windows)], raw, [_CHUNK_END])
+                    if not all(put(item) for item in items):  # lazily: a batch at a time
+                        return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    def get():
+        item = q.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def batches() -> Iterator:
+        while (item := get()) is not _CHUNK_END:
+            yield item
+
+    thread = threading.Thread(target=read, name="scan-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (n := get()) is not _END:
+            yield n, batches()
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,307 @@
+"""Everything the training loop needs, prepared from a config: data, split, model, loss.
+
+Kept apart from :mod:`slidewatch.train` so the loop itself reads top to bottom.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from slidewatch.config.train import TrainConfig, dump_yaml, to_dict, validate
+from slidewatch.data.dataset import TileDataset
+from slidewatch.data.folders import Sample, load_datasets
+from slidewatch.data.readers import probe
+from slidewatch.data.splits import Split, load_split, save_split, split_samples
+from slidewatch.data.tiling import is_scene_folder, tile_scenes
+from slidewatch.data.transforms import EvalTransform, TrainTransform
+from slidewatch.errors import ConfigError, DataError, WeightsError
+from slidewatch.io_utils import expand_path
+from slidewatch.meta import META_FILE, ModelMeta
+from slidewatch.models import build_model, model_data_config
+from slidewatch.models.checkpoint import load_model
+from slidewatch.runtime import prepare_model, resolve_device, seed_everything, worker_init
+from slidewatch.training.distributed import DistContext, everywhere, main_first, sampler
+from slidewatch.training.multimodal import MultiModalSetup, prepare_multimodal
+
+RESUME_FILE = "resume.pt"
+
+
+@dataclass
+class Setup:
+    cfg: TrainConfig
+    model: torch.nn.Module
+    meta: ModelMeta
+    device: torch.device
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    loss_fn: torch.nn.Module
+    config_dict: dict
+    data_summary: dict
+    out_dir: Path
+    freeze_bn: bool = True  # pretrained backbones keep their BatchNorm statistics
+    dist: DistContext = field(default_factory=DistContext)  # this process under torchrun
+    train_model: torch.nn.Module | None = None  # the DDP wrapper of ``model`` under torchrun
+    multimodal: MultiModalSetup | None = None  # tabular / terrain / size inputs (None: plain)
+    size_weights: torch.Tensor | None = None  # size-class weights of the size loss (balanced)
+
+
+def _check_out_dir(out_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (out_dir / RESUME_FILE).is_file():
+            raise ConfigError(f"--resume: {out_dir} holds no interrupted run ({RESUME_FILE})")
+        return
+    if (out_dir / META_FILE).exists() or (out_dir / RESUME_FILE).exists():
+        raise ConfigError(f"--out {out_dir}: already holds a model or an interrupted run; "
+                          "choose another folder, or pass --resume to continue it")
+
+
+def resolve_paths(cfg: TrainConfig, out_dir: Path, log: Callable, tile: bool = True
+                  ) -> list[Path]:
+    """Dataset roots: ``$VARS`` expanded; scene folders tiled into ``<out>/tiles/<name>``
+    (``tile=False``: the tiles must exist already, as for the ranks after rank 0)."""
+    roots = []
+    for raw in cfg.data.paths:
+        path = expand_path(raw, "data.paths")
+        if is_scene_folder(path):
+            tiles = out_dir / "tiles" / path.name
+            if not (tiles / "tiles.csv").is_file():
+                if not tile:
+                    raise DataError(f"{tiles}: rank 0 tiled {path} there, but this process "
+                                    "cannot see the tiles; put --out on a filesystem shared by "
+                                    "every node, or tile first with `slidewatch data tiles`")
+                d = cfg.data
+                summary = tile_scenes([path], tiles, tile=d.tile, stride=d.stride,
+                                      min_landslide=d.min_landslide, classes=tuple(d.classes))
+                log(f"tiled {path} -> {tiles}: {summary.total} tiles")
+            path = tiles
+        roots.append(path)
+    return roots
+
+
+def _bands(samples: list[Sample]) -> int:
+    """Band count shared by all samples (read from file headers)."""
+    seen: dict[int, Path] = {}
+    for s in samples:
+        info = probe(s.path)
+        seen.setdefault(info.bands, s.path)
+    if len(seen) > 1:
+        (b1, p1), (b2, p2) = list(seen.items())[:2]
+        raise DataError(f"{p2}: has {b2} bands but {p1} has {b1}; a dataset needs one band count")
+    return next(iter(seen))
+
+
+def band_statistics(ds: TileDataset, limit: int = 512,
+                    seed: int = 0) -> tuple[list[float], list[float]]:
+    """Per-band mean and std over (up to ``limit``) images of ``ds``, in unit scale."""
+    pick = np.random.default_rng(seed).permutation(len(ds))[:limit]
+    total = sq = None
+    count = 0
+    for i in pick:
+        x = torch.from_numpy(ds.unit_image(int(i))).double().flatten(0, 1)  # (pixels, bands)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        sq = (x * x).sum(0) if sq is None else sq + (x * x).sum(0)
+        count += x.shape[0]
+    mean = total / count
+    std = (sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.clamp_min(1e-6).tolist()
+
+
+def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Module, ModelMeta]:
+    """The model and the parts of its metadata that do not depend on data statistics."""
+    m, classes = cfg.model, cfg.data.classes
+    if m.init_from:
+        model, prev = load_model(m.init_from)
+        if len(prev.classes) != len(classes) or prev.in_chans != in_chans:
+            raise ConfigError(f"--init-from {m.init_from}: that model takes {prev.in_chans} bands "
+                              f"and {len(prev.classes)} classes; this data has {in_chans} and "
+                              f"{len(classes)}")
+        log(f"continuing from {m.init_from} ({prev.architecture})")
+        prev.classes = list(classes)
+        prev.extra = {"init_from": str(m.init_from)}
+        prev.weights_source = f"init_from:{m.init_from}"
+        prev.threshold = cfg.threshold
+        if m.input_size:
+            prev.input_size = m.input_size
+        return model, prev
+    try:
+        model = build_model(m.name, num_classes=len(classes), in_chans=in_chans,
+                            weights=m.weights, drop_rate=m.drop_rate)
+    except WeightsError as exc:
+        if m.weights_fallback != "none" or str(m.weights).lower() != "imagenet":
+            raise
+        log(f"warning: {exc}")
+        log(f"warning: model.weights_fallback: none -> {m.name} starts from random weights")
+        model = build_model(m.name, num_classes=len(classes), in_chans=in_chans, weights="none",
+                            drop_rate=m.drop_rate)
+        model.slidewatch_weights.source = "none (imagenet unavailable; weights_fallback)"
+    dc = model_data_config(m.name, model)
+    meta = ModelMeta(architecture=m.name, classes=list(classes), in_chans=in_chans,
+                     input_size=m.input_size or int(dc["input_size"][-1]),
+                     mean=list(dc["mean"]), std=list(dc["std"]), scale=cfg.data.scale,
+                     grayscale=cfg.augment.grayscale, threshold=cfg.threshold,
+                     drop_rate=m.drop_rate,
+                     weights_source=getattr(getattr(model, "slidewatch_weights", None), "source",
+                                            str(m.weights)))
+    return model, meta
+
+
+def _split(cfg: TrainConfig, samples: list[Sample], out_dir: Path, save: bool = True) -> Split:
+    d = cfg.data
+    if d.split_file:
+        split = load_split(d.split_file, samples)
+    else:
+        split = split_samples(samples, by=d.split_by, val_fraction=d.val_fraction, seed=cfg.seed,
+                              holdout_regions=tuple(d.holdout_regions))
+    if not split.train:
+        raise DataError(f"{', '.join(d.paths)}: the split leaves no training images")
+    if save:
+        save_split(out_dir / "split.json", samples, split)
+    return split
+
+
+def _summary(cfg: TrainConfig, samples: list[Sample], split: Split) -> dict:
+    def counts(idx):
+        c = Counter(cfg.data.classes[samples[i].label] for i in idx)
+        return dict(sorted(c.items()))
+
+    regions = Counter((samples[i].region, cfg.data.classes[samples[i].label]) for i in split.train)
+    return {"paths": list(cfg.data.paths), "split_by": cfg.data.split_by,
+            "train": counts(split.train), "val": counts(split.val), "test": counts(split.test),
+            "train_regions": sorted({r for r, _ in regions}),
+            "holdout_regions": list(cfg.data.holdout_regions)}
+
+
+def class_weights(cfg: TrainConfig, labels: list[int]) -> torch.Tensor:
+    k = len(cfg.data.classes)
+    if cfg.class_weights == "none":
+        return torch.ones(k)
+    if isinstance(cfg.class_weights, list):
+        return torch.tensor(cfg.class_weights, dtype=torch.float32)
+    counts = np.bincount(labels, minlength=k).astype(float)
+    if (counts == 0).any():
+        missing = cfg.data.classes[int(np.argmin(counts))]
+        raise DataError(f"--data: the training split has no '{missing}' images")
+    return torch.tensor(len(labels) / (k * counts), dtype=torch.float32)
+
+
+def _loader(ds: TileDataset, cfg: TrainConfig, device: torch.device, shuffle: bool,
+            ctx: DistContext) -> DataLoader:
+    """Batches of ``ds``; under torchrun only this rank's share (a ``DistributedSampler``)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    nw = cfg.data.num_workers
+    part = sampler(ctx, ds, shuffle=shuffle, seed=cfg.seed)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle and part is None,
+                      sampler=part, generator=gen,
+                      num_workers=nw, worker_init_fn=worker_init, persistent_workers=nw > 0,
+                      pin_memory=device.type == "cuda")
+
+
+def _output_and_roots(cfg: TrainConfig, out_dir: Path, resume: bool, log: Callable,
+                      ctx: DistContext) -> tuple[torch.device, list[Path]]:
+    """Checks the output folder, picks the device; rank 0 creates the folder and tiles."""
+    _check_out_dir(out_dir, resume)
+    device = ctx.device or resolve_device(cfg.device)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return device, resolve_paths(cfg, out_dir, log, tile=ctx.is_main)
+
+
+def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable,
+            dist: DistContext | None = None) -> Setup:
+    """Data, split, model and loss for ``cfg``. Under torchrun (``dist``) rank 0 checks and
+    fills the output folder first; then every rank reads the same data (an error on any rank
+    stops all of them), and only rank 0 writes."""
+    ctx = dist if dist is not None else DistContext()
+    validate(cfg)
+    if not cfg.data.paths:
+        raise ConfigError("--data: give at least one dataset folder (or data.paths in the config)")
+    device, roots = main_first(ctx, _output_and_roots, cfg, out_dir, resume, log, ctx)
+    return everywhere(ctx, _prepare, cfg, out_dir, roots, device, log, ctx)
+
+
+def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.device,
+             log: Callable, ctx: DistContext) -> Setup:
+    seed_everything(cfg.seed)
+    samples = load_datasets(roots, tuple(cfg.data.classes))
+    split = _split(cfg, samples, out_dir, save=ctx.is_main)
+    train_s = [samples[i] for i in split.train]
+    val_s = [samples[i] for i in split.val]
+    mm = prepare_multimodal(cfg, train_s, val_s, log)  # None for a plain image run
+    in_chans = _bands(train_s + val_s) + (mm.extra_channels if mm else 0)
+    model, meta = _build(cfg, in_chans, log)
+    train_ds, val_ds = _datasets(cfg, meta, train_s, val_s, mm)
+    if cfg.data.cache:  # every image is read (and checked) before the first epoch
+        train_ds.preload()
+        val_ds.preload()
+    pretrained = bool(cfg.model.init_from) or not meta.weights_source.startswith("none")
+    if not (in_chans == 3 and pretrained) and not cfg.model.init_from:  # training split only
+        meta.mean, meta.std = band_statistics(train_ds, seed=cfg.seed)
+    if mm is not None:  # the FusionModel around the backbone; items carry the tabular inputs
+        model = mm.attach(model, meta)
+        train_ds, val_ds = mm.wrap(train_ds, "train"), mm.wrap(val_ds, "val")
+    weights = class_weights(cfg, [s.label for s in train_s]).to(device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.optim.label_smoothing)
+    size_weights = mm.size_class_weights() if mm is not None else None
+    summary = _summary(cfg, samples, split)
+    log(f"data: train {summary['train']}, val {summary['val']}, test {summary['test']}; "
+        f"{in_chans} bands; input {meta.input_size}px; device {device}")
+    return Setup(cfg=cfg, model=prepare_model(model, device), meta=meta, device=device,
+                 train_loader=_loader(train_ds, cfg, device, True, ctx),
+                 val_loader=_loader(val_ds, cfg, device, False, ctx) if val_s else None,
+                 loss_fn=loss_fn, config_dict=to_dict(cfg), data_summary=summary,
+                 out_dir=out_dir, freeze_bn=pretrained, dist=ctx, multimodal=mm,
+                 size_weights=None if size_weights is None else
+                 torch.tensor(size_weights, dtype=torch.float32, device=device))
+
+
+def _datasets(cfg: TrainConfig, meta: ModelMeta, train_s: list[Sample], val_s: list[Sample],
+              mm: MultiModalSetup | None) -> tuple[TileDataset, TileDataset]:
+    """Training (augmented) and validation images; with terrain channels the terrain is
+    appended to each image before the transforms (photometric jitter on the image bands)."""
+    extra = mm.extra_channels if mm else 0
+    train_tf = TrainTransform(cfg.augment, meta.input_size,
+                              color_bands=meta.in_chans - extra if extra else None)
+    eval_tf = EvalTransform(meta.input_size, grayscale=meta.grayscale)
+    if mm is None:
+        return (TileDataset(train_s, transform=train_tf, cache=cfg.data.cache, scale=meta.scale),
+                TileDataset(val_s, transform=eval_tf, cache=cfg.data.cache, scale=meta.scale))
+    return (mm.image_dataset(train_s, train_tf, cache=cfg.data.cache, scale=meta.scale),
+            mm.image_dataset(val_s, eval_tf, cache=cfg.data.cache, scale=meta.scale))
+
+
+def save_resume(s: Setup, *, phase: int, phase_epoch: int, history: list, best: dict,
+                bad_epochs: int, optimizer: torch.optim.Optimizer) -> None:
+    """State to continue an interrupted run (our own file, read back with weights_only)."""
+    from slidewatch.io_utils import atomic_path
+
+    state = {"config": dump_yaml(s.cfg), "phase": phase, "phase_epoch": phase_epoch,
+             "history": history, "best": best, "bad_epochs": bad_epochs,
+             "model": s.model.state_dict(), "optimizer": optimizer.state_dict(),
+             "rng": torch.get_rng_state(), "loader_rng": s.train_loader.generator.get_state(),
+             "mean": s.meta.mean, "std": s.meta.std}
+    with atomic_path(s.out_dir / RESUME_FILE) as tmp:
+        torch.save(state, tmp)
+
+
+def load_resume(s: Setup) -> dict:
+    path = s.out_dir / RESUME_FILE
+    try:
+        state = torch.load(path, map_location=s.device, weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise DataError(f"{path}: cannot read the interrupted run ({exc.__class__.__name__})"
+                        ) from None
+    if state["config"] != dump_yaml(s.cfg):
+        raise ConfigError(f"--resume: the settings differ from those of the run in {s.out_dir}; "
+                          "resume with the same config and flags")
+    s.model.load_state_dict(state["model"])
+    s.meta.mean, s.meta.std = state["mean"], state["std"]
+    torch.set_rng_state(state["rng"].cpu())
+    s.train_loader.generator.set_state(state["loader_rng"].cpu())
+    return state
