@@ -16,8 +16,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/slidewatch demo
 
+# The import-linter contracts of pyproject.toml, then the whole suite with its slowest tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/python -m pytest --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_speed.py

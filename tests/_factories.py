@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,17 @@ def train_tiny_cnn(tiles: Path, out: Path) -> Path:
     return out
 
 
+# The multi-modal task's command-line flags (tests/test_multimodal.py and its session fixture).
+MULTIMODAL_BASE = ["--model", "baseline_cnn", "--weights", "none", "--phase1-epochs", "0",
+                   "--unfreeze-layers", "99", "--quiet", "--device", "cpu"]
+MULTIMODAL_TRAIN = [*MULTIMODAL_BASE, "--input-size", "32", "--phase2-epochs", "15",
+                    "--phase2-lr", "0.003", "--schedule", "constant",
+                    "--batch-size", "16", "--val-fraction", "0.25", "--no-augment",
+                    "--mlp-hidden", "16", "--emb-dim", "3"]
+MULTIMODAL_TABULAR = ["--numeric", "slope,elevation", "--categorical", "trigger",
+                      "--tabular-key", "tile_id"]
+
+
 def make_fusion_dataset(root: Path, *, n: int = 240, size: int = 32, seed: int = 7,
                         prefix: str = "g", steep: float = 20.0) -> list[dict]:
     """Class folders where a tile is a landslide only if its image shows a bright patch AND
@@ -80,6 +92,33 @@ def make_fusion_dataset(root: Path, *, n: int = 240, size: int = 32, seed: int =
                      "trigger": str(rng.choice(["rain", "quake", "snowmelt"])),
                      "label": label})
     return rows
+
+
+def train_multimodal_trio(root: Path) -> dict:
+    """Training and test folders, one CSV keyed by tile id, and three models trained on it:
+    fused (image + tabular), image only and tabular only, each evaluated on the test folder."""
+    import torch
+
+    from slidewatch.cli.main import main
+
+    rows = make_fusion_dataset(root / "train", n=256, seed=7, prefix="a")
+    rows += make_fusion_dataset(root / "test", n=128, seed=8, prefix="b")
+    table = write_rows(root / "rows.csv", rows, ["tile_id", "slope", "elevation", "trigger"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead on 2 shared cores
+    try:
+        for mode in ("fused", "image", "tabular"):
+            assert main(["train", "--data", str(root / "train"), "--out", str(root / mode),
+                         "--tabular", str(table), *MULTIMODAL_TABULAR, "--fusion-mode", mode,
+                         *MULTIMODAL_TRAIN]) == 0
+            assert main(["evaluate", str(root / mode), "--data", str(root / "test"),
+                         "--out", str(root / f"{mode}-eval"), "--tabular", str(table),
+                         "--quiet", "--device", "cpu"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    f1 = {m: json.loads((root / f"{m}-eval" / "metrics.json").read_text())["overall"]["f1"]
+          for m in ("fused", "image", "tabular")}
+    return {"root": root, "rows": rows, "table": table, "f1": f1, "model": root / "fused"}
 
 
 def write_rows(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:

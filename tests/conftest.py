@@ -1,12 +1,20 @@
-"""Shared test helpers: write small images of any supported format under tmp_path."""
+"""Shared test helpers (write small images of any supported format under tmp_path) and the
+session fixtures: what several modules train on identical data is trained once per session.
+
+The shared folders are read-only: a test that changes a model folder copies it first
+(``shutil.copytree``); each shared fixture checks at the end of the session that its folder is
+unchanged, so a test that writes into one fails.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _factories import make_class_dataset, train_multimodal_trio, train_tiny_cnn
 
 UTM45 = "EPSG:32645"
 
@@ -71,3 +79,47 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def folder_digest(root: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``root``."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def unchanged(root: Path, before: dict[str, str]) -> None:
+    after = folder_digest(root)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, (f"a test changed the shared folder {root} (copy it first with "
+                         f"shutil.copytree): {changed}")
+
+
+@pytest.fixture(scope="session")
+def tiny_tiles(tmp_path_factory) -> Path:
+    """Class folders + tiles.csv (3 images x 3 tiles per class in regions north and south,
+    seed 0) that ``tiny_model`` is trained on. Read-only."""
+    tiles = make_class_dataset(tmp_path_factory.mktemp("tiny") / "tiles", images=3, per_image=3)
+    before = folder_digest(tiles)
+    yield tiles
+    unchanged(tiles, before)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tiles, tmp_path_factory) -> Path:
+    """The study's small CNN trained once per session on ``tiny_tiles`` (``train_tiny_cnn``:
+    one epoch at 32 px on the CPU). Read-only: copy it before changing it."""
+    out = train_tiny_cnn(tiny_tiles, tmp_path_factory.mktemp("tiny_model") / "model")
+    before = folder_digest(out)
+    yield out
+    unchanged(out, before)
+
+
+@pytest.fixture(scope="session")
+def multimodal_task(tmp_path_factory) -> dict:
+    """``train_multimodal_trio``: the fused, image-only and tabular-only models on one
+    generated task, trained and evaluated once per session. Read-only."""
+    root = tmp_path_factory.mktemp("mm")
+    task = train_multimodal_trio(root)
+    before = folder_digest(root)
+    yield task
+    unchanged(root, before)

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from _factories import make_class_dataset, train_tiny_cnn
+from _factories import make_class_dataset
 from conftest import make_scene, truncate, write_image
 
 from slidewatch.cli.main import main
@@ -30,15 +30,13 @@ def assert_one_line_error(code, err, *needles):
 
 
 @pytest.fixture(scope="module")
-def tiles(tmp_path_factory):
-    return make_class_dataset(tmp_path_factory.mktemp("cli") / "tiles", images=3, per_image=3)
+def tiles(tiny_tiles):
+    return tiny_tiles
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiles, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli_model") / "m"
-    train_tiny_cnn(tiles, out)
-    return out
+def model_dir(tiny_model):
+    return tiny_model
 
 
 def scene(tmp_path, name="r1", size=64, mask_size=None):

@@ -10,6 +10,7 @@ from PIL import Image
 from slidewatch.config.train import from_dict
 from slidewatch.data import sampledata
 from slidewatch.errors import DataError
+from slidewatch.experiments import demo
 from slidewatch.experiments.demo import format_table, run_demo
 
 
@@ -44,7 +45,12 @@ def test_leave_one_region_out_table(tmp_path):
     assert rows[0]["tiles"] == 24 and rows[0]["landslide_tiles"] == 12
     assert rows[1]["landslide_tiles"] == 0 and rows[1]["tp"] == 0
     table = format_table(rows)
-    assert "sichuan" in table and "0.73" in table and "n/a" in table
+    assert "sichuan" in table and "n/a" in table
+    shown = {line.split()[0]: line.split() for line in table.splitlines()[2:-1]}
+    # F1 and the reference F1 are the run's and the demo's own, each in its column
+    assert shown["sichuan"][6] == f"{rows[0]['f1']:.3f}"
+    assert shown["sichuan"][-1] == f"{demo.REFERENCE_F1['sichuan']:.2f}"
+    assert shown["nepal"][6] == "n/a" and shown["nepal"][-1] == "-"
     # a second run reuses the finished folds
     again = run_demo(str(data), tmp_path / "run", regions=("sichuan",), config=tiny, tile=32)
     assert again[0]["f1"] == rows[0]["f1"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _factories import make_class_dataset, train_tiny_cnn
+from _factories import make_class_dataset
 from conftest import write_image
 from PIL import Image
 from sklearn.metrics import (
@@ -30,11 +30,6 @@ from slidewatch.meta import read_meta
 
 
 @pytest.fixture(scope="module")
-def tiles(tmp_path_factory):
-    return make_class_dataset(tmp_path_factory.mktemp("ev") / "tiles", images=3, per_image=3)
-
-
-@pytest.fixture(scope="module")
 def test_tiles(tmp_path_factory):
     """Held-out regions with three wrong labels, so that the scores are not all perfect."""
     root = make_class_dataset(tmp_path_factory.mktemp("ev_test") / "held", images=2,
@@ -47,10 +42,8 @@ def test_tiles(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiles, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ev_model") / "m"
-    train_tiny_cnn(tiles, out)
-    return out
+def model_dir(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

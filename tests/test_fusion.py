@@ -19,7 +19,7 @@ from slidewatch.data.transforms import normalize
 from slidewatch.errors import ConfigError, ModelError
 from slidewatch.evaluation.metrics import confusion, fbeta
 from slidewatch.explain.attributions import tabular_attributions
-from slidewatch.meta import ModelMeta, read_meta
+from slidewatch.meta import FusionSpec, InputSpec, ModelMeta, read_meta
 from slidewatch.models import build_model
 from slidewatch.models.baseline import BaselineCNN
 from slidewatch.models.checkpoint import save_model
@@ -30,9 +30,9 @@ from slidewatch.models.fusion import (
     build_fusion,
     feature_dim,
     fusion_config,
-    multitask_loss,
     pooled_features,
 )
+from slidewatch.training.multimodal import multitask_loss
 
 SIZE = 32
 THRESHOLD = 20.0  # degrees: landslide = bright scar AND slope above this
@@ -224,16 +224,19 @@ def test_metadata_round_trip_rebuilds_the_same_model(task, tmp_path):
     from safetensors.torch import load_file
 
     model, enc = task["models"]["fused"], task["encoder"]
+    inputs = InputSpec(fusion=FusionSpec.from_json(fusion_config(model)), tabular=enc.to_json())
     meta = ModelMeta("baseline_cnn", ["landslide", "non_landslide"], 3, SIZE, [0.5] * 3,
-                     [0.5] * 3, extra={"fusion": fusion_config(model), "tabular": enc.to_json()})
+                     [0.5] * 3, inputs=inputs)
     save_model(tmp_path / "m", model, meta)
     stored = json.loads((tmp_path / "m" / "slidewatch.json").read_text())
     again = read_meta(tmp_path / "m")
-    assert stored["fusion"]["mode"] == "fused" and again.extra["tabular"] == enc.to_json()
-    rebuilt = build_fusion(again.extra["fusion"], BaselineCNN(width=8, hidden=32, drop_rate=0.0))
+    assert stored["fusion"]["mode"] == "fused" and again.inputs.tabular == enc.to_json()
+    assert stored["fusion"] == fusion_config(model) and again.inputs == inputs
+    rebuilt = build_fusion(again.inputs.fusion.to_json(),
+                           BaselineCNN(width=8, hidden=32, drop_rate=0.0))
     rebuilt.load_state_dict(load_file(str(tmp_path / "m" / "model.safetensors")), strict=True)
     rebuilt.eval()
-    enc2 = TabularEncoder.from_json(again.extra["tabular"])
+    enc2 = TabularEncoder.from_json(again.inputs.tabular)
     num, cat = (torch.from_numpy(a) for a in enc2.transform(task["rows"][:5]))
     with torch.no_grad():
         a = model(task["data"]["x"][:5], num, cat)["logits"]

@@ -11,8 +11,13 @@ import re
 
 import numpy as np
 import pytest
-import torch
-from _factories import make_fusion_dataset, write_rows
+from _factories import (
+    MULTIMODAL_BASE,
+    MULTIMODAL_TABULAR,
+    MULTIMODAL_TRAIN,
+    make_fusion_dataset,
+    write_rows,
+)
 from conftest import UTM45, make_scene, write_image
 from rasterio.transform import from_origin
 from sklearn.metrics import f1_score
@@ -21,14 +26,7 @@ from slidewatch.cli.main import main
 from slidewatch.config.train import TrainConfig, dump_yaml, from_dict
 from slidewatch.errors import ConfigError
 
-BASE = ["--model", "baseline_cnn", "--weights", "none", "--phase1-epochs", "0",
-        "--unfreeze-layers", "99", "--quiet", "--device", "cpu"]
-TRAIN = [*BASE, "--input-size", "32", "--phase2-epochs", "15", "--phase2-lr", "0.003",
-         "--schedule", "constant",
-         "--batch-size", "16", "--val-fraction", "0.25", "--no-augment", "--mlp-hidden", "16",
-         "--emb-dim", "3"]
-TABULAR = ["--numeric", "slope,elevation", "--categorical", "trigger", "--tabular-key",
-           "tile_id"]
+BASE, TRAIN, TABULAR = MULTIMODAL_BASE, MULTIMODAL_TRAIN, MULTIMODAL_TABULAR
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -49,28 +47,8 @@ def read_csv(path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    """Training and test folders, one CSV keyed by tile id, and three models trained on it:
-    fused (image + tabular), image only and tabular only, each evaluated on the test folder."""
-    root = tmp_path_factory.mktemp("mm")
-    rows = make_fusion_dataset(root / "train", n=256, seed=7, prefix="a")
-    rows += make_fusion_dataset(root / "test", n=128, seed=8, prefix="b")
-    table = write_rows(root / "rows.csv", rows, ["tile_id", "slope", "elevation", "trigger"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead on 2 shared cores
-    try:
-        for mode in ("fused", "image", "tabular"):
-            assert main(["train", "--data", str(root / "train"), "--out", str(root / mode),
-                         "--tabular", str(table), *TABULAR, "--fusion-mode", mode,
-                         *TRAIN]) == 0
-            assert main(["evaluate", str(root / mode), "--data", str(root / "test"),
-                         "--out", str(root / f"{mode}-eval"), "--tabular", str(table),
-                         "--quiet", "--device", "cpu"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    f1 = {m: json.loads((root / f"{m}-eval" / "metrics.json").read_text())["overall"]["f1"]
-          for m in ("fused", "image", "tabular")}
-    return {"root": root, "rows": rows, "table": table, "f1": f1, "model": root / "fused"}
+def task(multimodal_task):
+    return multimodal_task
 
 
 def test_fused_model_learns_what_neither_branch_learns_alone(task):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from _factories import make_class_dataset, train_tiny_cnn
 from conftest import UTM45, truncate, write_image
 from PIL import Image
 from rasterio.transform import from_origin
@@ -18,9 +17,10 @@ from shapely.geometry import box, shape
 
 from slidewatch.cli.main import main
 from slidewatch.data import raster
-from slidewatch.data.raster import NODATA, OUT_BLOCK, Grid, blend_weights, starts
+from slidewatch.data.raster import Grid, starts
 from slidewatch.errors import ConfigError
 from slidewatch.meta import ModelMeta
+from slidewatch.scan.mosaic import NODATA, OUT_BLOCK, blend_weights
 from slidewatch.scan.outputs import polygonize
 from slidewatch.scan.run import ScanSettings, scan, scan_with_model
 from slidewatch.scan.score import ChunkPlan
@@ -68,7 +68,7 @@ def add_slide(img, rng, r0, c0, size):
 
 
 def read(path):
-    with raster.open_quiet(path) as ds:
+    with raster.open_raster(path) as ds:
         return ds.read(1), ds.profile
 
 
@@ -82,10 +82,8 @@ def run(capsys, *args):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scan_model")
-    tiles = make_class_dataset(root / "tiles", images=3, per_image=3)
-    return train_tiny_cnn(tiles, root / "model")
+def model_dir(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from _factories import make_class_dataset, train_tiny_cnn
 from conftest import UTM45, write_image
 from rasterio.transform import from_origin
 from test_scan import StopAfter, add_slide, vegetation
@@ -19,6 +18,7 @@ from test_scan import StopAfter, add_slide, vegetation
 from slidewatch.cli.main import main
 from slidewatch.data import raster
 from slidewatch.errors import ConfigError
+from slidewatch.scan import mosaic
 from slidewatch.scan.run import Backend, scan
 
 ray = pytest.importorskip("ray", reason="the Ray backend is an optional extra (slidewatch[ray])")
@@ -39,10 +39,8 @@ def ray_instance():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ray_model")
-    return train_tiny_cnn(make_class_dataset(root / "tiles", images=3, per_image=3),
-                          root / "model")
+def model_dir(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +71,7 @@ def local_scan(model_dir, scenes, out):
 
 
 def outputs(out: Path, stem: str):
-    with raster.open_quiet(out / f"{stem}_probability.tif") as ds:
+    with raster.open_raster(out / f"{stem}_probability.tif") as ds:
         prob = ds.read(1)
     feats = [json.loads((out / f"{stem}_detections{s}.geojson").read_text())["features"]
              for s in ("", "_wgs84")]
@@ -103,7 +101,7 @@ def test_interrupted_ray_scan_resumes_to_the_same_output(tmp_path, ray_instance,
     with pytest.raises(KeyboardInterrupt):
         scan(model_dir, scenes[:1], out, backend=RAY1, progress=StopAfter(16), **KW)
     state = json.loads((out / ".a_scan-state.json").read_text())
-    assert state["rows_written"] == raster.OUT_BLOCK and state["next_row"] < 18
+    assert state["rows_written"] == mosaic.OUT_BLOCK and state["next_row"] < 18
     again = scan(model_dir, scenes[:1], out, backend=RAY1, **KW)
     assert again.scenes[0].status == "resumed" and 0 < again.windows < full.windows
     np.testing.assert_array_equal(outputs(out, "a")[0], outputs(tmp_path / "full", "a")[0])

@@ -9,19 +9,19 @@ from rasterio.transform import from_origin
 from sklearn.metrics import confusion_matrix, f1_score
 
 from slidewatch.data.folders import scan_class_folders
+from slidewatch.data.geometry import pixel_area_m2
 from slidewatch.data.sizes import (
     IGNORE_INDEX,
     SizeClasses,
     SizeColumn,
     image_pixel_area,
-    pixel_area_m2,
     size_label_for_sample,
     size_label_from_mask,
-    size_report,
     size_scheme_from_json,
 )
 from slidewatch.data.tiling import tile_scenes
 from slidewatch.errors import ConfigError, DataError
+from slidewatch.evaluation.sizes import size_report
 from tests.conftest import UTM45, write_image
 
 M2 = SizeClasses(edges=(1_000, 10_000, 100_000), names=("small", "medium", "large", "huge"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,158 @@ from slidewatch.io_utils import atomic_write_text
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "slidewatch.json"
 FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- model inputs
+# What a model takes besides the image bands, typed. The JSON keys are those slidewatch 0.1.0
+# wrote at the top level of slidewatch.json ("fusion", "tabular", "aux", "sizes"), so folders
+# written before these classes existed load unchanged (tests/fixtures/models_v0_1).
+
+TERRAIN_USES = ("channels", "features")
+
+
+def _need(d: Mapping, keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise WeightsError(f"{where}: missing field(s) {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    """The FusionModel around the image backbone (:func:`slidewatch.models.fusion.build_fusion`):
+    ``mode`` fused / image / tabular, the tabular branch's sizes and the size head's classes."""
+
+    mode: str
+    n_numeric: int
+    cat_cardinalities: tuple[int, ...]
+    emb_dim: int
+    mlp_hidden: int
+    fusion_hidden: int | None
+    num_classes: int
+    size_classes: int
+    dropout: float
+
+    def to_json(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["cat_cardinalities"] = list(self.cat_cardinalities)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping, where: str = "fusion") -> FusionSpec:
+        _need(d, ("mode", "n_numeric", "num_classes"), where)
+        return cls(mode=str(d["mode"]), n_numeric=int(d["n_numeric"]),
+                   cat_cardinalities=tuple(int(c) for c in d.get("cat_cardinalities", ())),
+                   emb_dim=int(d.get("emb_dim", 4)), mlp_hidden=int(d.get("mlp_hidden", 64)),
+                   fusion_hidden=d.get("fusion_hidden"), num_classes=int(d["num_classes"]),
+                   size_classes=int(d.get("size_classes", 0)),
+                   dropout=float(d.get("dropout", 0.1)))
+
+
+@dataclass(frozen=True)
+class TerrainSpec:
+    """Terrain from a DEM: ``channels`` (elevation, slope, aspect appended to the image bands)
+    or summary ``features`` (tabular inputs); ``pixel_size`` in metres for images without a
+    georeference; ``dem`` the training DEM (for the record). JSON key ``aux``."""
+
+    use: str
+    pixel_size: float | None = None
+    names: tuple[str, ...] = ()
+    dem: str | None = None
+
+    @property
+    def channels(self) -> int:
+        return len(self.names) if self.use == "channels" else 0
+
+    def to_json(self) -> dict:
+        return {"use": self.use, "pixel_size": self.pixel_size, "names": list(self.names),
+                "dem": self.dem}
+
+    @classmethod
+    def from_json(cls, d: Mapping, where: str = "aux") -> TerrainSpec:
+        _need(d, ("use",), where)
+        if d["use"] not in TERRAIN_USES:
+            raise WeightsError(f"{where}: use must be one of {', '.join(TERRAIN_USES)}, "
+                               f"got {d['use']!r}")
+        return cls(str(d["use"]), d.get("pixel_size"), tuple(d.get("names") or ()),
+                   d.get("dem"))
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """The size head's classes: from masks (``source`` mask: ``edges`` in ``unit``) or from a CSV
+    column (``source`` column). ``scheme`` is the whole stored JSON, read back by
+    :func:`slidewatch.data.sizes.size_scheme_from_json`; the typed fields are the ones every
+    stage needs."""
+
+    source: str
+    names: tuple[str, ...]
+    pixel_size: float | None
+    join: tuple[str, str | None] | None
+    train_counts: tuple[int, ...] | None
+    scheme: Mapping[str, Any]
+
+    def to_json(self) -> dict:
+        return dict(self.scheme)
+
+    @classmethod
+    def from_json(cls, d: Mapping, where: str = "sizes") -> SizeSpec:
+        _need(d, ("names",), where)
+        join = d.get("join")
+        counts = d.get("train_counts")
+        return cls(str(d.get("source", "mask")), tuple(d["names"]), d.get("pixel_size"),
+                   None if join is None else (join[0], join[1]),
+                   None if counts is None else tuple(int(c) for c in counts), dict(d))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Everything a model takes besides its image bands. ``tabular`` is the fitted encoder's
+    JSON (:meth:`slidewatch.data.tabular.TabularEncoder.to_json`: columns, training statistics,
+    vocabularies, join key). All None: a plain image model."""
+
+    tabular: Mapping[str, Any] | None = None
+    terrain: TerrainSpec | None = None
+    sizes: SizeSpec | None = None
+    fusion: FusionSpec | None = None
+
+    KEYS = ("fusion", "tabular", "aux", "sizes")  # their keys in slidewatch.json
+
+    @property
+    def plain(self) -> bool:
+        """An image-only model (no FusionModel, no terrain channels or features)."""
+        return self.fusion is None and self.terrain is None
+
+    @property
+    def extra_channels(self) -> int:
+        """Bands appended to the image (terrain channels)."""
+        return self.terrain.channels if self.terrain is not None else 0
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {}
+        if self.fusion is not None:
+            d["fusion"] = self.fusion.to_json()
+        if self.tabular is not None:
+            d["tabular"] = dict(self.tabular)
+        if self.terrain is not None:
+            d["aux"] = self.terrain.to_json()
+        if self.sizes is not None:
+            d["sizes"] = self.sizes.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping, where: str) -> InputSpec:
+        def part(key, parse):
+            value = d.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, Mapping):
+                raise WeightsError(f"{where}: field {key} must be an object")
+            return parse(value, f"{where}: {key}")
+
+        return cls(tabular=part("tabular", lambda v, _w: dict(v)),
+                   terrain=part("aux", TerrainSpec.from_json),
+                   sizes=part("sizes", SizeSpec.from_json),
+                   fusion=part("fusion", FusionSpec.from_json))
 
 
 @dataclass
@@ -36,7 +189,8 @@ class ModelMeta:
     positive_index: int = 0
     drop_rate: float = 0.0
     weights_source: str = "none"
-    extra: dict[str, Any] = field(default_factory=dict)
+    inputs: InputSpec = field(default_factory=InputSpec)
+    extra: dict[str, Any] = field(default_factory=dict)  # training record: config, metrics...
 
     @property
     def positive_class(self) -> str:
@@ -50,9 +204,10 @@ class ModelMeta:
 
     def to_json(self) -> dict:
         d = {"format": "slidewatch-model", "format_version": FORMAT_VERSION}
-        d.update({k: v for k, v in self.__dict__.items() if k != "extra"})
+        d.update({k: v for k, v in self.__dict__.items() if k not in ("extra", "inputs")})
         d["positive_class"] = self.positive_class
-        d.update(self.extra)
+        d.update(self.inputs.to_json())
+        d.update({k: v for k, v in self.extra.items() if k not in InputSpec.KEYS})
         return d
 
     @classmethod
@@ -62,14 +217,15 @@ class ModelMeta:
         if d.get("format_version", 0) > FORMAT_VERSION:
             raise WeightsError(f"{where}: written by a newer slidewatch (format "
                                f"{d['format_version']}); upgrade slidewatch")
-        known = set(cls.__dataclass_fields__) - {"extra"}
+        known = set(cls.__dataclass_fields__) - {"extra", "inputs"}
         missing = [k for k in ("architecture", "classes", "in_chans", "input_size", "mean", "std")
                    if k not in d]
         if missing:
             raise WeightsError(f"{where}: missing field(s) {', '.join(missing)}")
-        skip = known | {"format", "format_version", "positive_class"}
+        skip = known | {"format", "format_version", "positive_class", *InputSpec.KEYS}
         kwargs = {k: d[k] for k in known if k in d}
-        return cls(**kwargs, extra={k: v for k, v in d.items() if k not in skip})
+        return cls(**kwargs, inputs=InputSpec.from_json(d, where),
+                   extra={k: v for k, v in d.items() if k not in skip})
 
 
 def library_versions() -> dict[str, str]:

@@ -1,22 +1,71 @@
-"""A torch Dataset over ``Sample`` lists: ``{"image": float32 CxHxW, "label": int, "index": i}``."""
+"""The dataset every stage reads images through: ``Sample`` lists -> ``{"image": float32 CxHxW,
+"label": int, "index": i}``, with the one pixel rule (:func:`unit_pixels`).
+
+Build it for a model with :func:`slidewatch.data.inputs.image_dataset` /
+:func:`~slidewatch.data.inputs.model_dataset`, which read the model's metadata (bands, scale,
+terrain channels, transform); training, evaluation, prediction, explanation and the demo all
+do, and scan windows go through :func:`unit_pixels` and the same transform.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from slidewatch.data import raster
 from slidewatch.data.folders import Sample
-from slidewatch.data.readers import DEFAULT_MAX_PIXELS, read_image, scale_to_unit
+from slidewatch.data.readers import DEFAULT_MAX_PIXELS, TIFF_SUFFIXES, read_image, scale_to_unit
+from slidewatch.errors import DataError
+
+
+def unit_pixels(arr: np.ndarray, scale: float | None = None, valid: np.ndarray | None = None,
+                channel_axis: int = -1) -> np.ndarray:
+    """Pixels as read (native dtype) -> float32 in unit scale, with the one nodata rule.
+
+    Unit scale is :func:`~slidewatch.data.readers.scale_to_unit` (``scale`` when the model has
+    one). A pixel is nodata where ``valid`` (the raster's mask: declared nodata value, internal
+    mask or alpha, see :mod:`slidewatch.data.raster`) is False or where any band is not finite
+    (NaN, inf); nodata pixels are 0 in every band after scaling, before normalisation. Training
+    tiles, evaluation and prediction images, scan windows and inventory chips all follow it.
+    """
+    unit = scale_to_unit(arr, scale)
+    bad = ~np.isfinite(unit).all(axis=channel_axis)
+    if valid is not None:
+        bad |= ~valid
+    if bad.any():
+        unit = unit.copy() if unit is arr else unit
+        if channel_axis in (-1, unit.ndim - 1):
+            unit[bad] = 0.0
+        else:
+            np.moveaxis(unit, channel_axis, -1)[bad] = 0.0
+    return unit
+
+
+def declared_valid(path: str | Path) -> np.ndarray | None:
+    """H x W validity of a GeoTIFF image from rasterio's masks (declared nodata value, internal
+    mask, alpha band; :func:`slidewatch.data.raster.valid_mask`), or None when the file has none
+    (other formats: None; their non-finite pixels are caught by :func:`unit_pixels`)."""
+    if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    with raster.open_raster(path) as ds:
+        bands = raster.image_bands(ds)
+        if raster.is_palette(ds) or not raster.needs_mask(ds, bands):
+            return None
+        return raster.valid_mask(ds, bands)
 
 
 class TileDataset(Dataset):
-    """Images of ``samples`` scaled to [0, 1] by ``scale_to_unit`` (normalise in ``transform``).
+    """Images of ``samples`` in unit scale by :func:`unit_pixels` (normalise in ``transform``).
 
     ``cache`` keeps each image's native-dtype array in memory after its first read (each
     DataLoader worker holds its own copy). ``transform`` is called on the CxHxW tensor.
+    ``bands``: the band count the model takes (a one-line DataError for other images). ``dem``:
+    a DEM whose elevation, slope and aspect (metres and degrees, on the image's grid) are
+    appended after the image's unit-scale bands, before any transform.
     """
 
     def __init__(
@@ -26,6 +75,9 @@ class TileDataset(Dataset):
         cache: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         scale: float | None = None,
+        bands: int | None = None,
+        dem: str | Path | None = None,
+        pixel_size: float | None = None,
     ) -> None:
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable or None, got {type(transform).__name__}")
@@ -36,32 +88,60 @@ class TileDataset(Dataset):
         self.cache = cache
         self.max_pixels = max_pixels
         self.scale = scale
-        self._cache: dict[int, np.ndarray] = {}
+        self.bands, self.dem, self.pixel_size = bands, dem, pixel_size
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._terrain: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [s.path for s in self.samples]
 
     @property
     def targets(self) -> list[int]:
         """Labels in sample order (for samplers and class weights)."""
         return [s.label for s in self.samples]
 
-    def _array(self, i: int) -> np.ndarray:
-        arr = self._cache.get(i)
-        if arr is None:
-            arr = read_image(self.samples[i].path, max_pixels=self.max_pixels)
+    def _array(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image ``i`` as read (HxWxC, native dtype) and its declared validity (or None)."""
+        item = self._cache.get(i)
+        if item is None:
+            path = self.samples[i].path
+            item = (read_image(path, max_pixels=self.max_pixels), declared_valid(path))
             if self.cache:
-                self._cache[i] = arr
-        return arr
+                self._cache[i] = item
+        return item
 
     def preload(self) -> None:
-        """Read (and so validate) every image now; with ``cache`` they stay in memory."""
+        """Read (and so check) every image and its terrain now; with ``cache`` they stay in
+        memory."""
         for i in range(len(self)):
-            self._array(i)
+            self.unit_image(i)
+
+    def terrain(self, i: int) -> np.ndarray:
+        from slidewatch.data.terrain import terrain_for_image
+
+        t = self._terrain.get(i)
+        if t is None:
+            t = terrain_for_image(self.dem, self.samples[i].path, pixel_size=self.pixel_size)
+            if self.cache:
+                self._terrain[i] = t
+        return t
 
     def unit_image(self, i: int) -> np.ndarray:
-        """Image ``i`` as HxWxC float32 in unit scale, before any transform."""
-        return scale_to_unit(self._array(i), self.scale)
+        """Image ``i`` as HxWxC float32 in unit scale (plus terrain channels), before any
+        transform."""
+        arr, valid = self._array(i)
+        unit = unit_pixels(arr, self.scale, valid)
+        if self.bands is not None and unit.shape[2] != self.bands:
+            extra = " image bands (plus 3 terrain channels)" if self.dem is not None else ""
+            raise DataError(f"{self.samples[i].path}: has {unit.shape[2]} bands; the model "
+                            f"takes {self.bands}{extra}")
+        if self.dem is None:
+            return unit
+        return np.concatenate([unit, self.terrain(i)], axis=2)
 
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):

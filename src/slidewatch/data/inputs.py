@@ -1,4 +1,12 @@
-"""What a model takes besides the image, and the datasets that carry it.
+"""The one builder of model inputs, and what a model takes besides the image.
+
+:func:`image_dataset` and :func:`model_dataset` turn samples (files) into model-ready items for
+the model of a :class:`~slidewatch.meta.ModelMeta`: read (every format), the model's band count,
+unit scale (its ``scale``), the nodata rule (:func:`slidewatch.data.dataset.unit_pixels`),
+terrain channels from a DEM, the transform (evaluation's unless given) and, for a fused model,
+each image's encoded tabular row. Training, evaluation, prediction, explanation and the demo
+build their datasets here; scan windows go through :func:`window_tensor`. Normalisation with the
+model's statistics happens in :mod:`slidewatch.inference.forward`, the one forward pass.
 
 :class:`ModelInputs` describes a multi-modal model's inputs (tabular columns and their fitted
 encoder, terrain from a DEM as channels or features, the size scheme) together with the files
@@ -7,21 +15,23 @@ builds it from the config (:mod:`slidewatch.multimodal.training`); evaluation, p
 explanation rebuild it from the model metadata with :func:`model_inputs`, so every path joins,
 encodes and appends the same way.
 
-Metadata (``ModelMeta.extra``): ``tabular`` (:meth:`TabularEncoder.to_json`), ``aux``
-(:meth:`AuxSpec.to_json`), ``sizes`` (the size scheme's JSON plus ``pixel_size``, ``join``,
+Metadata: :class:`slidewatch.meta.InputSpec` (``meta.inputs``): ``tabular``
+(:meth:`TabularEncoder.to_json`), ``terrain`` (:class:`~slidewatch.meta.TerrainSpec`, from
+:meth:`AuxSpec.to_json`), ``sizes`` (the size scheme's JSON plus ``pixel_size``, ``join``,
 ``train_counts``) and ``fusion`` (:func:`slidewatch.models.fusion.fusion_config`).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from slidewatch.data.dataset import TileDataset
+from slidewatch.data.dataset import TileDataset, unit_pixels
 from slidewatch.data.sizes import IGNORE_INDEX, SizeClasses, SizeColumn, size_label_for_sample
 from slidewatch.data.tabular import (
     TabularEncoder,
@@ -31,8 +41,10 @@ from slidewatch.data.tabular import (
     read_table,
     tabular_dataset,
 )
-from slidewatch.data.terrain import CHANNELS, FEATURES, Grid, terrain_for_image, terrain_rows
+from slidewatch.data.terrain import CHANNELS, FEATURES, Grid, terrain_rows
+from slidewatch.data.transforms import EvalTransform
 from slidewatch.errors import ConfigError, DataError
+from slidewatch.meta import ModelMeta
 
 AUX_USES = ("channels", "features")
 
@@ -67,41 +79,6 @@ class AuxSpec:
     @classmethod
     def from_json(cls, data: Mapping) -> AuxSpec:
         return cls(str(data["use"]), data.get("pixel_size"), data.get("dem"))
-
-
-class ModelTiles(TileDataset):
-    """A :class:`TileDataset` that checks each image's band count (``bands``) and, given a
-    ``dem``, appends elevation, slope and aspect (in metres and degrees, on the image's grid)
-    after the image's unit-scale bands, before any transform."""
-
-    def __init__(self, samples, *, bands: int | None = None, dem: str | Path | None = None,
-                 pixel_size: float | None = None, **kwargs) -> None:
-        super().__init__(samples, **kwargs)
-        self.bands, self.dem, self.pixel_size = bands, dem, pixel_size
-        self._terrain: dict[int, np.ndarray] = {}
-
-    def terrain(self, i: int) -> np.ndarray:
-        t = self._terrain.get(i)
-        if t is None:
-            t = terrain_for_image(self.dem, self.samples[i].path, pixel_size=self.pixel_size)
-            if self.cache:
-                self._terrain[i] = t
-        return t
-
-    def preload(self) -> None:
-        """Read (and check) every image and, with a DEM, its terrain now."""
-        for i in range(len(self)):
-            self.unit_image(i)
-
-    def unit_image(self, i: int) -> np.ndarray:
-        unit = super().unit_image(i)
-        if self.bands is not None and unit.shape[2] != self.bands:
-            extra = " image bands (plus 3 terrain channels)" if self.dem is not None else ""
-            raise DataError(f"{self.samples[i].path}: has {unit.shape[2]} bands; the model "
-                            f"takes {self.bands}{extra}")
-        if self.dem is None:
-            return unit
-        return np.concatenate([unit, self.terrain(i)], axis=2)
 
 
 def csv_header(path: Path) -> list[str]:
@@ -187,11 +164,11 @@ class ModelInputs:
         return join_samples(samples, read_table(self.table, spec))
 
     def image_dataset(self, samples: Sequence, transform, *, cache: bool,
-                      scale: float | None, bands: int | None = None) -> ModelTiles:
+                      scale: float | None, bands: int | None = None) -> TileDataset:
         channels = self.aux is not None and self.aux.use == "channels"
-        return ModelTiles(samples, transform=transform, cache=cache, scale=scale, bands=bands,
-                          dem=self.dem if channels else None,
-                          pixel_size=self.aux.pixel_size if channels else None)
+        return TileDataset(samples, transform=transform, cache=cache, scale=scale, bands=bands,
+                           dem=self.dem if channels else None,
+                           pixel_size=self.aux.pixel_size if channels else None)
 
     def encode(self, rows: list | None, samples: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """``(numeric, categorical)`` arrays of ``rows`` (empty arrays without an encoder)."""
@@ -209,15 +186,6 @@ class ModelInputs:
         numeric, categorical = self.encode(rows, ds.samples)
         return tabular_dataset(ds, numeric, categorical, size_labels)
 
-    def dataset(self, samples: Sequence, meta, transform=None):
-        """Evaluation-time dataset of ``samples`` for the model of ``meta``."""
-        from slidewatch.data.transforms import EvalTransform
-
-        transform = transform or EvalTransform(meta.input_size, grayscale=meta.grayscale)
-        ds = self.image_dataset(samples, transform, cache=False, scale=meta.scale,
-                                bands=meta.in_chans - self.extra_channels)
-        return self.wrap(ds, self.rows(samples) if self.fused else None)
-
 
 def model_inputs(meta, tabular: str | Path | None = None, aux: str | Path | None = None,
                  missing: str | None = None, unknown: str | None = None
@@ -227,31 +195,31 @@ def model_inputs(meta, tabular: str | Path | None = None, aux: str | Path | None
     given, or one it cannot use, is a ConfigError naming the flag. ``missing`` / ``unknown``
     override the stored policies for images without a row (``error`` / ``impute``) and for
     categories never seen in training (``error`` / ``unknown``)."""
-    extra = meta.extra
-    if "fusion" not in extra and "aux" not in extra:
+    spec = meta.inputs
+    if spec.plain:
         for flag, value in (("--tabular", tabular), ("--aux", aux)):
             if value is not None:
                 raise ConfigError(f"{flag}: the model takes images only; leave it out")
         return None
-    encoder = TabularEncoder.from_json(extra["tabular"]) if "tabular" in extra else None
+    encoder = TabularEncoder.from_json(spec.tabular) if spec.tabular is not None else None
     if encoder is not None:
         encoder.spec = replace(encoder.spec, missing=missing or encoder.spec.missing,
                                unknown=unknown or encoder.spec.unknown)
-    sizes_json = extra.get("sizes")
     sizes = None
-    if sizes_json is not None:
+    if spec.sizes is not None:
         from slidewatch.data.sizes import size_scheme_from_json
 
-        sizes = size_scheme_from_json(sizes_json)
-    join = tuple((sizes_json or {}).get("join") or ("path", None))
+        sizes = size_scheme_from_json(spec.sizes.scheme)
+    join = tuple((spec.sizes.join if spec.sizes is not None else None) or ("path", None))
     if encoder is not None:
         join = (encoder.spec.key, encoder.spec.key_column)
+    terrain = spec.terrain
     inputs = ModelInputs(
         spec=encoder.spec if encoder else None,
-        aux=AuxSpec.from_json(extra["aux"]) if "aux" in extra else None, sizes=sizes,
-        size_pixel_size=(sizes_json or {}).get("pixel_size"), join=join,
-        table=Path(tabular) if tabular else None, dem=Path(aux) if aux else None,
-        encoder=encoder, fused="fusion" in extra)
+        aux=None if terrain is None else AuxSpec(terrain.use, terrain.pixel_size, terrain.dem),
+        sizes=sizes, size_pixel_size=spec.sizes.pixel_size if spec.sizes is not None else None,
+        join=join, table=Path(tabular) if tabular else None, dem=Path(aux) if aux else None,
+        encoder=encoder, fused=spec.fusion is not None)
     _check_files(inputs, tabular, aux)
     return inputs
 
@@ -268,3 +236,47 @@ def _check_files(inputs: ModelInputs, tabular, aux) -> None:
         raise ConfigError("--aux: the model takes no terrain inputs; leave it out")
     if tabular is not None and csv_spec is None and not isinstance(inputs.sizes, SizeColumn):
         raise ConfigError("--tabular: the model takes no tabular columns; leave it out")
+
+
+# ----------------------------------------------------------------------------- the builder
+
+
+def image_dataset(meta: ModelMeta, samples: Sequence, *, inputs: ModelInputs | None = None,
+                  transform: Callable | None = None, cache: bool = False) -> TileDataset:
+    """The pixels of ``samples`` as the model of ``meta`` takes them: its band count, its unit
+    scale, the nodata rule, terrain channels when ``inputs`` has them, then ``transform``
+    (default: evaluation's, :class:`~slidewatch.data.transforms.EvalTransform` at the model's
+    input size). Items: ``{"image", "label", "index"}``."""
+    transform = transform or EvalTransform(meta.input_size, grayscale=meta.grayscale)
+    if inputs is None:
+        return TileDataset(samples, transform=transform, cache=cache, scale=meta.scale,
+                           bands=meta.in_chans)
+    return inputs.image_dataset(samples, transform, cache=cache, scale=meta.scale,
+                                bands=meta.in_chans - inputs.extra_channels)
+
+
+def model_dataset(meta: ModelMeta, samples: Sequence, *, inputs: ModelInputs | None = None,
+                  transform: Callable | None = None, cache: bool = False):
+    """:func:`image_dataset` plus, for a fused model, each sample's encoded tabular row
+    (``numeric``, ``categorical``): everything the model's forward pass takes."""
+    ds = image_dataset(meta, samples, inputs=inputs, transform=transform, cache=cache)
+    if inputs is None or not inputs.fused:
+        return ds
+    return inputs.wrap(ds, inputs.rows(samples))
+
+
+def window_tensor(meta: ModelMeta, raw: np.ndarray, valid: np.ndarray | None) -> torch.Tensor:
+    """Scan windows as read (N x C x H x W, native dtype; ``valid`` N x H x W or None) -> the
+    float32 batch the model takes: :func:`~slidewatch.data.dataset.unit_pixels` window by
+    window (no batch-sized temporaries), then evaluation's transform when the window size or
+    greyscale rule asks for it; the same pixels give the same tensor as :func:`image_dataset`."""
+    x = np.empty(raw.shape, np.float32)
+    for k, out in enumerate(x):
+        out[:] = unit_pixels(raw[k], meta.scale, None if valid is None else valid[k],
+                             channel_axis=0)
+    t = torch.from_numpy(x)
+    size = meta.input_size
+    if meta.grayscale or t.shape[-2:] != (size, size):
+        transform = EvalTransform(size, grayscale=meta.grayscale)
+        t = torch.stack([transform(v) for v in t])
+    return t

@@ -20,8 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from slidewatch.data.geometry import (
+    apply_affine,
+    lonlat_margin,
+    metres_per_pixel,
+    pixels_to_lonlat,
+)
 from slidewatch.data.inventory_csv import Inventory, InventoryColumns, read_inventory  # noqa: F401  (re-exported)
-from slidewatch.data.readers import _one_line, _rio_bands, _rio_open, georef, probe, write_tile
+from slidewatch.data.raster import image_bands, one_line, open_raster, read_window
+from slidewatch.data.readers import georef, probe, write_tile
 from slidewatch.data.tiling import CSV_COLUMNS, TILES_CSV, validate_classes
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.io_utils import atomic_dir
@@ -33,7 +40,6 @@ DEFAULT_MAX_NODATA = 0.5  # chips with a larger nodata fraction are skipped
 EXTRA_COLUMNS = ("inventory_id", "inventory_date", "inventory_size", "inventory_trigger",
                  "inventory_row", "center_lon", "center_lat")
 INVENTORY_CSV_COLUMNS = CSV_COLUMNS + EXTRA_COLUMNS
-EARTH_RADIUS_M = 6_371_008.8
 
 
 # ---------------------------------------------------------------- scenes and geometry
@@ -62,18 +68,8 @@ def _geo_errors() -> tuple[type[Exception], ...]:
     return CRSError, TransformError, CPLE_BaseError
 
 
-def _apply(transform, cols, rows) -> tuple[np.ndarray, np.ndarray]:
-    t = transform
-    cols, rows = np.asarray(cols, float), np.asarray(rows, float)
-    return t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
-
-
 def _to_lonlat(scene: _Scene, cols, rows) -> tuple[np.ndarray, np.ndarray]:
-    from rasterio.warp import transform
-
-    xs, ys = _apply(scene.transform, cols, rows)
-    lon, lat = transform(scene.crs, "EPSG:4326", xs.tolist(), ys.tolist())
-    return np.asarray(lon), np.asarray(lat)
+    return pixels_to_lonlat(scene.transform, scene.crs, cols, rows)
 
 
 def _open_scene(path: Path, region: str | None, size: int) -> _Scene:
@@ -87,34 +83,16 @@ def _open_scene(path: Path, region: str | None, size: int) -> _Scene:
     if info.width < size or info.height < size:
         raise ConfigError(f"--size {size}: larger than the scene {path} "
                           f"({info.width}x{info.height} px)")
-    xs, ys = _apply(geo["transform"], [0, info.width, 0, info.width], [0, 0, info.height,
+    xs, ys = apply_affine(geo["transform"], [0, info.width, 0, info.width], [0, 0, info.height,
                                                                        info.height])
     try:
         bounds = transform_bounds(geo["crs"], "EPSG:4326", xs.min(), ys.min(), xs.max(),
                                   ys.max(), densify_pts=21)
     except _geo_errors() as exc:
         raise DataError(f"{path}: cannot relate its CRS to longitude/latitude "
-                        f"({_one_line(exc)})") from None
+                        f"({one_line(exc)})") from None
     name = region if region is not None else path.stem
     return _Scene(path, name, info.width, info.height, geo["crs"], geo["transform"], bounds)
-
-
-def _haversine(lon1, lat1, lon2, lat2) -> np.ndarray:
-    lon1, lat1, lon2, lat2 = map(np.radians, (lon1, lat1, lon2, lat2))
-    a = np.sin((lat2 - lat1) / 2) ** 2
-    a += np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
-
-
-def _ground_scale(scene: _Scene) -> tuple[float, float]:
-    """Smallest ground metres per pixel along columns and rows (3x3 samples over the scene)."""
-    grid = np.linspace(0.5, [scene.width - 1.5, scene.height - 1.5], 3)
-    cols, rows = (a.ravel() for a in np.meshgrid(grid[:, 0], grid[:, 1]))
-    lon, lat = _to_lonlat(scene, np.concatenate([cols, cols + 1, cols]),
-                          np.concatenate([rows, rows, rows + 1]))
-    lon, lat = np.split(lon, 3), np.split(lat, 3)
-    return (float(_haversine(lon[0], lat[0], lon[1], lat[1]).min()),
-            float(_haversine(lon[0], lat[0], lon[2], lat[2]).min()))
 
 
 def _near_points(inv: Inventory, scene: _Scene, margin_m: float):
@@ -122,9 +100,7 @@ def _near_points(inv: Inventory, scene: _Scene, margin_m: float):
     from rasterio.warp import transform
 
     west, south, east, north = scene.bounds
-    dlat = 1.5 * margin_m / 110_000 + 1e-6
-    top = min(max(abs(south), abs(north)) + dlat, 89.0)
-    dlon = 1.5 * margin_m / (111_320 * math.cos(math.radians(top))) + 1e-6
+    dlon, dlat = lonlat_margin(margin_m, south, north)
     width = (east - west) % 360 if east != west + 360 else 360.0
     keep = (inv.lat >= south - dlat) & (inv.lat <= north + dlat)
     keep &= ((inv.lon - (west - dlon)) % 360 <= width + 2 * dlon) | (width + 2 * dlon >= 360)
@@ -133,7 +109,7 @@ def _near_points(inv: Inventory, scene: _Scene, margin_m: float):
         xs, ys = transform("EPSG:4326", scene.crs, inv.lon[idx].tolist(), inv.lat[idx].tolist())
     except _geo_errors():  # some point outside the CRS's domain: one by one, those become NaN
         xs, ys = np.array([_one_point(scene.crs, inv.lon[i], inv.lat[i]) for i in idx]).T
-    cols, rows = _apply(~scene.transform, xs, ys)
+    cols, rows = apply_affine(~scene.transform, xs, ys)
     finite = np.isfinite(cols) & np.isfinite(rows)
     return idx[finite], cols[finite], rows[finite]
 
@@ -189,30 +165,14 @@ class _Options:
     classes: tuple[str, ...]
 
 
-def _invalid(ds, arr: np.ndarray, window) -> np.ndarray:
-    """Nodata pixels: the file's mask (nodata value, alpha, mask band); without one, all-zero."""
-    from rasterio.enums import MaskFlags
-
-    if all(flags == [MaskFlags.all_valid] for flags in ds.mask_flag_enums):
-        invalid = (arr == 0).all(axis=-1)
-    else:
-        invalid = ds.dataset_mask(window=window) == 0
-    if arr.dtype.kind == "f":
-        invalid |= np.isnan(arr).all(axis=-1)
-    return invalid
-
-
 def _read_chip(ds, scene: _Scene, r0: int, c0: int, size: int) -> tuple[np.ndarray, float]:
-    """The chip's pixels (HxWxC, alpha dropped) and its nodata fraction."""
-    from rasterio.errors import RasterioError
+    """The chip's pixels (HxWxC, alpha dropped) and its nodata fraction (the nodata rule of
+    :mod:`slidewatch.data.raster`: rasterio's masks of every band, and finite values)."""
     from rasterio.windows import Window
 
-    window = Window(c0, r0, size, size)
-    try:
-        arr = np.moveaxis(ds.read(_rio_bands(ds), window=window), 0, -1)
-        return arr, float(_invalid(ds, arr, window).mean())
-    except RasterioError as exc:
-        raise DataError(f"{scene.path}: cannot decode raster ({_one_line(exc)})") from None
+    data, valid = read_window(ds, image_bands(ds), Window(c0, r0, size, size),
+                              what="cannot decode raster")
+    return np.moveaxis(data, 0, -1), float(1.0 - valid.mean())
 
 
 def _write_chip(out: Path, label: str, scene: _Scene, r0: int, c0: int, arr, attrs) -> list:
@@ -258,7 +218,8 @@ def _candidates(scene, near, taken, opts, rng) -> tuple[np.ndarray, np.ndarray]:
                          np.arange(ox, scene.width - size + 1, size), indexing="ij")
     r0, c0 = rr.ravel(), cc.ravel()
     _, pc, pr = near
-    ok = _far_enough(r0, c0, pc, pr, size, _ground_scale(scene), opts.min_distance)
+    scale = metres_per_pixel(scene.transform, scene.crs, scene.width, scene.height)
+    ok = _far_enough(r0, c0, pc, pr, size, scale, opts.min_distance)
     for tr, tc in sorted(taken):
         ok &= (np.abs(r0 - tr) >= size) | (np.abs(c0 - tc) >= size)
     order = rng.permutation(np.flatnonzero(ok))
@@ -285,7 +246,7 @@ def _negatives(ds, scene, near, taken, opts, out, stats, rng) -> list:
 
 def _chip_scene(scene, inv, near, opts, out, writer, rng) -> SceneStats:
     stats = SceneStats(scene.source)
-    with _rio_open(scene.path) as ds:
+    with open_raster(scene.path) as ds:
         rows, taken = _positives(ds, scene, inv, near, opts, out, stats)
         rows += _negatives(ds, scene, near, taken, opts, out, stats, rng)
     if rows:

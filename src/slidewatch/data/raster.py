@@ -1,15 +1,31 @@
-"""Windowed raster IO for ``slidewatch scan``: memory that does not grow with the scene.
+"""Rasterio access: the one module that opens rasters, and windowed reads with the nodata mask.
 
-* :class:`Grid`: the windows of a scene, row by row; the last window of each row and column is
-  flush with the right and bottom edges, so every pixel is covered.
-* :func:`blend_weights`: per-window pixel weights (``mean``: uniform, ``hann``: a Hann window
-  with a floor so that scene edges keep weight).
-* :class:`Accumulator`: blended sum and weight for only the rows still being written
-  (``tile + OUT_BLOCK`` rows x scene width).
-* Scene opening with one-line errors, windowed reads with the nodata mask, and the probability
-  GeoTIFF (float32, 256x256 tiles, deflate, nodata :data:`NODATA`) written a block row at a time.
+Every raster in slidewatch (scenes, GeoTIFF images and tiles, DEMs, probability maps) is opened
+by :func:`open_raster`; nothing else calls ``rasterio.open``.
 
-Polygons, GeoJSON and quick-looks from the finished map: :mod:`slidewatch.scan_outputs`.
+* Opening: :func:`open_raster` (no warning for files without georeferencing; in read mode every
+  failure is a one-line :class:`DataError` naming the file, worded by :func:`one_line`),
+  :func:`open_scene` (the checks of a scan scene first), :func:`gdal_env` (GDAL's block cache
+  kept small), :func:`georef` (CRS and transform from the header).
+* The band rule, :func:`image_bands`: every band, except that the trailing alpha band of a 2- or
+  4-band file is the mask, not data. :func:`is_palette`: a colour-mapped single band.
+* The nodata rule: a pixel is valid when every chosen band is valid according to rasterio's
+  masks (declared nodata value, internal mask band, alpha band) AND every chosen band's value is
+  finite (not NaN or +-inf). :func:`valid_pixels` is the rule on pixels already read (C x H x W
+  data, the H x W mask or None); :func:`valid_mask` applies it to a window of an open dataset;
+  :func:`read_window` / :func:`read_windows` return the pixels with it and :func:`valid_rows`
+  gives it for whole scene rows. :func:`needs_mask` is False only where no pixel can be
+  invalid (every chosen band all valid by rasterio's flags and of an integer dtype); windows
+  with no valid pixel are skipped by the scan. Inventory chips use the same rule for their
+  nodata fraction.
+* Window grids: :class:`Grid` (the windows of a scene, row by row; the last window of each row
+  and column is flush with the right and bottom edges, so every pixel is covered) and
+  :func:`starts`; :func:`read_decimated` for quick-looks.
+* Scenes: :func:`inspect_scene` checks a scene from its header (bands, completeness) into a
+  :class:`SceneInfo`.
+
+Writing the probability map: :mod:`slidewatch.scan.mosaic`. Ground geometry:
+:mod:`slidewatch.data.geometry`. Images and masks of every format: :mod:`slidewatch.data.readers`.
 """
 
 from __future__ import annotations
@@ -28,9 +44,6 @@ from rasterio.windows import Window
 
 from slidewatch.errors import ConfigError, DataError
 
-NODATA = -1.0  # probabilities are in [0, 1]; -1 marks "not scanned" (nodata in the scene)
-OUT_BLOCK = 256  # output GeoTIFF tile size; rows are written a block row at a time
-HANN_FLOOR = 0.01
 SCAN_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"}
 GDAL_ENV = {"GDAL_CACHEMAX": 32 * 2**20}  # bytes; the default (5% of RAM) counts towards RSS
 MAX_READ_BYTES = 256 * 2**20  # a row of windows is read as one strip up to this size
@@ -40,20 +53,215 @@ def gdal_env(**options) -> rasterio.Env:
     return rasterio.Env(**{**GDAL_ENV, **options})
 
 
-def open_quiet(path: Path, mode: str = "r", **profile):
-    """``rasterio.open`` without the warning for files that have no georeferencing."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rasterio.open(path, mode, **profile)
-
-
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """The innermost message of an exception chain, on one line (GDAL puts details there)."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    return " ".join(str(exc).split())
+    msg = exc.args[-1] if exc.args and isinstance(exc.args[-1], str) else str(exc)
+    return " ".join(msg.split())
 
 
-# ---------------------------------------------------------------- grid and weights
+# ---------------------------------------------------------------- opening
+
+
+def open_raster(path: str | Path, mode: str = "r", **profile):
+    """``rasterio.open`` without the warning for files that have no georeferencing.
+
+    Read mode: a missing path or a folder, and anything rasterio cannot open, is a one-line
+    ``DataError("<path>: ...")``. Write modes (``"w"``, ``"r+"``) raise rasterio's own errors,
+    so that a failed write is never mistaken for bad input.
+    """
+    path = Path(path)
+    if mode != "r":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path, mode, **profile)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path, mode, **profile)
+    except RasterioError as exc:
+        raise DataError(f"{path}: not a raster that rasterio can read ({one_line(exc)})") from None
+
+
+def open_scene(path: Path):
+    """Open a scene to scan: its type and size are checked first; one-line DataErrors."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    if path.suffix.lower() not in SCAN_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix or '(no suffix)'}; "
+                        f"scan reads {' '.join(sorted(SCAN_SUFFIXES))}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    return open_raster(path)
+
+
+def georef(path: str | Path) -> dict | None:
+    """``{"crs", "transform"}`` of a georeferenced raster, else None (header only)."""
+    with open_raster(path) as ds:
+        if ds.crs is None and ds.transform.is_identity:
+            return None
+        return {"crs": ds.crs, "transform": ds.transform}
+
+
+# ---------------------------------------------------------------- bands
+
+
+def image_bands(ds) -> list[int]:
+    """1-based band indexes of the image: a trailing alpha band is dropped from 2- or 4-band
+    files (it is the mask, not data)."""
+    bands = list(range(1, ds.count + 1))
+    if ds.count in (2, 4) and ds.colorinterp[-1] == ColorInterp.alpha:
+        bands = bands[:-1]
+    return bands
+
+
+def is_palette(ds) -> bool:
+    """A colour-mapped raster: one band of indexes into a colour table."""
+    return ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette
+
+
+def read_image_bands(ds, what: str = "cannot decode raster") -> np.ndarray:
+    """The whole image as HxWxC in its native dtype: :func:`image_bands`, colour-mapped
+    indexes turned into RGB (uint8). Failures: ``DataError("<file>: <what> (...)")``."""
+    try:
+        arr = np.moveaxis(ds.read(image_bands(ds)), 0, -1)
+        if is_palette(ds):
+            cmap = ds.colormap(1)
+            lut = np.zeros((max(256, max(cmap) + 1), 3), np.uint8)
+            for index, rgba in cmap.items():
+                lut[index] = rgba[:3]
+            arr = lut[arr[:, :, 0]]
+    except RasterioError as exc:
+        raise DataError(f"{ds.name}: {what} ({one_line(exc)})") from None
+    return arr
+
+
+# ---------------------------------------------------------------- the nodata rule
+
+
+def valid_pixels(data: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """H x W bool: ``mask`` (all True when None) AND every band of C x H x W ``data`` finite.
+
+    ``mask`` is rasterio's H x W validity (every chosen band valid: nodata value, internal
+    mask, alpha band); NaN and +-inf pixels are invalid whatever the masks say.
+    """
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    valid = np.ones(data.shape[-2:], bool) if mask is None else np.asarray(mask, bool).copy()
+    if data.dtype.kind in "fc":
+        valid &= np.isfinite(data).all(axis=0)
+    return valid
+
+
+def _all_valid_flags(ds, bands: list[int]) -> bool:
+    return all(list(ds.mask_flag_enums[b - 1]) == [MaskFlags.all_valid] for b in set(bands))
+
+
+def _floating(ds, bands: list[int]) -> bool:
+    return any(np.dtype(ds.dtypes[b - 1]).kind in "fc" for b in set(bands))
+
+
+def needs_mask(ds, bands: list[int]) -> bool:
+    """False when no pixel of ``bands`` can be invalid (no nodata value, mask or alpha, and an
+    integer dtype): masks are skipped."""
+    return not _all_valid_flags(ds, bands) or _floating(ds, bands)
+
+
+def _masks(ds, bands: list[int], win: Window | None,
+           what: str = "cannot read pixels") -> np.ndarray | None:
+    """H x W: every band valid by rasterio's masks; None when every band is all valid."""
+    if _all_valid_flags(ds, bands):
+        return None
+    try:
+        return ds.read_masks(sorted(set(bands)), window=win).all(axis=0)
+    except RasterioError as exc:
+        raise DataError(f"{ds.name}: {what} ({one_line(exc)})") from None
+
+
+def read_window(ds, bands: list[int], window: Window | None = None, masked: bool = True,
+                what: str = "cannot read pixels") -> tuple[np.ndarray, np.ndarray | None]:
+    """``(C x H x W data, H x W valid mask by the nodata rule, or None without masked)``.
+
+    Failures: ``DataError("<file>: <what> (...)")``.
+    """
+    try:
+        data = ds.read(bands, window=window)
+    except RasterioError as exc:
+        raise DataError(f"{ds.name}: {what} ({one_line(exc)})") from None
+    if not masked:
+        return data, None
+    return data, valid_pixels(data, _masks(ds, bands, window, what))
+
+
+def valid_mask(ds, bands: list[int], window: Window | None = None) -> np.ndarray:
+    """H x W bool of a window (the whole raster by default) by the nodata rule; pixel values
+    are read only for floating-point bands, a strip of up to ``MAX_READ_BYTES`` at a time."""
+    if window is None:
+        window = Window(0, 0, ds.width, ds.height)
+    row0, height = int(window.row_off), int(window.height)
+    if not _floating(ds, bands):
+        mask = _masks(ds, bands, window)
+        return np.ones((height, int(window.width)), bool) if mask is None else mask
+    row_bytes = len(bands) * int(window.width) * max(np.dtype(d).itemsize for d in ds.dtypes)
+    step = max(1, MAX_READ_BYTES // max(1, row_bytes))
+    parts = []
+    for r in range(row0, row0 + height, step):
+        strip = Window(window.col_off, r, window.width, min(step, row0 + height - r))
+        parts.append(read_window(ds, bands, strip)[1])
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def read_windows(ds, windows: list[Window], bands: list[int], masked: bool) -> Iterator[tuple]:
+    """``(CxHxW data, HxW valid mask or None)`` per window, in order.
+
+    Consecutive windows on the same rows are read as one strip (up to ``MAX_READ_BYTES``).
+    """
+    i = 0
+    itemsize = np.dtype(ds.dtypes[0]).itemsize
+    while i < len(windows):
+        first = windows[i]
+        j = i + 1
+        while j < len(windows) and (windows[j].row_off, windows[j].height) == \
+                (first.row_off, first.height):
+            j += 1
+        group = windows[i:j]
+        c0 = min(w.col_off for w in group)
+        c1 = max(w.col_off + w.width for w in group)
+        if len(group) > 1 and len(bands) * first.height * (c1 - c0) * itemsize <= MAX_READ_BYTES:
+            data, valid = read_window(ds, bands, Window(c0, first.row_off, c1 - c0,
+                                                        first.height), masked)
+            for w in group:
+                cols = slice(w.col_off - c0, w.col_off - c0 + w.width)
+                yield data[:, :, cols], None if valid is None else valid[:, cols]
+        else:
+            for w in group:
+                yield read_window(ds, bands, w, masked)
+        i = j
+
+
+def valid_rows(ds, bands: list[int], row0: int, row1: int) -> np.ndarray:
+    """Bool mask of scene rows ``[row0, row1)`` by the nodata rule (every band valid)."""
+    return valid_mask(ds, bands, Window(0, row0, ds.width, row1 - row0))
+
+
+def read_decimated(ds, bands: list[int], height: int, width: int) -> np.ndarray:
+    """Bands at ``height x width`` (nearest; GDAL uses overviews when the file has them)."""
+    try:
+        return ds.read(bands, out_shape=(len(bands), height, width),
+                       resampling=Resampling.nearest)
+    except RasterioError as exc:
+        raise DataError(f"{ds.name}: cannot read pixels ({one_line(exc)})") from None
+
+
+# ---------------------------------------------------------------- window grids
 
 
 def starts(size: int, tile: int, stride: int) -> list[int]:
@@ -96,53 +304,6 @@ class Grid:
         return self.rows[i + 1] if i + 1 < len(self.rows) else self.height
 
 
-def blend_weights(tile: int, blend: str) -> np.ndarray:
-    """``tile x tile`` float32 weights: 1 everywhere (mean) or a floored Hann window."""
-    if blend == "mean":
-        return np.ones((tile, tile), np.float32)
-    if blend == "hann":
-        x = (np.arange(tile) + 0.5) / tile
-        w1 = HANN_FLOOR + (1.0 - HANN_FLOOR) * np.sin(np.pi * x) ** 2
-        return np.outer(w1, w1).astype(np.float32)
-    raise ConfigError(f"--blend: must be mean or hann, got {blend!r}")
-
-
-class Accumulator:
-    """Blended sum and weight of rows ``[base, base + tile + OUT_BLOCK)`` of a scene."""
-
-    def __init__(self, width: int, tile: int, base: int = 0):
-        self.base = base
-        self.sum = np.zeros((tile + OUT_BLOCK, width), np.float32)
-        self.weight = np.zeros_like(self.sum)
-
-    def add(self, windows: list[Window], probs, weights: np.ndarray) -> None:
-        """Add ``weights * p`` of each window (NaN = skipped); rows above ``base`` are clipped."""
-        for win, p in zip(windows, probs):
-            if p is None or not math.isfinite(p):
-                continue
-            top = win.row_off - self.base
-            skip = max(0, -top)
-            rows = slice(top + skip, top + win.height)
-            cols = slice(win.col_off, win.col_off + win.width)
-            w = weights[skip:]
-            self.sum[rows, cols] += w * np.float32(p)
-            self.weight[rows, cols] += w
-
-    def pop(self, upto: int) -> np.ndarray:
-        """Final float32 probabilities of rows ``[base, upto)`` (NODATA where no weight)."""
-        n = upto - self.base
-        if n <= 0:
-            return np.zeros((0, self.sum.shape[1]), np.float32)
-        w = self.weight[:n]
-        out = np.full(w.shape, NODATA, np.float32)
-        np.divide(self.sum[:n], w, out=out, where=w > 0)
-        for buf in (self.sum, self.weight):
-            buf[:-n] = buf[n:].copy()
-            buf[-n:] = 0.0
-        self.base = upto
-        return out
-
-
 # ---------------------------------------------------------------- scenes
 
 
@@ -164,23 +325,6 @@ class SceneInfo:
         return self.crs is not None
 
 
-def open_raster(path: Path):
-    """Open a scene with rasterio; every failure is a one-line DataError naming the file."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
-    if path.suffix.lower() not in SCAN_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {path.suffix or '(no suffix)'}; "
-                        f"scan reads {' '.join(sorted(SCAN_SUFFIXES))}")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes)")
-    try:
-        return open_quiet(path)
-    except RasterioError as exc:
-        raise DataError(f"{path}: not a raster that rasterio can read ({_one_line(exc)})") from None
-
-
 def _check_complete(ds, path: Path) -> None:
     """A truncated TIFF opens fine; its last block then points past the end of the file."""
     if ds.driver != "GTiff":
@@ -197,9 +341,7 @@ def _check_complete(ds, path: Path) -> None:
 
 
 def _default_bands(ds, path: Path, in_chans: int) -> list[int]:
-    bands = list(range(1, ds.count + 1))
-    if ds.count in (2, 4) and ds.colorinterp[-1] == ColorInterp.alpha:
-        bands = bands[:-1]  # alpha is the mask, not data (as in readers.read_image)
+    bands = image_bands(ds)
     if len(bands) == 1 and in_chans == 3:
         return bands * 3  # greyscale repeated to 3 bands, as read_image does
     if len(bands) != in_chans:
@@ -211,8 +353,8 @@ def _default_bands(ds, path: Path, in_chans: int) -> list[int]:
 def inspect_scene(path: str | Path, in_chans: int, bands: list[int] | None = None) -> SceneInfo:
     """Check a scene from its header (bands, completeness); nothing is read or written."""
     path = Path(path)
-    with gdal_env(), open_raster(path) as ds:
-        if ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette:
+    with gdal_env(), open_scene(path) as ds:
+        if is_palette(ds):
             raise DataError(f"{path}: colour-mapped raster; convert it to RGB first")
         _check_complete(ds, path)
         if bands is None:
@@ -229,93 +371,3 @@ def inspect_scene(path: str | Path, in_chans: int, bands: list[int] | None = Non
             warn.append(f"{path}: GeoTIFF has no CRS; detections are in pixel coordinates")
         return SceneInfo(path, ds.width, ds.height, ds.count, ds.dtypes[0], list(bands), crs,
                          ds.transform, needs_mask(ds, bands), warn)
-
-
-def needs_mask(ds, bands: list[int]) -> bool:
-    """False when every band is all valid (no nodata value, mask or alpha): masks are skipped."""
-    return any(list(ds.mask_flag_enums[b - 1]) != [MaskFlags.all_valid] for b in set(bands))
-
-
-def _masks(ds, bands: list[int], win: Window) -> np.ndarray:
-    try:
-        return ds.read_masks(sorted(set(bands)), window=win).any(axis=0)
-    except RasterioError as exc:
-        raise DataError(f"{ds.name}: cannot read pixels ({_one_line(exc)})") from None
-
-
-def _read(ds, win: Window, bands: list[int], masked: bool):
-    try:
-        data = ds.read(bands, window=win)
-    except RasterioError as exc:
-        raise DataError(f"{ds.name}: cannot read pixels ({_one_line(exc)})") from None
-    return data, _masks(ds, bands, win) if masked else None
-
-
-def read_windows(ds, windows: list[Window], bands: list[int], masked: bool) -> Iterator[tuple]:
-    """``(CxHxW data, HxW valid mask or None)`` per window, in order.
-
-    Consecutive windows on the same rows are read as one strip (up to ``MAX_READ_BYTES``).
-    """
-    i = 0
-    itemsize = np.dtype(ds.dtypes[0]).itemsize
-    while i < len(windows):
-        first = windows[i]
-        j = i + 1
-        while j < len(windows) and (windows[j].row_off, windows[j].height) == \
-                (first.row_off, first.height):
-            j += 1
-        group = windows[i:j]
-        c0 = min(w.col_off for w in group)
-        c1 = max(w.col_off + w.width for w in group)
-        if len(group) > 1 and len(bands) * first.height * (c1 - c0) * itemsize <= MAX_READ_BYTES:
-            data, valid = _read(ds, Window(c0, first.row_off, c1 - c0, first.height), bands,
-                                masked)
-            for w in group:
-                cols = slice(w.col_off - c0, w.col_off - c0 + w.width)
-                yield data[:, :, cols], None if valid is None else valid[:, cols]
-        else:
-            for w in group:
-                yield _read(ds, w, bands, masked)
-        i = j
-
-
-def valid_rows(ds, bands: list[int], row0: int, row1: int) -> np.ndarray:
-    """Bool mask of scene rows ``[row0, row1)``: True where any of ``bands`` has data."""
-    return _masks(ds, bands, Window(0, row0, ds.width, row1 - row0))
-
-
-def read_decimated(ds, bands: list[int], height: int, width: int) -> np.ndarray:
-    """Bands at ``height x width`` (nearest; GDAL uses overviews when the file has them)."""
-    try:
-        return ds.read(bands, out_shape=(len(bands), height, width),
-                       resampling=Resampling.nearest)
-    except RasterioError as exc:
-        raise DataError(f"{ds.name}: cannot read pixels ({_one_line(exc)})") from None
-
-
-# ---------------------------------------------------------------- probability GeoTIFF
-
-
-def create_probability(path: Path, info: SceneInfo, tags: dict[str, str]) -> None:
-    """An empty float32 GeoTIFF on the scene's grid, filled later by :func:`write_rows`."""
-    profile = {
-        "driver": "GTiff", "width": info.width, "height": info.height, "count": 1,
-        "dtype": "float32", "nodata": NODATA, "tiled": True, "blockxsize": OUT_BLOCK,
-        "blockysize": OUT_BLOCK, "compress": "deflate", "predictor": 3, "sparse_ok": True,
-        "bigtiff": "if_safer",
-    }
-    if info.crs is not None or not info.transform.is_identity:
-        profile.update(crs=info.crs, transform=info.transform)
-    with open_quiet(path, "w", **profile) as dst:
-        dst.update_tags(**tags)
-
-
-def write_rows(path: Path, row0: int, rows: np.ndarray) -> None:
-    """Write rows and close the file, so that what the resume state claims is on disk."""
-    with open_quiet(path, "r+") as dst:
-        dst.write(rows[None], window=Window(0, row0, rows.shape[1], rows.shape[0]))
-
-
-def set_tags(path: Path, **tags: str) -> None:
-    with open_quiet(path, "r+") as dst:
-        dst.update_tags(**tags)

@@ -3,7 +3,8 @@
 ``read_image`` returns HxWxC in the file's native dtype: greyscale becomes 3 channels
 (repeated), alpha is dropped, multi-band GeoTIFF and HDF5 (key ``img``) keep all bands.
 ``scale_to_unit`` is the only place pixel values are scaled. Every failure is a one-line
-``DataError("<path>: <what>")``.
+``DataError("<path>: <what>")``. TIFFs are opened, read and written through
+:mod:`slidewatch.data.raster` (imported on use: rasterio loads only when a TIFF is touched).
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ def _as_three(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+def _one_line(exc: BaseException) -> str:
+    """:func:`slidewatch.data.raster.one_line`, the wording of every error's detail."""
+    from slidewatch.data.raster import one_line
+
+    return one_line(exc)
+
+
 # ---------------------------------------------------------------- Pillow (PNG, JPEG, BMP)
 
 
@@ -132,59 +140,13 @@ def _read_pil(path: Path, max_pixels: int | None) -> np.ndarray:
 # ---------------------------------------------------------------- rasterio (TIFF, GeoTIFF)
 
 
-def _rio_open(path: Path):
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise DataError(f"{path}: not a raster that rasterio can read ({_one_line(exc)})") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    """The innermost message of an exception chain, on one line (GDAL puts details there)."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    msg = exc.args[-1] if exc.args and isinstance(exc.args[-1], str) else str(exc)
-    return " ".join(msg.split())
-
-
-def _rio_bands(ds) -> list[int]:
-    """1-based band indexes to read: a trailing alpha band is dropped from 2- or 4-band files."""
-    from rasterio.enums import ColorInterp
-
-    bands = list(range(1, ds.count + 1))
-    if ds.count in (2, 4) and ds.colorinterp[-1] == ColorInterp.alpha:
-        bands = bands[:-1]
-    return bands
-
-
 def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
-    from rasterio.errors import RasterioError
+    from slidewatch.data import raster
 
-    ds = _rio_open(path)
-    with ds:
+    with raster.open_raster(path) as ds:
         _check_pixels(path, ds.width, ds.height, max_pixels)
-        try:
-            arr = np.moveaxis(ds.read(_rio_bands(ds)), 0, -1)
-            if _is_palette(ds):  # colour-mapped TIFF: indexes -> RGB
-                cmap = ds.colormap(1)
-                lut = np.zeros((max(256, max(cmap) + 1), 3), np.uint8)
-                for index, rgba in cmap.items():
-                    lut[index] = rgba[:3]
-                arr = lut[arr[:, :, 0]]
-        except RasterioError as exc:
-            raise DataError(f"{path}: cannot decode raster ({_one_line(exc)})") from None
+        arr = raster.read_image_bands(ds, "cannot decode raster")
     return np.ascontiguousarray(_as_three(arr))
-
-
-def _is_palette(ds) -> bool:
-    from rasterio.enums import ColorInterp
-
-    return ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette
 
 
 def georef(path: str | Path) -> dict | None:
@@ -192,10 +154,9 @@ def georef(path: str | Path) -> dict | None:
     path = Path(path)
     if _check_file(path) not in TIFF_SUFFIXES:
         return None
-    with _rio_open(path) as ds:
-        if ds.crs is None and ds.transform.is_identity:
-            return None
-        return {"crs": ds.crs, "transform": ds.transform}
+    from slidewatch.data import raster
+
+    return raster.georef(path)
 
 
 # ---------------------------------------------------------------- HDF5 (Landslide4Sense)
@@ -294,9 +255,11 @@ def probe(path: str | Path) -> ImageInfo:
             bands, dtype = _pil_target(im)
             return ImageInfo(im.width, im.height, bands, dtype)
     if suffix in TIFF_SUFFIXES:
-        with _rio_open(path) as ds:
-            bands = len(_rio_bands(ds))
-            dtype = "uint8" if _is_palette(ds) else ds.dtypes[0]
+        from slidewatch.data import raster
+
+        with raster.open_raster(path) as ds:
+            bands = len(raster.image_bands(ds))
+            dtype = "uint8" if raster.is_palette(ds) else ds.dtypes[0]
             return ImageInfo(ds.width, ds.height, 3 if bands == 1 else bands, dtype)
     import h5py
 
@@ -342,7 +305,7 @@ def write_tile(path: str | Path, arr: np.ndarray, profile: dict | None = None) -
 
 
 def _write_geotiff(path: Path, arr: np.ndarray, profile: dict) -> None:
-    import rasterio
+    from slidewatch.data import raster
 
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -360,7 +323,5 @@ def _write_geotiff(path: Path, arr: np.ndarray, profile: dict) -> None:
         meta["crs"] = profile["crs"]
     if profile.get("transform") is not None:
         meta["transform"] = profile["transform"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **meta) as dst:
-            dst.write(np.moveaxis(arr, -1, 0))
+    with raster.open_raster(path, "w", **meta) as dst:
+        dst.write(np.moveaxis(arr, -1, 0))

@@ -5,7 +5,8 @@ GeoTIFF's georeference or given) or as a fraction of the tile, binned by configu
 edges (:class:`SizeClasses`). From a column: text values such as the NASA Global Landslide
 Catalog's ``landslide_size`` (small, medium, large, very_large, catastrophic) mapped to ordered
 classes (:class:`SizeColumn`). Tiles without a landslide and unknown or empty values get
-:data:`IGNORE_INDEX` (-1), which the size loss and the size metrics skip.
+:data:`IGNORE_INDEX` (-1), which the size loss and the size metrics skip. Ground areas:
+:mod:`slidewatch.data.geometry`; the size head's scores: :mod:`slidewatch.evaluation.sizes`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from slidewatch.config.multimodal import validate_edges
+from slidewatch.data.geometry import pixel_area_m2
 from slidewatch.errors import ConfigError, DataError
 
 IGNORE_INDEX = -1
@@ -82,20 +84,6 @@ def default_size_classes(has_resolution: bool) -> SizeClasses:
 
 
 # ----------------------------------------------------------------------------- from masks
-
-
-def pixel_area_m2(transform, crs, where: str = "image", row: float = 0.5) -> float:
-    """Ground area of one pixel in m² from a georeference; for a geographic CRS at the
-    latitude of pixel row ``row`` (e.g. the image's middle row)."""
-    from slidewatch.data.terrain import linear_unit_metres, metres_per_degree
-
-    det = abs(transform.a * transform.e - transform.b * transform.d)
-    if det == 0:
-        raise DataError(f"{where}: zero pixel size in the georeference")
-    if crs.is_geographic:
-        lon_m, lat_m = metres_per_degree(transform.f + transform.e * row)
-        return float(det * lon_m * lat_m)
-    return float(det * linear_unit_metres(crs, where) ** 2)
 
 
 def image_pixel_area(path: str | Path, pixel_size: float | None = None) -> float | None:
@@ -219,30 +207,3 @@ def size_scheme_from_json(data: Mapping) -> SizeClasses | SizeColumn:
     if data.get("source") == "column":
         return SizeColumn.from_json(data)
     return SizeClasses.from_json(data)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def size_report(y_true: Sequence[int], y_pred: Sequence[int], names: Sequence[str]) -> dict:
-    """Confusion matrix (rows = truth), per-class precision/recall/F1 and macro-F1 over the
-    classes present in the truth or the predictions; samples with truth -1 are skipped."""
-    t, p = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
-    if t.shape != p.shape:
-        raise ValueError(f"size_report: y_true and y_pred differ in shape {t.shape}, {p.shape}")
-    keep = t != IGNORE_INDEX
-    t, p, k = t[keep], p[keep], len(names)
-    if ((t < 0) | (t >= k) | (p < 0) | (p >= k)).any():
-        raise ValueError(f"size_report: labels outside 0..{k - 1}")
-    cm = np.zeros((k, k), np.int64)
-    np.add.at(cm, (t, p), 1)
-    tp = np.diag(cm).astype(float)
-    pred_n, true_n = cm.sum(0).astype(float), cm.sum(1).astype(float)
-    prec = np.divide(tp, pred_n, out=np.zeros(k), where=pred_n > 0)
-    rec = np.divide(tp, true_n, out=np.zeros(k), where=true_n > 0)
-    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(k), where=(prec + rec) > 0)
-    present = (true_n + pred_n) > 0
-    return {"names": list(names), "n": int(keep.sum()), "confusion": cm.tolist(),
-            "precision": prec.tolist(), "recall": rec.tolist(), "f1": f1.tolist(),
-            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-            "accuracy": float(tp.sum() / max(1, len(t)))}

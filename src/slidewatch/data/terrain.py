@@ -7,7 +7,7 @@ aspect)`` on that grid:
 - both georeferenced: the DEM is reprojected and resampled onto the grid (plus a one-pixel
   border for the derivatives) with ``rasterio.warp.reproject`` (bilinear), read window by
   window by GDAL; slope is computed in metres, also for geographic grids (degrees converted to
-  metres at each row's latitude);
+  metres at each row's latitude, by :mod:`slidewatch.data.geometry`);
 - either not georeferenced: the DEM must have the image's size and is used pixel for pixel,
   with the grid's window; the pixel size in metres is given (``pixel_size``) or taken from
   whichever file is georeferenced.
@@ -22,12 +22,12 @@ channel route (per-band statistics from the training data, as for any non-RGB in
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from slidewatch.data.geometry import metres_per_unit
 from slidewatch.errors import ConfigError, DataError
 
 CHANNELS = ("elevation", "slope", "aspect")
@@ -78,27 +78,6 @@ class Grid:
         return cls(height, width, transform, crs, row, col, (info.height, info.width), str(path))
 
 
-# ----------------------------------------------------------------------------- metres
-
-
-def metres_per_degree(lat: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """``(metres per degree of longitude, of latitude)`` on WGS84 at latitude ``lat``."""
-    phi = np.radians(np.asarray(lat, dtype=np.float64))
-    lat_m = 111132.92 - 559.82 * np.cos(2 * phi) + 1.175 * np.cos(4 * phi)
-    lon_m = 111412.84 * np.cos(phi) - 93.5 * np.cos(3 * phi) + 0.118 * np.cos(5 * phi)
-    return lon_m, lat_m
-
-
-def linear_unit_metres(crs, where: str) -> float:
-    """Metres per unit of a projected CRS (1 for metres, 0.3048 for feet)."""
-    from rasterio.errors import CRSError
-
-    try:
-        return float(crs.linear_units_factor[1])
-    except (CRSError, TypeError, IndexError, ValueError) as exc:
-        raise DataError(f"{where}: cannot tell the linear unit of {crs} ({exc})") from None
-
-
 # ----------------------------------------------------------------------------- derivatives
 
 
@@ -139,16 +118,6 @@ def _terrain(z: np.ndarray, zx: np.ndarray, zy: np.ndarray, k: int) -> np.ndarra
     return np.stack([_blocks(z.astype(np.float64), k), slope, aspect], -1).astype(np.float32)
 
 
-def _scales(transform, crs, height: int, width: int, where: str):
-    """Metres per map unit (x, y) for each row of a grid in ``crs`` (at the middle column)."""
-    if crs.is_geographic:
-        lat = transform.f + transform.e * (np.arange(height) + 0.5) + transform.d * width / 2
-        lon_m, lat_m = metres_per_degree(lat)
-        return lon_m[:, None], lat_m[:, None]
-    unit = linear_unit_metres(crs, where)
-    return np.float64(unit), np.float64(unit)
-
-
 def _jacobian(transform) -> np.ndarray:
     return np.array([[transform.a, transform.b], [transform.d, transform.e]], dtype=np.float64)
 
@@ -157,18 +126,11 @@ def _jacobian(transform) -> np.ndarray:
 
 
 def _open_dem(dem: Path):
-    import rasterio
-
-    from slidewatch.data.readers import _one_line
+    from slidewatch.data.raster import open_raster
 
     if not dem.is_file():
         raise DataError(f"{dem}: DEM file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            return rasterio.open(dem)
-    except rasterio.errors.RasterioIOError as exc:
-        raise DataError(f"{dem}: not a raster that rasterio can read ({_one_line(exc)})") from None
+    return open_raster(dem)
 
 
 MAX_SUPERSAMPLE = 8
@@ -265,7 +227,7 @@ def _pair_geometry(ds, grid: Grid, dem: Path, pixel_size: float | None):
     window = Window(grid.col_off, grid.row_off, grid.width, grid.height)
     for transform, crs in ((grid.transform, grid.crs), (ds.window_transform(window), ds.crs)):
         if transform is not None and crs is not None and not transform.is_identity:
-            scale = _scales(transform, crs, grid.height, grid.width, str(dem))
+            scale = metres_per_unit(transform, crs, grid.height, grid.width, str(dem))
             return _jacobian(transform), scale
     raise ConfigError(f"{dem}: neither the DEM nor {grid.source} is georeferenced; give the "
                       "pixel size in metres (--aux-pixel-size)")
@@ -285,7 +247,7 @@ def terrain_for_grid(dem: str | Path, grid: Grid, pixel_size: float | None = Non
             k = _supersample(ds, grid)
             z, fine = _reprojected(ds, grid, k)
             jac = _jacobian(fine)
-            scale = _scales(fine, grid.crs, grid.height * k, grid.width * k, grid.source)
+            scale = metres_per_unit(fine, grid.crs, grid.height * k, grid.width * k, grid.source)
         else:
             z = _pixel_pair(ds, grid, dem)
             jac, scale = _pair_geometry(ds, grid, dem, pixel_size)

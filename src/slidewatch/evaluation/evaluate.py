@@ -21,10 +21,9 @@ from typing import Callable
 import numpy as np
 from torch.utils.data import DataLoader
 
-from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import Sample, load_datasets
+from slidewatch.data.inputs import model_dataset
 from slidewatch.data.tiling import is_scene_folder
-from slidewatch.data.transforms import EvalTransform
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.evaluation import metrics
 from slidewatch.inference.forward import predict_outputs
@@ -41,27 +40,11 @@ BOOTSTRAP_SEED = 0
 SOURCE_MODEL, SOURCE_FLAG, SOURCE_TARGET = "model", "flag", "target_recall on validation"
 
 
-class EvalTiles(TileDataset):
-    """``TileDataset`` prepared as ``predict`` prepares images, refusing other band counts."""
-
-    def __init__(self, samples: list[Sample], meta: ModelMeta):
-        super().__init__(samples, transform=EvalTransform(meta.input_size, meta.grayscale),
-                         cache=False, scale=meta.scale)
-        self.in_chans = meta.in_chans
-
-    def _array(self, i: int) -> np.ndarray:
-        arr = super()._array(i)
-        if arr.shape[2] != self.in_chans:
-            raise DataError(f"{self.samples[i].path}: has {arr.shape[2]} bands; the model "
-                            f"takes {self.in_chans}")
-        return arr
-
-
 def _outputs(model, meta: ModelMeta, samples: list[Sample], batch_size: int, device,
              progress: Callable, desc: str, inputs=None) -> dict[str, np.ndarray]:
     """Positive-class probabilities (and size probabilities) of ``samples``; ``inputs``
     (:class:`~slidewatch.multimodal.inputs.ModelInputs`) for a multi-modal model."""
-    ds = EvalTiles(samples, meta) if inputs is None else inputs.dataset(samples, meta)
+    ds = model_dataset(meta, samples, inputs=inputs)
     loader = DataLoader(ds, batch_size=batch_size)
     return predict_outputs(model, meta, progress(loader, desc=desc, total=len(loader)), device)
 

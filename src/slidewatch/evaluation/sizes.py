@@ -1,6 +1,6 @@
 """Size-class scores of a multi-task model for ``slidewatch evaluate``.
 
-The ``size`` block of ``metrics.json``: :func:`slidewatch.sizes.size_report` (confusion
+The ``size`` block of ``metrics.json``: :func:`size_report` (confusion
 matrix with rows = true class, per-class precision/recall/F1, macro-F1, accuracy) over the
 landslide tiles with a known size, plus the same scores of the majority baseline (always the
 class most common among the *training* labels, stored in the model) for comparison, and of
@@ -16,9 +16,33 @@ from pathlib import Path
 import numpy as np
 
 from slidewatch.data.inputs import ModelInputs
-from slidewatch.data.sizes import IGNORE_INDEX, size_report
+from slidewatch.data.sizes import IGNORE_INDEX
 
 SIZE_FIGURE = "size_confusion_matrix.png"
+
+
+def size_report(y_true: Sequence[int], y_pred: Sequence[int], names: Sequence[str]) -> dict:
+    """Confusion matrix (rows = truth), per-class precision/recall/F1 and macro-F1 over the
+    classes present in the truth or the predictions; samples with truth -1 are skipped."""
+    t, p = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    if t.shape != p.shape:
+        raise ValueError(f"size_report: y_true and y_pred differ in shape {t.shape}, {p.shape}")
+    keep = t != IGNORE_INDEX
+    t, p, k = t[keep], p[keep], len(names)
+    if ((t < 0) | (t >= k) | (p < 0) | (p >= k)).any():
+        raise ValueError(f"size_report: labels outside 0..{k - 1}")
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (t, p), 1)
+    tp = np.diag(cm).astype(float)
+    pred_n, true_n = cm.sum(0).astype(float), cm.sum(1).astype(float)
+    prec = np.divide(tp, pred_n, out=np.zeros(k), where=pred_n > 0)
+    rec = np.divide(tp, true_n, out=np.zeros(k), where=true_n > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(k), where=(prec + rec) > 0)
+    present = (true_n + pred_n) > 0
+    return {"names": list(names), "n": int(keep.sum()), "confusion": cm.tolist(),
+            "precision": prec.tolist(), "recall": rec.tolist(), "f1": f1.tolist(),
+            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+            "accuracy": float(tp.sum() / max(1, len(t)))}
 
 
 def size_truth(inputs: ModelInputs | None, samples: Sequence, meta) -> np.ndarray | None:
@@ -31,11 +55,12 @@ def size_truth(inputs: ModelInputs | None, samples: Sequence, meta) -> np.ndarra
 
 def size_block(meta, truth: np.ndarray | None, size_probs: np.ndarray | None) -> dict | None:
     """The ``size`` block of metrics.json (None for a model without a size head)."""
-    sizes = meta.extra.get("sizes")
-    if sizes is None or size_probs is None:
+    spec = meta.inputs.sizes
+    if spec is None or size_probs is None:
         return None
-    names = list(sizes["names"])
-    source = sizes.get("source", "mask")
+    sizes = spec.scheme
+    names = list(spec.names)
+    source = spec.source
     if truth is None:
         return {"names": names, "source": source, "n": 0,
                 "note": f"no size labels: the evaluation CSV has no column "
@@ -43,7 +68,7 @@ def size_block(meta, truth: np.ndarray | None, size_probs: np.ndarray | None) ->
     pred = size_probs.argmax(1)
     block = {**size_report(truth, pred, names), "source": source,
              "unit": sizes.get("unit"), "edges": sizes.get("edges")}
-    counts = sizes.get("train_counts") or []
+    counts = spec.train_counts or []
     if counts and sum(counts):
         block["baseline"] = _constant(truth, int(np.argmax(counts)), names,
                                       "always the most common class of the training labels")
@@ -67,7 +92,7 @@ def _constant(truth: np.ndarray, k: int, names: list[str], rule: str) -> dict:
 def size_columns(meta, truth: np.ndarray | None, size_probs: np.ndarray | None,
                  i: int) -> list[str]:
     """``true_size``, ``predicted_size``, ``size_probability`` of sample ``i``."""
-    names = meta.extra["sizes"]["names"]
+    names = meta.inputs.sizes.names
     k = int(size_probs[i].argmax())
     t = "" if truth is None or truth[i] == IGNORE_INDEX else names[int(truth[i])]
     return [t, names[k], f"{float(size_probs[i, k]):.6g}"]

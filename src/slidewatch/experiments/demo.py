@@ -17,11 +17,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from slidewatch.config.train import TrainConfig, from_dict, to_dict
-from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import scan_class_folders
+from slidewatch.data.inputs import image_dataset
 from slidewatch.data.sampledata import REGIONS, locate
 from slidewatch.data.tiling import tile_scenes
-from slidewatch.data.transforms import EvalTransform
 from slidewatch.evaluation.evaluate import score_block
 from slidewatch.inference.forward import predict_probs
 from slidewatch.models.checkpoint import load_model
@@ -76,8 +75,7 @@ def evaluate_region(model_dir: Path, tiles: Path, region: str) -> dict:
     """Tile-level scores of a model on one region's tiles."""
     model, meta = load_model(model_dir, resolve_device("auto"))
     samples = [s for s in scan_class_folders(tiles) if s.region == region]
-    ds = TileDataset(samples, transform=EvalTransform(meta.input_size, meta.grayscale),
-                     cache=False, scale=meta.scale)
+    ds = image_dataset(meta, samples)
     prob = predict_probs(model, meta, DataLoader(ds, batch_size=64), resolve_device("auto"))
     y = np.array([s.label == meta.positive_index for s in samples])
     block = score_block(y, prob, meta.threshold, [meta.classes[s.label] for s in samples])

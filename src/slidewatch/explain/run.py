@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slidewatch.data.inputs import ModelInputs
+from slidewatch.data.dataset import TileDataset
+from slidewatch.data.inputs import ModelInputs, image_dataset
 from slidewatch.data.readers import read_image
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.explain.attributions import attribution_entry, item_attributions, write_attributions
@@ -38,7 +39,7 @@ from slidewatch.explain.cams import (
     upsample,
 )
 from slidewatch.explain.localisation import localisation_scores, summarise, uniform_reference
-from slidewatch.inference.predict import ImageFiles, collect_images, image_samples
+from slidewatch.inference.predict import collect_images, image_samples
 from slidewatch.io_utils import atomic_dir
 from slidewatch.meta import ModelMeta
 from slidewatch.models.checkpoint import load_model
@@ -141,7 +142,7 @@ def unique_stem(path: Path, seen: set[str]) -> str:
     return stem
 
 
-def explain_one(model, meta, files: ImageFiles, i: int, method: str, layer: str,
+def explain_one(model, meta, files: TileDataset, i: int, method: str, layer: str,
                  masks: TileMasks | None, out: Path, stem: str) -> dict:
     path = files.paths[i]
     raw, prob = compute_cam_raw(model, meta, files[i]["image"], method, layer)
@@ -206,7 +207,7 @@ def explain_paths(model_dir: str | Path, paths: list[str | Path], out: str | Pat
                              target_layer=target_layer, masks=masks, overwrite=overwrite,
                              progress=progress)
     layer, _ = resolve_target_layer(model, target_layer)
-    files = ImageFiles(collect_images(paths), meta)
+    files = image_dataset(meta, image_samples(paths, collect_images(paths), meta.classes))
     indices = range(len(files))
     if progress is not None:
         indices = progress(indices, desc=f"explain ({method})", total=len(files))
@@ -279,8 +280,7 @@ def explain_fused(model, meta, inputs: ModelInputs, paths: list, out: str | Path
     has_cam = not fused or model.backbone is not None
     layer = resolve_target_layer(model, target_layer)[0] if has_cam else ""
     rows_in = inputs.rows(samples)
-    base = inputs.image_dataset(samples, ImageFiles(files, meta).transform, cache=False,
-                                scale=meta.scale, bands=meta.in_chans - inputs.extra_channels)
+    base = image_dataset(meta, samples, inputs=inputs)
     images = _Images(files, inputs.wrap(base, rows_in))
     indices = range(len(files))
     if progress is not None:

@@ -8,15 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from slidewatch.data.readers import IMAGE_SUFFIXES, read_image, scale_to_unit
-from slidewatch.data.transforms import EvalTransform
+from slidewatch.data.readers import IMAGE_SUFFIXES
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.inference.forward import predict_outputs
 from slidewatch.io_utils import atomic_write_text
-from slidewatch.meta import ModelMeta
 from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import no_progress, resolve_device
 
@@ -40,30 +37,10 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-class ImageFiles(Dataset):
-    """Files prepared exactly as the model's evaluation path prepares them."""
-
-    def __init__(self, paths: list[Path], meta: ModelMeta):
-        self.paths = paths
-        self.meta = meta
-        self.transform = EvalTransform(meta.input_size, grayscale=meta.grayscale)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict:
-        arr = read_image(self.paths[i])
-        if arr.shape[2] != self.meta.in_chans:
-            raise DataError(f"{self.paths[i]}: has {arr.shape[2]} bands; the model takes "
-                            f"{self.meta.in_chans}")
-        x = torch.from_numpy(scale_to_unit(arr, self.meta.scale)).permute(2, 0, 1)
-        return {"image": self.transform(x.contiguous()), "index": i}
-
-
 def image_samples(paths: list[str | Path], files: list[Path], classes: list[str]) -> list:
-    """Unlabelled samples of ``files`` for joining tabular rows: a file found in a folder
-    argument is keyed relative to that folder (to its parent when the folder is named like
-    a class, as in a dataset's ``<root>/<class>/<file>``)."""
+    """Unlabelled samples of ``files`` (label -1) for the dataset builder. For joining tabular
+    rows, a file found in a folder argument is keyed relative to that folder (to its parent
+    when the folder is named like a class, as in a dataset's ``<root>/<class>/<file>``)."""
     from slidewatch.data.folders import Sample
 
     folders = [Path(p) for p in paths if Path(p).is_dir()]
@@ -93,7 +70,7 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
                   unknown: str | None = None) -> list[Prediction]:
     """One prediction per image; the label uses the model's threshold unless one is given.
     A multi-modal model takes each image's row from ``tabular`` and its terrain from ``aux``."""
-    from slidewatch.data.inputs import model_inputs
+    from slidewatch.data.inputs import model_dataset, model_inputs
 
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ConfigError(f"--threshold: must be in (0, 1), got {threshold}")
@@ -104,8 +81,7 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
     model, meta = load_model(model_dir, dev)
     inputs = model_inputs(meta, tabular, aux, missing, unknown)
     thr = meta.threshold if threshold is None else threshold
-    ds = ImageFiles(files, meta) if inputs is None else inputs.dataset(
-        image_samples(paths, files, meta.classes), meta)
+    ds = model_dataset(meta, image_samples(paths, files, meta.classes), inputs=inputs)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
     batches = progress(loader, desc="predict", total=len(loader))
     out = predict_outputs(model, meta, batches, dev)
@@ -113,7 +89,7 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
     preds = [Prediction(str(f), float(p), meta.positive_class if p >= thr else other,
                         bool(p >= thr)) for f, p in zip(files, out["probability"])]
     if "size_probs" in out:
-        names = meta.extra["sizes"]["names"]
+        names = meta.inputs.sizes.names
         for pred, sp in zip(preds, out["size_probs"]):
             k = int(sp.argmax())
             pred.size, pred.size_probability = names[k], float(sp[k])

@@ -35,15 +35,15 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
     wpath = model_dir / WEIGHTS_FILE
     if not wpath.is_file():
         raise WeightsError(f"{model_dir}: weights file {WEIGHTS_FILE} is missing")
-    fusion = meta.extra.get("fusion")
+    fusion = meta.inputs.fusion
     model = None
-    if fusion is None or fusion.get("mode") != "tabular":
+    if fusion is None or fusion.mode != "tabular":
         model = build_model(meta.architecture, num_classes=len(meta.classes),
                             in_chans=meta.in_chans, weights="none", drop_rate=meta.drop_rate)
     if fusion is not None:  # image + tabular model: the backbone inside a FusionModel
         from slidewatch.models.fusion import build_fusion
 
-        model = build_fusion(fusion, model)
+        model = build_fusion(fusion.to_json(), model)
     try:
         state = load_file(str(wpath))
     except Exception as exc:  # safetensors raises several types for corrupt files

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from slidewatch.errors import ConfigError, ModelError
 from slidewatch.models.heads import default_target_layer
@@ -215,36 +214,6 @@ def build_fusion(config: Mapping, backbone: nn.Module | None) -> FusionModel:
         return FusionModel(backbone, **{k: config[k] for k in keys if k in config})
     except TypeError as exc:
         raise ModelError(f"fusion metadata: cannot rebuild the model ({exc})") from None
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def multitask_loss(out: Mapping[str, torch.Tensor], labels: torch.Tensor,
-                   size_labels: torch.Tensor | None = None, *, weight: float = 1.0,
-                   size_weight: float = 1.0, class_weights: torch.Tensor | None = None,
-                   label_smoothing: float = 0.0, ignore_index: int = -1,
-                   size_class_weights: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``weight * CE(logits) + size_weight * CE(size_logits)`` (size labels equal to
-    ``ignore_index`` skipped; a batch without any size label adds 0; ``size_class_weights``
-    weigh the size classes as ``class_weights`` do the landslide classes). Returns the total
-    and the float value of each part."""
-    loss = F.cross_entropy(out["logits"].float(), labels, weight=class_weights,
-                           label_smoothing=label_smoothing)
-    parts = {"loss_landslide": float(loss.detach())}
-    total = weight * loss
-    if "size_logits" in out and size_labels is not None and size_weight > 0:
-        valid = size_labels != ignore_index
-        if bool(valid.any()):
-            size_loss = F.cross_entropy(out["size_logits"].float()[valid], size_labels[valid],
-                                        weight=size_class_weights)
-        else:
-            size_loss = out["size_logits"].float().sum() * 0.0
-        parts["loss_size"] = float(size_loss.detach())
-        total = total + size_weight * size_loss
-    parts["loss"] = float(total.detach())
-    return total, parts
 
 
 class ImageView(nn.Module):

@@ -22,9 +22,12 @@ import numpy as np
 from rasterio.windows import Window
 
 from slidewatch.data import raster
-from slidewatch.data.raster import NODATA, OUT_BLOCK, SceneInfo
+from slidewatch.data.geometry import metric_pixel_area_m2
+from slidewatch.data.raster import SceneInfo
 from slidewatch.data.readers import scale_to_unit
 from slidewatch.io_utils import atomic_path
+from slidewatch.scan import mosaic
+from slidewatch.scan.mosaic import NODATA, OUT_BLOCK
 
 if TYPE_CHECKING:
     from slidewatch.scan.plan import Paths
@@ -100,7 +103,7 @@ def polygonize(path: Path, threshold: float, chunk_rows: int = OUT_BLOCK) -> Ite
     from shapely import union_all
 
     groups, pieces, prev, next_id = _Groups(), {}, None, 1
-    with raster.open_quiet(path) as ds:
+    with raster.open_raster(path) as ds:
         for y0 in range(0, ds.height, chunk_rows):
             h = min(chunk_rows, ds.height - y0)
             prob = ds.read(1, window=Window(0, y0, ds.width, h))
@@ -144,7 +147,7 @@ def finish(ds, info: SceneInfo, p: Paths, scale: float | None, threshold: float)
         n = _write_detections(p.partial, info, threshold, tmp_det, tmp_wgs,
                               lambda g: _outline(draw, g, fit))
         canvas.save(tmp_png, format="PNG")
-        raster.set_tags(p.partial, SLIDEWATCH_THRESHOLD=repr(threshold),
+        mosaic.set_tags(p.partial, SLIDEWATCH_THRESHOLD=repr(threshold),
                         SLIDEWATCH_DETECTIONS=str(n))
     os.replace(p.partial, p.probability)
     p.state.unlink()
@@ -167,10 +170,7 @@ def _write_detections(prob_path: Path, info: SceneInfo, threshold: float, det: P
     from shapely.geometry import mapping
 
     t = info.transform
-    m2 = None
-    if info.crs is not None and info.crs.is_projected:
-        unit, factor = info.crs.linear_units_factor
-        m2 = abs(t.determinant) * factor**2 if unit in ("metre", "meter") else None
+    m2 = metric_pixel_area_m2(t, info.crs)
     member = _crs_member(info.crs)
     n = 0
     with contextlib.ExitStack() as stack:
@@ -207,10 +207,11 @@ def _quicklook(ds, info: SceneInfo, prob_path: Path, scale: float | None):
     h, w = max(1, round(info.height * f)), max(1, round(info.width * f))
     show = info.bands[:3] if len(info.bands) >= 3 else info.bands[:1] * 3
     img = scale_to_unit(raster.read_decimated(ds, show, h, w), scale).astype(np.float32)
+    img[:, ~np.isfinite(img).all(axis=0)] = 0.0  # the nodata rule's non-finite pixels
     for band in img:
         lo, hi = np.percentile(band, (2, 98))
         band[:] = np.clip((band - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-    with raster.open_quiet(prob_path) as src:
+    with raster.open_raster(prob_path) as src:
         prob = raster.read_decimated(src, [1], h, w)[0]
     alpha = np.where(prob >= 0, 0.6 * np.clip(prob, 0, 1), 0.0)
     colour = np.stack([np.ones_like(prob), 1.0 - np.clip(prob, 0, 1), np.zeros_like(prob)])

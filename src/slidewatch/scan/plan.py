@@ -22,6 +22,7 @@ from slidewatch.data.raster import SceneInfo
 from slidewatch.errors import ConfigError, WeightsError
 from slidewatch.io_utils import atomic_write_text
 from slidewatch.meta import META_FILE, WEIGHTS_FILE, ModelMeta
+from slidewatch.scan import mosaic
 
 STATE_VERSION = 2  # 2: batches follow scan_score.ChunkPlan (1: one window row per call)
 
@@ -117,7 +118,7 @@ def _earlier_result(paths: Paths, info: SceneInfo, fp: dict, threshold: float,
         return None
     tags = {}
     if paths.probability.is_file():
-        with raster.open_raster(paths.probability) as ds:
+        with raster.open_scene(paths.probability) as ds:
             tags = ds.tags()
     same = (tags.get("SLIDEWATCH_SCAN") == json.dumps(fp, sort_keys=True)
             and tags.get("SLIDEWATCH_THRESHOLD") == repr(threshold))
@@ -179,7 +180,7 @@ def start_state(job: Job, overwrite: bool) -> dict:
                                for j, ps in state["replay"].items()}
             return state
     discard(p)
-    raster.create_probability(p.partial, job.info,
+    mosaic.create_probability(p.partial, job.info,
                               {"SLIDEWATCH_SCAN": json.dumps(job.fingerprint, sort_keys=True)})
     save_state(p.state, job.fingerprint, 0, 0, {})
     return {"rows_written": 0, "next_row": 0, "replay": {}}

@@ -28,13 +28,15 @@ import numpy as np
 import torch
 
 from slidewatch.data import raster
-from slidewatch.data.raster import NODATA, OUT_BLOCK, Grid
+from slidewatch.data.raster import Grid
 from slidewatch.errors import ConfigError, ModelError, SlidewatchError
 from slidewatch.meta import ModelMeta, read_meta
 from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import no_progress, prepare_model, resolve_device
+from slidewatch.scan import mosaic
 from slidewatch.scan import outputs as scan_outputs
 from slidewatch.scan import plan as scan_plan
+from slidewatch.scan.mosaic import NODATA, OUT_BLOCK
 from slidewatch.scan.plan import Job, ScanSettings, resolve_settings
 from slidewatch.scan.score import ChunkPlan, LocalScorer, score_windows
 
@@ -160,9 +162,9 @@ def scan(model_dir: str | Path, scenes: Sequence, out: str | Path, *, tile: int 
     """Scan ``scenes`` with the model in ``model_dir``; outputs go to ``out`` (see module doc)."""
     backend = _backend(backend)
     meta = read_meta(model_dir)
-    fusion = meta.extra.get("fusion")
-    if fusion and fusion.get("mode") != "image":
-        raise ModelError(f"{model_dir}: a multi-modal model ({fusion.get('mode')} mode) needs "
+    fusion = meta.inputs.fusion
+    if fusion is not None and fusion.mode != "image":
+        raise ModelError(f"{model_dir}: a multi-modal model ({fusion.mode} mode) needs "
                          f"tabular inputs; scan takes image-only models")
     dev = _device(device, backend)
     if batch is None:
@@ -235,7 +237,7 @@ def _scan_scene(ctx: _Ctx, job: Job, overwrite: bool) -> SceneResult:
     result.status = "resumed" if state["next_row"] > 0 else "scanned"
     grid = Grid(info.height, info.width, ctx.settings.tile, ctx.settings.stride)
     try:
-        with raster.open_raster(info.path) as ds:
+        with raster.open_scene(info.path) as ds:
             result.windows, result.skipped_windows = _blend_pass(ctx, ds, job, grid, state)
             result.detections_count = scan_outputs.finish(ds, info, p, ctx.meta.scale,
                                                           ctx.settings.threshold)
@@ -255,8 +257,8 @@ class _Blender:
     def __init__(self, ctx: _Ctx, ds, job: Job, grid: Grid, state: dict):
         s = ctx.settings
         self.ds, self.job, self.grid, self.tile = ds, job, grid, s.tile
-        self.weights = raster.blend_weights(s.tile, s.blend)
-        self.acc = raster.Accumulator(job.info.width, s.tile, base=state["rows_written"])
+        self.weights = mosaic.blend_weights(s.tile, s.blend)
+        self.acc = mosaic.Accumulator(job.info.width, s.tile, base=state["rows_written"])
         self.recent = dict(sorted(state["replay"].items()))
         for j, probs in self.recent.items():
             self.acc.add(grid.windows(j), probs, self.weights)
@@ -278,7 +280,7 @@ class _Blender:
         rows = acc.pop(upto)
         if info.has_mask:
             rows[~raster.valid_rows(self.ds, info.bands, row0, upto)] = NODATA
-        raster.write_rows(self.job.paths.partial, row0, rows)
+        mosaic.write_rows(self.job.paths.partial, row0, rows)
         self.recent = {j: v for j, v in self.recent.items() if grid.rows[j] + self.tile > upto}
         scan_plan.save_state(self.job.paths.state, self.job.fingerprint, upto, i + 1,
                              self.recent)

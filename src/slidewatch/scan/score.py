@@ -23,8 +23,7 @@ import torch
 from rasterio.windows import Window
 
 from slidewatch.data import raster
-from slidewatch.data.readers import scale_to_unit
-from slidewatch.data.transforms import EvalTransform
+from slidewatch.data.inputs import window_tensor
 from slidewatch.inference.forward import forward_logits
 from slidewatch.meta import ModelMeta
 
@@ -94,16 +93,7 @@ def batch_tensor(meta: ModelMeta, raw: np.ndarray, valid: np.ndarray | None,
                  pin: bool = False) -> torch.Tensor:
     """Raw N x C x H x W pixels -> the unit-scale, transformed float32 batch (in pinned memory
     with ``pin``, so that the copy to a GPU can overlap)."""
-    x = np.empty(raw.shape, np.float32)
-    for k, out in enumerate(x):  # window by window: no batch-sized temporaries
-        out[:] = scale_to_unit(raw[k], meta.scale)
-        if valid is not None:  # invalid pixels of partly valid windows are 0
-            out[:, ~valid[k]] = 0.0
-    t = torch.from_numpy(x)
-    size = meta.input_size
-    if meta.grayscale or t.shape[-2:] != (size, size):
-        transform = EvalTransform(size, grayscale=meta.grayscale)
-        t = torch.stack([transform(v) for v in t])
+    t = window_tensor(meta, raw, valid)  # the model-input builder's rule for windows
     return t.pin_memory() if pin else t
 
 

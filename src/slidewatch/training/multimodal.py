@@ -8,12 +8,13 @@ loss and size metrics of the training loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from slidewatch.config.multimodal import has_tabular_inputs, is_multimodal
 from slidewatch.config.train import TrainConfig
@@ -25,12 +26,13 @@ from slidewatch.data.sizes import (
     SizeClasses,
     SizeColumn,
     image_pixel_area,
-    size_report,
 )
 from slidewatch.data.tabular import TabularEncoder, TabularSpec
 from slidewatch.data.terrain import FEATURES
 from slidewatch.errors import DataError
+from slidewatch.evaluation.sizes import size_report
 from slidewatch.io_utils import expand_path
+from slidewatch.meta import FusionSpec, SizeSpec, TerrainSpec
 
 
 def _expand(raw: str | None, key: str) -> Path | None:
@@ -103,21 +105,20 @@ class MultiModalSetup:
 
     def attach(self, model: torch.nn.Module, meta) -> torch.nn.Module:
         """The FusionModel around ``model`` (the backbone) when the run is multi-modal; the
-        inputs' JSON in ``meta.extra``."""
+        inputs' typed spec in ``meta.inputs``."""
         inputs = self.inputs
         self.log(_describe(self))  # after every input was read and checked
         if inputs.aux is not None:
-            meta.extra["aux"] = inputs.aux.to_json()
+            meta.inputs = replace(meta.inputs, terrain=TerrainSpec.from_json(inputs.aux.to_json()))
         if not inputs.fused:
             return model
         fused = fusion_model(self.cfg, model, inputs, len(meta.classes))
         from slidewatch.models.fusion import fusion_config
 
-        meta.extra["fusion"] = fusion_config(fused)
-        if inputs.encoder is not None:
-            meta.extra["tabular"] = inputs.encoder.to_json()
-        if inputs.sizes is not None:
-            meta.extra["sizes"] = self._sizes_json()
+        meta.inputs = replace(
+            meta.inputs, fusion=FusionSpec.from_json(fusion_config(fused)),
+            tabular=inputs.encoder.to_json() if inputs.encoder is not None else None,
+            sizes=SizeSpec.from_json(self._sizes_json()) if inputs.sizes is not None else None)
         return fused
 
     def _train_counts(self) -> np.ndarray:
@@ -207,11 +208,37 @@ def _describe(s: MultiModalSetup) -> str:
 # ----------------------------------------------------------------------------- training loop
 
 
+def multitask_loss(out: Mapping[str, torch.Tensor], labels: torch.Tensor,
+                   size_labels: torch.Tensor | None = None, *, weight: float = 1.0,
+                   size_weight: float = 1.0, class_weights: torch.Tensor | None = None,
+                   label_smoothing: float = 0.0, ignore_index: int = -1,
+                   size_class_weights: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``weight * CE(logits) + size_weight * CE(size_logits)`` (size labels equal to
+    ``ignore_index`` skipped; a batch without any size label adds 0; ``size_class_weights``
+    weigh the size classes as ``class_weights`` do the landslide classes). Returns the total
+    and the float value of each part."""
+    loss = F.cross_entropy(out["logits"].float(), labels, weight=class_weights,
+                           label_smoothing=label_smoothing)
+    parts = {"loss_landslide": float(loss.detach())}
+    total = weight * loss
+    if "size_logits" in out and size_labels is not None and size_weight > 0:
+        valid = size_labels != ignore_index
+        if bool(valid.any()):
+            size_loss = F.cross_entropy(out["size_logits"].float()[valid], size_labels[valid],
+                                        weight=size_class_weights)
+        else:
+            size_loss = out["size_logits"].float().sum() * 0.0
+        parts["loss_size"] = float(size_loss.detach())
+        total = total + size_weight * size_loss
+    parts["loss"] = float(total.detach())
+    return total, parts
+
+
+
 def task_loss(s, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted landslide + size loss of a multi-modal batch (same class weights and label
     smoothing as the plain loss; the size classes weighted by ``s.size_weights``)."""
-    from slidewatch.models.fusion import multitask_loss
-
     y = batch["label"].to(s.device)
     sizes = batch.get("size_label")
     return multitask_loss(out, y, None if sizes is None else sizes.to(s.device),

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from slidewatch.config.train import TrainConfig, dump_yaml, to_dict, validate
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import Sample, load_datasets
+from slidewatch.data.inputs import image_dataset
 from slidewatch.data.readers import probe
 from slidewatch.data.splits import Split, load_split, save_split, split_samples
 from slidewatch.data.tiling import is_scene_folder, tile_scenes
@@ -269,11 +270,9 @@ def _datasets(cfg: TrainConfig, meta: ModelMeta, train_s: list[Sample], val_s: l
     train_tf = TrainTransform(cfg.augment, meta.input_size,
                               color_bands=meta.in_chans - extra if extra else None)
     eval_tf = EvalTransform(meta.input_size, grayscale=meta.grayscale)
-    if mm is None:
-        return (TileDataset(train_s, transform=train_tf, cache=cfg.data.cache, scale=meta.scale),
-                TileDataset(val_s, transform=eval_tf, cache=cfg.data.cache, scale=meta.scale))
-    return (mm.image_dataset(train_s, train_tf, cache=cfg.data.cache, scale=meta.scale),
-            mm.image_dataset(val_s, eval_tf, cache=cfg.data.cache, scale=meta.scale))
+    inputs = mm.inputs if mm is not None else None
+    return (image_dataset(meta, train_s, inputs=inputs, transform=train_tf, cache=cfg.data.cache),
+            image_dataset(meta, val_s, inputs=inputs, transform=eval_tf, cache=cfg.data.cache))
 
 
 def save_resume(s: Setup, *, phase: int, phase_epoch: int, history: list, best: dict,

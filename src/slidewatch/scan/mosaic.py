@@ -1,0 +1,103 @@
+"""Blending scored windows into the probability GeoTIFF: memory that does not grow with the scene.
+
+* :func:`blend_weights`: per-window pixel weights (``mean``: uniform, ``hann``: a Hann window
+  with a floor so that scene edges keep weight).
+* :class:`Accumulator`: blended sum and weight for only the rows still being written
+  (``tile + OUT_BLOCK`` rows x scene width).
+* The probability GeoTIFF (float32, 256x256 tiles, deflate, nodata :data:`NODATA`):
+  :func:`create_probability` makes it empty on the scene's grid, :func:`write_rows` writes a
+  block row at a time, :func:`set_tags` adds the final tags.
+
+The windows themselves (:class:`slidewatch.data.raster.Grid`) and reading the scene: in
+:mod:`slidewatch.data.raster`. Polygons, GeoJSON and quick-looks: :mod:`slidewatch.scan.outputs`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+from slidewatch.data.raster import SceneInfo, open_raster
+from slidewatch.errors import ConfigError
+
+NODATA = -1.0  # probabilities are in [0, 1]; -1 marks "not scanned" (nodata in the scene)
+OUT_BLOCK = 256  # output GeoTIFF tile size; rows are written a block row at a time
+HANN_FLOOR = 0.01
+
+
+def blend_weights(tile: int, blend: str) -> np.ndarray:
+    """``tile x tile`` float32 weights: 1 everywhere (mean) or a floored Hann window."""
+    if blend == "mean":
+        return np.ones((tile, tile), np.float32)
+    if blend == "hann":
+        x = (np.arange(tile) + 0.5) / tile
+        w1 = HANN_FLOOR + (1.0 - HANN_FLOOR) * np.sin(np.pi * x) ** 2
+        return np.outer(w1, w1).astype(np.float32)
+    raise ConfigError(f"--blend: must be mean or hann, got {blend!r}")
+
+
+class Accumulator:
+    """Blended sum and weight of rows ``[base, base + tile + OUT_BLOCK)`` of a scene."""
+
+    def __init__(self, width: int, tile: int, base: int = 0):
+        self.base = base
+        self.sum = np.zeros((tile + OUT_BLOCK, width), np.float32)
+        self.weight = np.zeros_like(self.sum)
+
+    def add(self, windows: list[Window], probs, weights: np.ndarray) -> None:
+        """Add ``weights * p`` of each window (NaN = skipped); rows above ``base`` are clipped."""
+        for win, p in zip(windows, probs):
+            if p is None or not math.isfinite(p):
+                continue
+            top = win.row_off - self.base
+            skip = max(0, -top)
+            rows = slice(top + skip, top + win.height)
+            cols = slice(win.col_off, win.col_off + win.width)
+            w = weights[skip:]
+            self.sum[rows, cols] += w * np.float32(p)
+            self.weight[rows, cols] += w
+
+    def pop(self, upto: int) -> np.ndarray:
+        """Final float32 probabilities of rows ``[base, upto)`` (NODATA where no weight)."""
+        n = upto - self.base
+        if n <= 0:
+            return np.zeros((0, self.sum.shape[1]), np.float32)
+        w = self.weight[:n]
+        out = np.full(w.shape, NODATA, np.float32)
+        np.divide(self.sum[:n], w, out=out, where=w > 0)
+        for buf in (self.sum, self.weight):
+            buf[:-n] = buf[n:].copy()
+            buf[-n:] = 0.0
+        self.base = upto
+        return out
+
+
+# ---------------------------------------------------------------- probability GeoTIFF
+
+
+def create_probability(path: Path, info: SceneInfo, tags: dict[str, str]) -> None:
+    """An empty float32 GeoTIFF on the scene's grid, filled later by :func:`write_rows`."""
+    profile = {
+        "driver": "GTiff", "width": info.width, "height": info.height, "count": 1,
+        "dtype": "float32", "nodata": NODATA, "tiled": True, "blockxsize": OUT_BLOCK,
+        "blockysize": OUT_BLOCK, "compress": "deflate", "predictor": 3, "sparse_ok": True,
+        "bigtiff": "if_safer",
+    }
+    if info.crs is not None or not info.transform.is_identity:
+        profile.update(crs=info.crs, transform=info.transform)
+    with open_raster(path, "w", **profile) as dst:
+        dst.update_tags(**tags)
+
+
+def write_rows(path: Path, row0: int, rows: np.ndarray) -> None:
+    """Write rows and close the file, so that what the resume state claims is on disk."""
+    with open_raster(path, "r+") as dst:
+        dst.write(rows[None], window=Window(0, row0, rows.shape[1], rows.shape[0]))
+
+
+def set_tags(path: Path, **tags: str) -> None:
+    with open_raster(path, "r+") as dst:
+        dst.update_tags(**tags)
