@@ -41,14 +41,14 @@ from slidewatch.scan import score as scan_score  # noqa: E402
 from slidewatch.scan.run import Backend, scan  # noqa: E402
 
 STAGES = {  # (file suffix, function name) -> stage, from cProfile's cumulative times
-    ("raster.py", "read_windows"): "read",
-    ("scan_score.py", "batch_tensor"): "prepare",
-    ("inference.py", "forward_logits"): "model",
-    ("raster.py", "add"): "blend",
-    ("raster.py", "pop"): "blend_pop",
-    ("raster.py", "write_rows"): "write",
-    ("raster.py", "valid_rows"): "masks",
-    ("scan_outputs.py", "finish"): "outputs",
+    ("data/raster.py", "read_windows"): "read",
+    ("scan/score.py", "batch_tensor"): "prepare",
+    ("inference/forward.py", "forward_logits"): "model",
+    ("scan/mosaic.py", "add"): "blend",
+    ("scan/mosaic.py", "pop"): "blend_pop",
+    ("scan/mosaic.py", "write_rows"): "write",
+    ("data/raster.py", "valid_rows"): "masks",
+    ("scan/outputs.py", "finish"): "outputs",
 }
 
 

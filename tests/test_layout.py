@@ -216,3 +216,16 @@ def test_every_subpackage_says_what_it_owns_and_may_import():
         if "May import" not in doc:
             problems.append(f"{init.relative_to(REPO)}: docstring has no 'May import' line")
     assert not problems, "\n".join(problems)
+
+
+def test_tests_import_their_helpers_as_plain_pytest_finds_them():
+    """``from _factories``/``from conftest`` (tests/ is on pytest's pythonpath), never
+    ``from tests...``: that works under ``python -m pytest`` from the repo root only."""
+    offenders = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{path.relative_to(REPO)}:{node.lineno} {name}" for name in names
+                          if name == "tests" or name.startswith("tests.")]
+    assert not offenders, offenders

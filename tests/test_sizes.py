@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import UTM45, write_image
 from rasterio.transform import from_origin
 from sklearn.metrics import confusion_matrix, f1_score
 
@@ -22,7 +23,6 @@ from slidewatch.data.sizes import (
 from slidewatch.data.tiling import tile_scenes
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.evaluation.sizes import size_report
-from tests.conftest import UTM45, write_image
 
 M2 = SizeClasses(edges=(1_000, 10_000, 100_000), names=("small", "medium", "large", "huge"))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _factories import make_class_dataset
 
 from slidewatch.data.folders import Sample, scan_class_folders
 from slidewatch.data.tabular import (
@@ -19,7 +20,6 @@ from slidewatch.data.tabular import (
     tabular_dataset,
 )
 from slidewatch.errors import ConfigError, DataError
-from tests._factories import make_class_dataset
 
 SPEC = TabularSpec(numeric=("slope", "rain"), categorical=("trigger",))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import UTM45, write_image
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
@@ -18,7 +19,6 @@ from slidewatch.data.terrain import (
     terrain_for_image,
 )
 from slidewatch.errors import ConfigError, DataError
-from tests.conftest import UTM45, write_image
 
 X0, Y0 = 500_000.0, 3_100_000.0  # UTM 45N, near 87E 28N (zone's central meridian)
 GX, GY = 0.1, -0.2  # dz/d(east), dz/d(north): rises to the east, falls to the north

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from slidewatch.io_utils import atomic_write_text
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "slidewatch.json"
 FORMAT_VERSION = 1
+MAX_INPUT_SIZE = 4096  # pixels per side; larger inputs do not fit a forward pass on one device
+MAX_BANDS = 1024
 
 
 # ----------------------------------------------------------------------------- model inputs
@@ -212,9 +215,15 @@ class ModelMeta:
 
     @classmethod
     def from_json(cls, d: dict, where: str) -> "ModelMeta":
+        if not isinstance(d, dict):
+            raise WeightsError(f"{where}: must hold a JSON object, got a JSON "
+                               f"{type(d).__name__}")
         if d.get("format") != "slidewatch-model":
             raise WeightsError(f"{where}: not a slidewatch model description")
-        if d.get("format_version", 0) > FORMAT_VERSION:
+        version = d.get("format_version", 0)
+        if not _is_int(version):
+            raise _field_error(where, "format_version", "a whole number", version)
+        if version > FORMAT_VERSION:
             raise WeightsError(f"{where}: written by a newer slidewatch (format "
                                f"{d['format_version']}); upgrade slidewatch")
         known = set(cls.__dataclass_fields__) - {"extra", "inputs"}
@@ -224,8 +233,58 @@ class ModelMeta:
             raise WeightsError(f"{where}: missing field(s) {', '.join(missing)}")
         skip = known | {"format", "format_version", "positive_class", *InputSpec.KEYS}
         kwargs = {k: d[k] for k in known if k in d}
-        return cls(**kwargs, inputs=InputSpec.from_json(d, where),
+        meta = cls(**kwargs, inputs=InputSpec.from_json(d, where),
                    extra={k: v for k, v in d.items() if k not in skip})
+        validate_meta(meta, where)
+        return meta
+
+
+def _field_error(where: str, name: str, rule: str, value: Any) -> WeightsError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return WeightsError(f"{where}: field {name} must be {rule}, got {shown}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_meta(m: ModelMeta, where: str) -> None:
+    """The whole model-folder contract, checked in one place when a folder is read: a one-line
+    WeightsError naming the file, the field and what it must be."""
+    def need(ok: bool, name: str, rule: str, value: Any) -> None:
+        if not ok:
+            raise _field_error(where, name, rule, value)
+
+    need(isinstance(m.architecture, str) and bool(m.architecture), "architecture",
+         "a model name", m.architecture)
+    need(isinstance(m.classes, list) and len(m.classes) >= 2
+         and all(isinstance(c, str) and c for c in m.classes)
+         and len(set(m.classes)) == len(m.classes), "classes",
+         "a list of two or more distinct names", m.classes)
+    need(_is_int(m.in_chans) and 1 <= m.in_chans <= MAX_BANDS, "in_chans",
+         f"a whole number of bands between 1 and {MAX_BANDS}", m.in_chans)
+    need(_is_int(m.input_size) and 8 <= m.input_size <= MAX_INPUT_SIZE, "input_size",
+         f"a whole number of pixels between 8 and {MAX_INPUT_SIZE}", m.input_size)
+    for name, values, positive in (("mean", m.mean, False), ("std", m.std, True)):
+        need(isinstance(values, list) and len(values) == m.in_chans
+             and all(_is_number(v) and (v > 0 or not positive) for v in values), name,
+             f"a list of {m.in_chans} finite numbers" + (" above 0" if positive else ""), values)
+    need(m.scale is None or (_is_number(m.scale) and m.scale > 0), "scale",
+         "null or a finite number above 0", m.scale)
+    need(isinstance(m.grayscale, bool), "grayscale", "true or false", m.grayscale)
+    need(_is_number(m.threshold) and 0 < m.threshold < 1, "threshold",
+         "a number between 0 and 1 (exclusive)", m.threshold)
+    need(_is_int(m.positive_index) and 0 <= m.positive_index < len(m.classes),
+         "positive_index", f"a class index from 0 to {len(m.classes) - 1}", m.positive_index)
+    need(_is_number(m.drop_rate) and 0 <= m.drop_rate < 1, "drop_rate",
+         "a number from 0 to below 1", m.drop_rate)
+    need(isinstance(m.weights_source, str), "weights_source", "a string", m.weights_source)
 
 
 def library_versions() -> dict[str, str]:

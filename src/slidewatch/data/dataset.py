@@ -47,15 +47,15 @@ def unit_pixels(arr: np.ndarray, scale: float | None = None, valid: np.ndarray |
 
 def declared_valid(path: str | Path) -> np.ndarray | None:
     """H x W validity of a GeoTIFF image from rasterio's masks (declared nodata value, internal
-    mask, alpha band; :func:`slidewatch.data.raster.valid_mask`), or None when the file has none
+    mask, alpha band; :func:`slidewatch.data.raster.declared_mask`), or None when it has none
     (other formats: None; their non-finite pixels are caught by :func:`unit_pixels`)."""
     if Path(path).suffix.lower() not in TIFF_SUFFIXES:
         return None
     with raster.open_raster(path) as ds:
         bands = raster.image_bands(ds)
-        if raster.is_palette(ds) or not raster.needs_mask(ds, bands):
+        if raster.is_palette(ds):
             return None
-        return raster.valid_mask(ds, bands)
+        return raster.declared_mask(ds, bands)
 
 
 class TileDataset(Dataset):

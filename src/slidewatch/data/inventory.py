@@ -2,10 +2,12 @@
 
 Landslide chips: one ``size`` x ``size`` chip per inventory point inside a georeferenced scene,
 the point's pixel at chip pixel ``(size // 2, size // 2)``. A chip that would cross the scene
-edge is skipped and counted; so is one that is mostly nodata, and one at the very pixel position
-of a chip already written (a repeated point). Landslide-free chips lie on a seeded grid, never
-overlap each other or a landslide chip, and their footprint stays at least ``min_distance``
-metres on the ground from every valid inventory point (also points outside the scenes).
+edge is skipped and counted; so is one that is mostly nodata (the nodata rule of
+:mod:`slidewatch.data.raster`: rasterio's masks of every band, and finite values), and one at
+the very pixel position of a chip already written (a repeated point). Landslide-free chips lie
+on a seeded grid, never overlap each other or a landslide chip, and their footprint stays at
+least ``min_distance`` metres on the ground from every valid inventory point (also points
+outside the scenes); ground distances: :mod:`slidewatch.data.geometry`.
 Chips are GeoTIFFs with the scene's CRS and their own transform; ``tiles.csv`` has the standard
 columns plus the inventory's attributes and the chip centre's longitude and latitude.
 """
@@ -83,8 +85,8 @@ def _open_scene(path: Path, region: str | None, size: int) -> _Scene:
     if info.width < size or info.height < size:
         raise ConfigError(f"--size {size}: larger than the scene {path} "
                           f"({info.width}x{info.height} px)")
-    xs, ys = apply_affine(geo["transform"], [0, info.width, 0, info.width], [0, 0, info.height,
-                                                                       info.height])
+    xs, ys = apply_affine(geo["transform"], [0, info.width, 0, info.width],
+                          [0, 0, info.height, info.height])
     try:
         bounds = transform_bounds(geo["crs"], "EPSG:4326", xs.min(), ys.min(), xs.max(),
                                   ys.max(), densify_pts=21)
@@ -172,7 +174,7 @@ def _read_chip(ds, scene: _Scene, r0: int, c0: int, size: int) -> tuple[np.ndarr
 
     data, valid = read_window(ds, image_bands(ds), Window(c0, r0, size, size),
                               what="cannot decode raster")
-    return np.moveaxis(data, 0, -1), float(1.0 - valid.mean())
+    return np.moveaxis(data, 0, -1), float((~valid).mean())
 
 
 def _write_chip(out: Path, label: str, scene: _Scene, r0: int, c0: int, arr, attrs) -> list:

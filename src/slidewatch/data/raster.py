@@ -12,7 +12,8 @@ by :func:`open_raster`; nothing else calls ``rasterio.open``.
 * The nodata rule: a pixel is valid when every chosen band is valid according to rasterio's
   masks (declared nodata value, internal mask band, alpha band) AND every chosen band's value is
   finite (not NaN or +-inf). :func:`valid_pixels` is the rule on pixels already read (C x H x W
-  data, the H x W mask or None); :func:`valid_mask` applies it to a window of an open dataset;
+  data, the H x W mask or None); :func:`declared_mask` is its rasterio half alone (None when
+  every band is all valid); :func:`valid_mask` applies the whole rule to a window of a dataset;
   :func:`read_window` / :func:`read_windows` return the pixels with it and :func:`valid_rows`
   gives it for whole scene rows. :func:`needs_mask` is False only where no pixel can be
   invalid (every chosen band all valid by rasterio's flags and of an integer dtype); windows
@@ -175,9 +176,11 @@ def needs_mask(ds, bands: list[int]) -> bool:
     return not _all_valid_flags(ds, bands) or _floating(ds, bands)
 
 
-def _masks(ds, bands: list[int], win: Window | None,
-           what: str = "cannot read pixels") -> np.ndarray | None:
-    """H x W: every band valid by rasterio's masks; None when every band is all valid."""
+def declared_mask(ds, bands: list[int], win: Window | None = None,
+                  what: str = "cannot read pixels") -> np.ndarray | None:
+    """The rasterio half of the nodata rule: H x W bool, every band of ``bands`` valid by its
+    mask (nodata value, internal mask, alpha); None when every band is all valid (nothing is
+    read). Pixel values are not looked at: :func:`valid_pixels` adds the finite check."""
     if _all_valid_flags(ds, bands):
         return None
     try:
@@ -198,7 +201,7 @@ def read_window(ds, bands: list[int], window: Window | None = None, masked: bool
         raise DataError(f"{ds.name}: {what} ({one_line(exc)})") from None
     if not masked:
         return data, None
-    return data, valid_pixels(data, _masks(ds, bands, window, what))
+    return data, valid_pixels(data, declared_mask(ds, bands, window, what))
 
 
 def valid_mask(ds, bands: list[int], window: Window | None = None) -> np.ndarray:
@@ -208,7 +211,7 @@ def valid_mask(ds, bands: list[int], window: Window | None = None) -> np.ndarray
         window = Window(0, 0, ds.width, ds.height)
     row0, height = int(window.row_off), int(window.height)
     if not _floating(ds, bands):
-        mask = _masks(ds, bands, window)
+        mask = declared_mask(ds, bands, window)
         return np.ones((height, int(window.width)), bool) if mask is None else mask
     row_bytes = len(bands) * int(window.width) * max(np.dtype(d).itemsize for d in ds.dtypes)
     step = max(1, MAX_READ_BYTES // max(1, row_bytes))

@@ -203,7 +203,7 @@ class SizeColumn:
 
 
 def size_scheme_from_json(data: Mapping) -> SizeClasses | SizeColumn:
-    """Rebuild what ``ModelMeta.extra["sizes"]`` stores (either kind)."""
+    """Rebuild what ``meta.inputs.sizes.scheme`` stores (either kind)."""
     if data.get("source") == "column":
         return SizeColumn.from_json(data)
     return SizeClasses.from_json(data)

@@ -13,7 +13,7 @@ of the *training* samples only and turns rows into model inputs:
   a value never seen in training (``unknown="unknown"``; ``"error"`` refuses it); empty cells
   imputed with the most common training value.
 
-The fitted encoder is stored in the model metadata (``ModelMeta.extra["tabular"]``) as
+The fitted encoder is stored in the model metadata (``meta.inputs.tabular``) as
 :meth:`TabularEncoder.to_json`, so that evaluation and prediction encode rows identically.
 """
 
@@ -327,7 +327,7 @@ class TabularEncoder:
                         f"(known: {known}); use --tabular-unknown unknown to allow it")
 
     def to_json(self) -> dict:
-        """The JSON stored under ``ModelMeta.extra["tabular"]``."""
+        """The JSON stored as ``meta.inputs.tabular`` (key ``tabular`` of slidewatch.json)."""
         return {
             "format": JSON_FORMAT, "format_version": JSON_VERSION,
             "spec": self.spec.to_json(), "n_train": self.n_train,

@@ -27,7 +27,7 @@ from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import no_progress, resolve_device
 from slidewatch.training.loop import train
 
-# Reference (../shared/data/README.md): frozen Lite0 features + logistic regression, F1.
+# Reference F1 published with the sample data: frozen Lite0 features + logistic regression.
 REFERENCE_F1 = {"sichuan": 0.73, "bijie": 0.37}
 
 
@@ -153,5 +153,5 @@ def format_table(rows: list[dict]) -> str:
                      f"{(f'{ref:.2f}' if ref else '-'):>6}")
     lines.append("Tile scores on each region held out of training (threshold from the model). "
                  "ref F1: frozen EfficientNet-Lite0 features + logistic regression "
-                 "(shared/data/README.md).")
+                 "(published with the sample data).")
     return "\n".join(lines)

@@ -77,7 +77,7 @@ class Run:
 # ------------------------------------------------------------------------- loading
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node = tree
     *parents, leaf = dotted.split(".")
     for p in parents:
@@ -181,7 +181,7 @@ def expand(exp: Experiment) -> list[Run]:
         values = dict(zip(keys, combo))
         tree = copy.deepcopy(exp.base)
         for key, value in values.items():
-            _set_dotted(tree, key, value)
+            set_dotted(tree, key, value)
         try:
             cfg = from_dict(merge({}, tree))
         except ConfigError as exc:

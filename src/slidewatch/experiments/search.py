@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from slidewatch.config.train import STOP_METRICS, dump_yaml, from_dict, load_yaml, merge
 from slidewatch.errors import ConfigError, SlidewatchError
-from slidewatch.experiments.grid import _set_dotted, parse_experiment
+from slidewatch.experiments.grid import parse_experiment, set_dotted
 from slidewatch.io_utils import atomic_write_text
 from slidewatch.runtime import no_progress
 
@@ -136,7 +136,7 @@ def config_for(base: dict, values: dict) -> Any:
     """``base`` with ``values`` (dotted keys) merged in, validated as a TrainConfig."""
     tree = copy.deepcopy(base)
     for key, value in values.items():
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     return from_dict(merge({}, tree))
 
 

@@ -12,7 +12,7 @@ branch, fusion layer, heads) as "the head", and ``group_matcher`` is the backbon
 ``feature_layer`` is the backbone's Grad-CAM target under ``backbone.``; :class:`ImageView`
 binds one tabular row so Grad-CAM sees an image -> logits model.
 
-Metadata: :func:`fusion_config` -> ``ModelMeta.extra["fusion"]``; :func:`build_fusion` rebuilds.
+Metadata: :func:`fusion_config` -> ``meta.inputs.fusion``; :func:`build_fusion` rebuilds.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def _check_args(backbone, n_numeric, cards, emb_dim, mlp_hidden, num_classes, si
 
 
 def fusion_config(model: FusionModel) -> dict:
-    """The JSON stored under ``ModelMeta.extra["fusion"]``."""
+    """The JSON stored as ``meta.inputs.fusion`` (key ``fusion`` of slidewatch.json)."""
     return {"mode": model.mode, "n_numeric": model.n_numeric,
             "cat_cardinalities": list(model.cat_cardinalities), "emb_dim": model.emb_dim,
             "mlp_hidden": model.mlp_hidden, "fusion_hidden": model.fusion_hidden,

@@ -118,7 +118,7 @@ def score_windows(model: torch.nn.Module, meta: ModelMeta, scene, windows: list,
     so a given list of windows always gives the same numbers.
     """
     if isinstance(scene, (str, Path)):
-        with raster.gdal_env(), raster.open_raster(Path(scene)) as ds:
+        with raster.gdal_env(), raster.open_scene(Path(scene)) as ds:
             return score_windows(model, meta, ds, windows, bands, batch, device)
     model.eval()
     batches = window_batches(scene, windows, bands, batch)
@@ -177,7 +177,7 @@ def _prefetched(path: Path, bands: Sequence[int], batch: int, chunks: Iterable[l
     def read() -> None:
         try:
             threads = {"GDAL_NUM_THREADS": "ALL_CPUS"} if gpu else {}
-            with raster.gdal_env(**threads), raster.open_raster(path) as ds:
+            with raster.gdal_env(**threads), raster.open_scene(path) as ds:
                 for windows in chunks:
                     raw = window_batches(ds, windows, bands, batch)
                     items = itertools.chain([len(windows)], raw, [_CHUNK_END])

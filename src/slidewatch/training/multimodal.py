@@ -95,9 +95,6 @@ class MultiModalSetup:
     def size_names(self) -> list[str]:
         return list(self.inputs.sizes.names) if self.inputs.sizes is not None else []
 
-    def image_dataset(self, samples: Sequence, transform, *, cache: bool, scale):
-        return self.inputs.image_dataset(samples, transform, cache=cache, scale=scale)
-
     def wrap(self, ds, part: str):
         """``ds`` (the ``part`` = train / val samples) with the tabular inputs and size
         labels of each item, for a FusionModel."""
