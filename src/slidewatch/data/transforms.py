@@ -97,10 +97,10 @@ class TrainTransform:
         if cfg.translate > 0:
             x = _translate(x, cfg.translate, gen)
         if self.color_bands is None:
-            x = _color(x, cfg, gen)
+            x = color_jitter(x, cfg, gen)
         else:  # extra bands (e.g. terrain) follow the geometry but keep their values
             b = self.color_bands
-            x = torch.cat([_color(x[:b], cfg, gen), x[b:]])
+            x = torch.cat([color_jitter(x[:b], cfg, gen), x[b:]])
         if cfg.channel_shuffle > 0 and torch.rand((), generator=gen) < cfg.channel_shuffle:
             x = x[torch.randperm(x.shape[0], generator=gen)]
         if cfg.random_grayscale > 0 and torch.rand((), generator=gen) < cfg.random_grayscale:
@@ -121,7 +121,7 @@ def _translate(x: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.
     return padded[:, top:top + h, left:left + w]
 
 
-def _color(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Brightness, contrast and (3-band only) saturation jitter; unit-range data stays in range."""
     in_unit = bool(x.min() >= 0) and bool(x.max() <= 1)
     if cfg.brightness > 0:
