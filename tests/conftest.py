@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,7 @@ def unchanged(root: Path, before: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_tiles(tmp_path_factory) -> Path:
+def tiny_tiles(tmp_path_factory) -> Iterator[Path]:
     """Class folders + tiles.csv (3 images x 3 tiles per class in regions north and south,
     seed 0) that ``tiny_model`` is trained on. Read-only."""
     tiles = make_class_dataset(tmp_path_factory.mktemp("tiny") / "tiles", images=3, per_image=3)
@@ -105,7 +106,7 @@ def tiny_tiles(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_tiles, tmp_path_factory) -> Path:
+def tiny_model(tiny_tiles, tmp_path_factory) -> Iterator[Path]:
     """The study's small CNN trained once per session on ``tiny_tiles`` (``train_tiny_cnn``:
     one epoch at 32 px on the CPU). Read-only: copy it before changing it."""
     out = train_tiny_cnn(tiny_tiles, tmp_path_factory.mktemp("tiny_model") / "model")
@@ -115,7 +116,27 @@ def tiny_model(tiny_tiles, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def multimodal_task(tmp_path_factory) -> dict:
+def small_tiles(tmp_path_factory) -> Iterator[Path]:
+    """Class folders + tiles.csv (2 images x 2 tiles per class in regions north and south,
+    seed 0) that ``small_model`` is trained on. Read-only."""
+    tiles = make_class_dataset(tmp_path_factory.mktemp("small") / "tiles", images=2,
+                               per_image=2)
+    before = folder_digest(tiles)
+    yield tiles
+    unchanged(tiles, before)
+
+
+@pytest.fixture(scope="session")
+def small_model(small_tiles, tmp_path_factory) -> Iterator[Path]:
+    """``train_tiny_cnn`` on ``small_tiles``, once per session. Read-only."""
+    out = train_tiny_cnn(small_tiles, tmp_path_factory.mktemp("small_model") / "model")
+    before = folder_digest(out)
+    yield out
+    unchanged(out, before)
+
+
+@pytest.fixture(scope="session")
+def multimodal_task(tmp_path_factory) -> Iterator[dict]:
     """``train_multimodal_trio``: the fused, image-only and tabular-only models on one
     generated task, trained and evaluated once per session. Read-only."""
     root = tmp_path_factory.mktemp("mm")

@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from _factories import make_class_dataset, train_tiny_cnn
+from _factories import make_class_dataset
 from PIL import Image
 
 from slidewatch.cli.main import main
@@ -21,13 +21,11 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(small_model, tmp_path_factory):
     """A tiny model, its evaluation on a folder whose name holds '<b>', and its CAMs."""
     root = tmp_path_factory.mktemp("report")
-    tiles = make_class_dataset(root / "tiles", images=2, per_image=2)
     held = make_class_dataset(root / "held<b>", images=1, per_image=3, seed=3)
-    model, ev, ex = root / "model", root / "eval", root / "explain"
-    train_tiny_cnn(tiles, model)
+    model, ev, ex = small_model, root / "eval", root / "explain"
     assert main(["evaluate", str(model), "--data", str(held), "--out", str(ev), "--device",
                  "cpu", "--quiet"]) == 0
     assert main(["explain", str(model), str(held / "landslide"), "--out", str(ex),

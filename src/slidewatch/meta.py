@@ -29,15 +29,69 @@ MAX_BANDS = 1024
 # ----------------------------------------------------------------------------- model inputs
 # What a model takes besides the image bands, typed. The JSON keys are those slidewatch 0.1.0
 # wrote at the top level of slidewatch.json ("fusion", "tabular", "aux", "sizes"), so folders
-# written before these classes existed load unchanged (tests/fixtures/models_v0_1).
+# written before these classes existed load unchanged (tests/fixtures/models_v0_1). Every
+# field is checked when it is read: a wrong type or an impossible value is a one-line
+# WeightsError naming the file and the field (``field fusion.n_numeric must be ...``).
 
 TERRAIN_USES = ("channels", "features")
+FUSION_MODES = ("fused", "image", "tabular")
+SIZE_SOURCES = ("mask", "column")
+SIZE_UNITS = ("m2", "fraction")
+JOIN_KEYS = ("path", "tile_id")
+MAX_WIDTH = 65536  # widths of a tabular branch: numeric inputs, embedding, MLP, fusion layer
+MAX_CATEGORIES = 1_000_000  # categories of one categorical column
+MAX_EMBEDDING_WEIGHTS = 2**28  # all embedding tables together (1 GiB of fp32)
+_REQUIRED = object()
 
 
 def _need(d: Mapping, keys: tuple[str, ...], where: str) -> None:
     missing = [k for k in keys if k not in d]
     if missing:
         raise WeightsError(f"{where}: missing field(s) {', '.join(missing)}")
+
+
+def _get(d: Mapping, name: str, where: str, prefix: str, ok, rule: str,
+         default: Any = _REQUIRED) -> Any:
+    """``d[name]`` when ``ok`` accepts it (``default`` when absent and not required), else
+    a WeightsError naming ``where`` and the field ``prefix.name``."""
+    if name not in d:
+        if default is _REQUIRED:
+            raise WeightsError(f"{where}: field {prefix}: missing field(s) {name}")
+        return default
+    value = d[name]
+    if not ok(value):
+        raise _field_error(where, f"{prefix}.{name}", rule, value)
+    return value
+
+
+def _whole(lo: int, hi: int):
+    return lambda v: _is_int(v) and lo <= v <= hi
+
+
+def _optional(ok):
+    return lambda v: v is None or ok(v)
+
+
+def _is_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def _is_names(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(_is_name(s) for s in v)
+
+
+def _is_positive(v: Any) -> bool:
+    return _is_number(v) and v > 0
+
+
+def _is_fraction(v: Any) -> bool:
+    return _is_number(v) and 0 <= v < 1
+
+
+def _split(where: str) -> tuple[str, str]:
+    """``"<file>: field fusion"`` -> (``"<file>"``, ``"fusion"``); a bare key stays the key."""
+    head, sep, key = where.rpartition(": field ")
+    return (head, key) if sep else ("model metadata", where)
 
 
 @dataclass(frozen=True)
@@ -62,13 +116,36 @@ class FusionSpec:
 
     @classmethod
     def from_json(cls, d: Mapping, where: str = "fusion") -> FusionSpec:
+        file, key = _split(where)
         _need(d, ("mode", "n_numeric", "num_classes"), where)
-        return cls(mode=str(d["mode"]), n_numeric=int(d["n_numeric"]),
-                   cat_cardinalities=tuple(int(c) for c in d.get("cat_cardinalities", ())),
-                   emb_dim=int(d.get("emb_dim", 4)), mlp_hidden=int(d.get("mlp_hidden", 64)),
-                   fusion_hidden=d.get("fusion_hidden"), num_classes=int(d["num_classes"]),
-                   size_classes=int(d.get("size_classes", 0)),
-                   dropout=float(d.get("dropout", 0.1)))
+
+        def get(name, ok, rule, default=_REQUIRED):
+            return _get(d, name, file, key, ok, rule, default)
+
+        width = f"a whole number from 1 to {MAX_WIDTH}"
+        mode = get("mode", lambda v: v in FUSION_MODES, f"one of {', '.join(FUSION_MODES)}")
+        n_numeric = get("n_numeric", _whole(0, MAX_WIDTH),
+                        f"a whole number from 0 to {MAX_WIDTH}")
+        cards = get("cat_cardinalities", lambda v: isinstance(v, (list, tuple)) and all(
+            _whole(2, MAX_CATEGORIES)(c) for c in v),
+            f"a list of whole numbers from 2 to {MAX_CATEGORIES}", ())
+        emb_dim = get("emb_dim", _whole(1, MAX_WIDTH), width, 4)
+        spec = cls(mode=mode, n_numeric=n_numeric, cat_cardinalities=tuple(cards),
+                   emb_dim=emb_dim, mlp_hidden=get("mlp_hidden", _whole(1, MAX_WIDTH), width, 64),
+                   fusion_hidden=get("fusion_hidden", _optional(_whole(1, MAX_WIDTH)),
+                                     f"null or {width}", None),
+                   num_classes=get("num_classes", _whole(2, MAX_WIDTH),
+                                   f"a whole number from 2 to {MAX_WIDTH}"),
+                   size_classes=get("size_classes", lambda v: _whole(0, MAX_WIDTH)(v) and v != 1,
+                                    "0 (no size head) or a whole number of classes from 2", 0),
+                   dropout=float(get("dropout", _is_fraction, "a number from 0 to below 1", 0.1)))
+        if mode != "image" and n_numeric + len(cards) == 0:
+            raise _field_error(file, f"{key}.mode", "image when there are no tabular inputs "
+                               "(n_numeric and cat_cardinalities)", mode)
+        if sum(cards) * emb_dim > MAX_EMBEDDING_WEIGHTS:
+            raise _field_error(file, f"{key}.emb_dim", "small enough for embedding tables of "
+                               f"at most {MAX_EMBEDDING_WEIGHTS} weights", emb_dim)
+        return spec
 
 
 @dataclass(frozen=True)
@@ -92,12 +169,20 @@ class TerrainSpec:
 
     @classmethod
     def from_json(cls, d: Mapping, where: str = "aux") -> TerrainSpec:
+        file, key = _split(where)
         _need(d, ("use",), where)
-        if d["use"] not in TERRAIN_USES:
-            raise WeightsError(f"{where}: use must be one of {', '.join(TERRAIN_USES)}, "
-                               f"got {d['use']!r}")
-        return cls(str(d["use"]), d.get("pixel_size"), tuple(d.get("names") or ()),
-                   d.get("dem"))
+
+        def get(name, ok, rule, default=_REQUIRED):
+            return _get(d, name, file, key, ok, rule, default)
+
+        use = get("use", lambda v: v in TERRAIN_USES, f"one of {', '.join(TERRAIN_USES)}")
+        names = get("names", _optional(_is_names), "a list of channel or feature names", None)
+        if use == "channels" and not names:
+            raise _field_error(file, f"{key}.names", "the terrain channels' names", names)
+        return cls(use, get("pixel_size", _optional(_is_positive),
+                            "null or a finite number of metres above 0", None),
+                   tuple(names or ()),
+                   get("dem", _optional(lambda v: isinstance(v, str)), "null or a path", None))
 
 
 @dataclass(frozen=True)
@@ -119,12 +204,89 @@ class SizeSpec:
 
     @classmethod
     def from_json(cls, d: Mapping, where: str = "sizes") -> SizeSpec:
+        file, key = _split(where)
         _need(d, ("names",), where)
-        join = d.get("join")
-        counts = d.get("train_counts")
-        return cls(str(d.get("source", "mask")), tuple(d["names"]), d.get("pixel_size"),
+
+        def get(name, ok, rule, default=_REQUIRED):
+            return _get(d, name, file, key, ok, rule, default)
+
+        names = get("names", lambda v: _is_names(v) and len(v) >= 2 and len(set(v)) == len(v),
+                    "a list of two or more distinct class names")
+        source = get("source", lambda v: v in SIZE_SOURCES, f"one of {', '.join(SIZE_SOURCES)}",
+                     "mask")
+        if source == "mask":
+            get("unit", lambda v: v in SIZE_UNITS, f"one of {', '.join(SIZE_UNITS)}")
+            get("edges", lambda v: isinstance(v, (list, tuple)) and len(v) == len(names) - 1
+                and all(_is_positive(e) for e in v)
+                and all(a < b for a, b in zip(v, v[1:])),
+                f"a list of {len(names) - 1} increasing finite numbers above 0 (one fewer "
+                "than names)")
+        else:
+            get("column", _is_name, "the name of the size column")
+            get("aliases", lambda v: isinstance(v, Mapping) and all(
+                isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
+                "an object of text to class name", {})
+            get("ignored", lambda v: isinstance(v, (list, tuple)) and all(
+                isinstance(s, str) for s in v), "a list of texts", ())
+        join = get("join", _optional(lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+                                     and v[0] in JOIN_KEYS and (v[1] is None or _is_name(v[1]))),
+                   f"null or [key, column] with key one of {', '.join(JOIN_KEYS)}", None)
+        counts = get("train_counts", _optional(lambda v: isinstance(v, (list, tuple))
+                                               and len(v) == len(names)
+                                               and all(_whole(0, 2**63)(c) for c in v)),
+                     f"null or a list of {len(names)} whole numbers >= 0", None)
+        pixel_size = get("pixel_size", _optional(_is_positive),
+                         "null or a finite number of metres above 0", None)
+        return cls(source, tuple(names), pixel_size,
                    None if join is None else (join[0], join[1]),
-                   None if counts is None else tuple(int(c) for c in counts), dict(d))
+                   None if counts is None else tuple(counts), dict(d))
+
+
+def check_tabular(d: Mapping, where: str = "tabular") -> dict:
+    """The fitted tabular encoder's JSON (:meth:`slidewatch.data.tabular.TabularEncoder.to_json`)
+    checked field by field; returned as a plain dict."""
+    file, key = _split(where)
+
+    def get(obj, name, prefix, ok, rule, default=_REQUIRED):
+        return _get(obj, name, file, prefix, ok, rule, default)
+
+    def mapping(v):
+        return isinstance(v, Mapping)
+
+    get(d, "format", key, lambda v: v == "slidewatch-tabular", "'slidewatch-tabular'")
+    version = get(d, "format_version", key, _is_int, "a whole number", 0)
+    if version > 1:
+        raise WeightsError(f"{file}: field {key} was written by a newer slidewatch (tabular "
+                           f"format {version}); upgrade slidewatch")
+    spec = get(d, "spec", key, mapping, "an object")
+    sk = f"{key}.spec"
+    numeric = get(spec, "numeric", sk, _is_names, "a list of column names", [])
+    categorical = get(spec, "categorical", sk, _is_names, "a list of column names", [])
+    columns = [*numeric, *categorical]
+    if not columns or len(set(columns)) != len(columns):
+        raise _field_error(file, sk, "one or more distinct numeric and categorical columns",
+                           columns)
+    get(spec, "key", sk, lambda v: v in JOIN_KEYS, f"one of {', '.join(JOIN_KEYS)}", "path")
+    get(spec, "key_column", sk, _optional(_is_name), "null or a column name", None)
+    get(spec, "missing", sk, lambda v: v in ("error", "impute"), "error or impute", "error")
+    get(spec, "unknown", sk, lambda v: v in ("error", "unknown"), "error or unknown", "error")
+    stats = get(d, "numeric", key, mapping, "an object of column statistics")
+    for c in numeric:
+        s = get(stats, c, f"{key}.numeric", mapping, "an object with mean and std")
+        get(s, "mean", f"{key}.numeric.{c}", _is_number, "a finite number")
+        get(s, "std", f"{key}.numeric.{c}", _is_positive, "a finite number above 0")
+    vocab = get(d, "categorical", key, mapping, "an object of vocabularies")
+    for c in categorical:
+        v = get(vocab, c, f"{key}.categorical", mapping, "an object with vocabulary and fill")
+        get(v, "vocabulary", f"{key}.categorical.{c}",
+            lambda x: isinstance(x, list) and 2 <= len(x) <= MAX_CATEGORIES
+            and all(isinstance(t, str) for t in x),
+            f"a list of 2 to {MAX_CATEGORIES} category names (the first for unknown ones)")
+        get(v, "fill", f"{key}.categorical.{c}", lambda x: isinstance(x, str), "a category name")
+    get(d, "indicators", key, lambda v: isinstance(v, list) and all(c in numeric for c in v),
+        "a list of numeric column names")
+    get(d, "n_train", key, _whole(0, 2**63), "a whole number >= 0")
+    return dict(d)
 
 
 @dataclass(frozen=True)
@@ -170,9 +332,9 @@ class InputSpec:
                 return None
             if not isinstance(value, Mapping):
                 raise WeightsError(f"{where}: field {key} must be an object")
-            return parse(value, f"{where}: {key}")
+            return parse(value, f"{where}: field {key}")
 
-        return cls(tabular=part("tabular", lambda v, _w: dict(v)),
+        return cls(tabular=part("tabular", check_tabular),
                    terrain=part("aux", TerrainSpec.from_json),
                    sizes=part("sizes", SizeSpec.from_json),
                    fusion=part("fusion", FusionSpec.from_json))
@@ -285,6 +447,34 @@ def validate_meta(m: ModelMeta, where: str) -> None:
     need(_is_number(m.drop_rate) and 0 <= m.drop_rate < 1, "drop_rate",
          "a number from 0 to below 1", m.drop_rate)
     need(isinstance(m.weights_source, str), "weights_source", "a string", m.weights_source)
+    _check_inputs(m, where)
+
+
+def _check_inputs(m: ModelMeta, where: str) -> None:
+    """The parts of ``m.inputs`` agree with each other and with the model (each part's own
+    fields were checked when it was read)."""
+    i = m.inputs
+    f, t, s = i.fusion, i.terrain, i.sizes
+    features = t is not None and t.use == "features"
+    if f is None:
+        for part, name in ((i.tabular, "tabular"), (s, "sizes"), (features or None, "aux")):
+            if part is not None:
+                raise WeightsError(f"{where}: field {name} needs field fusion (the model's "
+                                   "tabular branch or size head), which is missing")
+    else:
+        if f.num_classes != len(m.classes):
+            raise _field_error(where, "fusion.num_classes", f"{len(m.classes)}, one per class",
+                               f.num_classes)
+        if f.mode != "image" and i.tabular is None and not features:
+            raise WeightsError(f"{where}: field fusion.mode {f.mode} needs field tabular or "
+                               "terrain features (field aux), which are missing")
+        n_sizes = len(s.names) if s is not None else 0
+        if f.size_classes != n_sizes:
+            raise _field_error(where, "fusion.size_classes", f"{n_sizes}, the number of size "
+                               "classes in field sizes", f.size_classes)
+    if i.extra_channels >= m.in_chans:
+        raise _field_error(where, "in_chans", f"more than the {i.extra_channels} terrain "
+                           "channels of field aux", m.in_chans)
 
 
 def library_versions() -> dict[str, str]:
@@ -320,4 +510,8 @@ def read_meta(model_dir: str | Path) -> ModelMeta:
 
 
 def write_meta(model_dir: str | Path, meta: ModelMeta) -> None:
-    atomic_write_text(Path(model_dir) / META_FILE, json.dumps(meta.to_json(), indent=2) + "\n")
+    """Write ``slidewatch.json`` atomically, after checking it against the contract (a folder
+    that could not be read back is never written)."""
+    path = Path(model_dir) / META_FILE
+    validate_meta(meta, str(path))
+    atomic_write_text(path, json.dumps(meta.to_json(), indent=2) + "\n")

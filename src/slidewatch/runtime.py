@@ -19,11 +19,32 @@ def no_progress(iterable: Iterable, **_: object) -> Iterable:
     return iterable
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def check_device_name(name: str) -> str:
+    """``name`` when it is one of ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (the names every
+    command's ``--device`` takes), else a one-line ConfigError."""
+    kind, _, index = str(name).partition(":")
+    if name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit()
+                                           and index.isascii()):
+        return name
+    raise ConfigError(f"--device {name!r}: unknown device; use {DEVICES}")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for ``--device`` (checked by :func:`check_device_name`): ``auto`` is
+    CUDA when there is a GPU, else the CPU; CUDA that this machine lacks is a ConfigError."""
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return torch.device(name)
 
 

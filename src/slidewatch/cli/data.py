@@ -52,7 +52,8 @@ def data_tiles(scenes, out, tile, stride, min_landslide, classes, overwrite, qui
 @click.option("--classes", default="landslide,non_landslide", show_default=True, help=CLASSES_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def data_info(root, classes, as_json):
-    """Counts per class and region, image sizes and bands, unreadable files."""
+    """Counts per class and region, image sizes and bands, and every unreadable entry (damaged
+    images, broken links, folders that cannot be listed, FIFOs, names that are not UTF-8)."""
     from slidewatch.data.info import dataset_info, format_info
 
     info = dataset_info(Path(root), parse_classes(classes))

@@ -46,8 +46,12 @@ def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size
               help="tiles shown per gallery (TP, FP, FN, TN)")
 def report_cmd(model_dir, eval_dir, explain_dir, out, per_gallery):
     """One self-contained HTML report: metrics, figures, galleries, model card."""
+    from slidewatch.io_utils import check_output_file
+    from slidewatch.meta import META_FILE
     from slidewatch.report.html import write_report
 
+    check_output_file(out, "an HTML file name", (".html", ".htm"), marker=META_FILE,
+                      inputs=[model_dir, eval_dir, explain_dir])
     path = write_report(model_dir, eval_dir, out, explain_dir=explain_dir,
                         per_gallery=per_gallery)
     echo(f"report -> {path}")

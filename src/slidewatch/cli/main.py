@@ -1,7 +1,14 @@
 """The ``slidewatch`` command: the click group, its commands and the entry point that turns
-our errors into one line on stderr and a non-zero exit."""
+our errors into one line on stderr and a non-zero exit.
+
+The error line never fails to print: a message is put on one line, and text that the terminal
+cannot show (file names that are not valid UTF-8 reach Python as surrogate escapes) is shown
+with backslash escapes, e.g. ``caf\\xe9.png``.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -30,24 +37,52 @@ for command in (data, models_cmd, train_cmd, predict_cmd, evaluate_cmd, explain_
     cli.add_command(command)
 
 
+def printable(text: object) -> str:
+    """``text`` on one line that any stream can take: surrogate escapes (bytes of a file name
+    that are not UTF-8) become ``\\xNN``, characters the stream cannot encode ``\\uNNNN``,
+    line breaks spaces."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    text = str(text)
+    if "\n" in text or "\r" in text:
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _say(msg: object) -> None:
+    """One line on stderr; never raises for the text (a closed stream is left alone)."""
+    try:
+        echo(printable(msg))
+    except (OSError, ValueError):  # stderr closed or a broken pipe: nothing left to tell
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: our errors become one line on stderr and exit code 2."""
     try:
         cli.main(args=argv, prog_name="slidewatch", standalone_mode=False)
     except SlidewatchError as exc:
-        echo(f"error: {exc}")
+        _say(f"error: {exc}")
         return exc.exit_code
     except click.exceptions.Abort:
-        echo("aborted")
+        _say("aborted")
         return 130
     except KeyboardInterrupt:
-        echo("interrupted")
+        _say("interrupted")
         return 130
     except click.ClickException as exc:
-        echo(f"error: {exc.format_message()} (see --help)")
+        _say(f"error: {exc.format_message()} (see --help)")
         return exc.exit_code
     except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        echo(f"error: {where}{exc.strerror or exc}")
+        where = f"{printable(exc.filename)}: " if exc.filename else ""
+        _say(f"error: {where}{exc.strerror or exc}")
         return 1
     return 0

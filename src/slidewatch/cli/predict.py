@@ -19,8 +19,12 @@ from slidewatch.cli.common import echo, progress, tabular_inputs
 def predict_cmd(model_dir, paths, out, threshold, batch_size, device, quiet, tabular, aux,
                 missing, unknown):
     """Landslide probability for every image in PATHS (files or folders)."""
-    from slidewatch.inference.predict import predict_paths, write_predictions
+    from slidewatch.inference.predict import collect_images, predict_paths, write_predictions
+    from slidewatch.io_utils import check_output_file
+    from slidewatch.meta import META_FILE
 
+    check_output_file(out, "a CSV file name", (".csv",), marker=META_FILE,
+                      inputs=[*collect_images(list(paths)), tabular, aux])
     preds = predict_paths(model_dir, list(paths), threshold=threshold, batch_size=batch_size,
                           device=device, progress=progress(not quiet), tabular=tabular,
                           aux=aux, missing=missing, unknown=unknown)

@@ -37,7 +37,11 @@ def _bands(value: str | None) -> list[int] | None:
               help="weights of overlapping windows: uniform, or a Hann window (centre counts more)")
 @click.option("--threshold", type=float, default=None,
               help="probability for a detection  [default: the model's threshold]")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--max-pixels", type=int, default=None,
+              help="refuse scenes with more pixels (width x height); 0: no limit  [default: "
+              "2**30 = 1073741824, e.g. 32768 x 32768]")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N")
 @click.option("--overwrite/--resume", default=False, show_default=True,
               help="start again, or continue an interrupted scan with the same settings")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
@@ -51,17 +55,20 @@ def _bands(value: str | None) -> list[int] | None:
 @click.option("--worker-cpus", type=int, default=None,
               help="CPUs (torch threads) per Ray worker  [default: 1 on a local instance, 4 on a "
               "cluster]")
-def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, device, overwrite,
-         no_progress, backend, ray_address, workers, worker_cpus) -> None:
+def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, max_pixels,
+         device, overwrite, no_progress, backend, ray_address, workers, worker_cpus) -> None:
     """Scan whole SCENES (GeoTIFF, PNG, JPEG) window by window into probability maps and
     detection polygons."""
+    from slidewatch.scan.plan import MAX_PIXELS
     from slidewatch.scan.run import Backend
     from slidewatch.scan.run import scan as run_scan
 
     where = Backend(backend, ray_address, workers, worker_cpus)
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     summary = run_scan(model_dir, list(scenes), out, tile=tile, stride=stride, batch=batch,
                        bands=_bands(bands), blend=blend, threshold=threshold, device=device,
-                       overwrite=overwrite, progress=progress(not no_progress), backend=where)
+                       overwrite=overwrite, progress=progress(not no_progress), backend=where,
+                       max_pixels=limit)
     for w in summary.warnings:
         echo(f"warning: {w}")
     for r in summary.scenes:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import click
 
 from slidewatch.cli.common import progress
+from slidewatch.errors import ConfigError
 
 # flag name -> config key path (dotted). Every flag here can also be set in the YAML file.
 FLAG_KEYS = {
@@ -49,8 +51,18 @@ def _nest(flat: dict) -> dict:
     return out
 
 
-def overrides_from_flags(params: dict) -> dict:
-    """The nested config mapping that the given (non-None) flags stand for."""
+# config key path -> the flag that sets it, for messages about a value given as a flag
+SPECIAL_FLAGS = {"data.paths": "--data", "data.holdout_regions": "--holdout-region",
+                 "data.classes": "--classes", "augment.grayscale": "--grayscale",
+                 "augment.enabled": "--no-augment", "class_weights": "--class-weights",
+                 "progress": "--quiet"}
+FLAG_OF = {**{key: "--" + name.replace("_", "-") for name, key in FLAG_KEYS.items()},
+           **{key: "--" + name.replace("_", "-") for name, (key, _) in LIST_FLAGS.items()},
+           **SPECIAL_FLAGS}
+
+
+def flat_overrides(params: dict) -> dict:
+    """Dotted config key -> value of every given (non-None) flag."""
     flat = {FLAG_KEYS[k]: v for k, v in params.items() if k in FLAG_KEYS and v is not None}
     if params.get("data"):
         flat["data.paths"] = list(params["data"])
@@ -77,7 +89,24 @@ def overrides_from_flags(params: dict) -> dict:
     for name, (key, kind) in LIST_FLAGS.items():
         if params.get(name):
             flat[key] = _list(params[name], kind, "--" + name.replace("_", "-"))
-    return _nest(flat)
+    return flat
+
+
+def overrides_from_flags(params: dict) -> dict:
+    """The nested config mapping that the given (non-None) flags stand for."""
+    return _nest(flat_overrides(params))
+
+
+def _where(message: str, flags: set[str], config_path: str | None) -> str:
+    """A config error about a value given as a flag names the flag (and its key); one about
+    a value of the config file names the file."""
+    key = message.split(": ", 1)[0]
+    base = re.sub(r"\[\d+\]$", "", key)
+    if base in flags and base in FLAG_OF:
+        return f"{FLAG_OF[base]} ({key}){message[len(key):]}"
+    if config_path and not key.startswith("--"):
+        return f"{config_path}: {message}"
+    return message
 
 
 def _list(values, kind, hint: str) -> list:
@@ -94,11 +123,11 @@ def build_config(config_path: str | None, params: dict):
     from slidewatch.config.train import TrainConfig, from_dict, load_yaml, merge
 
     base = load_yaml(config_path) if config_path else {}
-    merged = merge(base, overrides_from_flags(params))
+    flat = flat_overrides(params)
     try:
-        return from_dict(merged, TrainConfig)
-    except TypeError as exc:  # pragma: no cover - defensive, from_dict validates keys
-        raise click.BadParameter(str(exc)) from None
+        return from_dict(merge(base, _nest(flat)), TrainConfig)
+    except ConfigError as exc:
+        raise ConfigError(_where(str(exc), set(flat), config_path)) from None
 
 
 def _opt(*names, **kw):

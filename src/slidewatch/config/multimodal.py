@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from slidewatch.errors import ConfigError
+from slidewatch.meta import MAX_WIDTH
 
 SIZE_UNITS = ("m2", "fraction")
 
@@ -148,10 +149,10 @@ def validate_multimodal(cfg) -> None:
             validate_edges(s.edges, s.unit or "m2")
         except ConfigError as exc:
             raise ConfigError(f"sizes.edges: {str(exc).split(': ', 1)[-1]}") from None
-    _check(f.emb_dim >= 1, "fusion.emb_dim", "must be >= 1")
-    _check(f.mlp_hidden >= 1, "fusion.mlp_hidden", "must be >= 1")
-    _check(f.fusion_hidden is None or f.fusion_hidden >= 1, "fusion.fusion_hidden",
-           "must be >= 1")
+    for key in ("emb_dim", "mlp_hidden", "fusion_hidden"):
+        v = getattr(f, key)
+        _check(v is None or 1 <= v <= MAX_WIDTH, f"fusion.{key}",
+               f"must be from 1 to {MAX_WIDTH}, got {v}")
     _check(0.0 <= f.dropout < 1.0, "fusion.dropout", "must be in [0, 1)")
     _check(f.weight > 0, "fusion.weight", "must be > 0")
     _check(f.mode not in ("fused", "tabular") or has_tabular_inputs(cfg), "fusion.mode",

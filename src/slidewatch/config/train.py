@@ -1,12 +1,15 @@
 """Configuration: dataclasses for every setting, loaded from YAML and overridden by flags.
 
 Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags. Unknown keys,
-wrong types and impossible values are ``ConfigError``s that name the key.
+keys given twice, wrong types and impossible values (NaN, infinities, out-of-range numbers) are
+``ConfigError``s that name the file or the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from slidewatch.config.multimodal import (
     validate_multimodal,
 )
 from slidewatch.errors import ConfigError
+from slidewatch.meta import MAX_INPUT_SIZE
 
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "constant", "step")
@@ -203,7 +207,7 @@ def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted((k for k in data if k not in names), key=str)
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
         raise ConfigError(f"unknown config key '{key}'; known keys here: "
@@ -222,17 +226,57 @@ def from_dict(data: dict, cls: type = TrainConfig) -> Any:
     return cfg
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the
+    last one silently). Keys brought in by a merge (``<<: *anchor``) may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or \
+                        not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                    seen.add(key)
+                except TypeError:  # unhashable: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config file into a mapping; errors name the file."""
+    """Read a YAML config file into a mapping; errors name the file (and the line where the
+    YAML parser knows it): not found, not UTF-8, not YAML, a key given twice, not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        utf16 = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})"
+                          f"{utf16}; save the file as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: line {exc.line}: key '{exc.key}' appears twice") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -279,8 +323,25 @@ def _check(cond: bool, key: str, what: str) -> None:
         raise ConfigError(f"{key}: {what}")
 
 
+def _check_finite(obj: Any, prefix: str = "") -> None:
+    """Every float of the config (and of its lists) is a finite number: NaN and infinities,
+    which YAML (``.nan``, ``.inf``) and float flags (``nan``, ``inf``) both accept, are
+    refused before any range check could let them through."""
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+            continue
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, v in items:
+            if isinstance(v, float) and not math.isfinite(v):
+                where = key if i is None else f"{key}[{i}]"
+                raise ConfigError(f"{where}: must be a finite number, got {v}")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Reject impossible values with a message naming the key."""
+    _check_finite(cfg)
     d, a = cfg.data, cfg.augment
     _check(d.tile > 0, "data.tile", "must be > 0")
     _check(d.stride > 0, "data.stride", "must be > 0")
@@ -290,14 +351,16 @@ def validate(cfg: TrainConfig) -> None:
     _check(len(set(d.classes)) == len(d.classes), "data.classes", "names must differ")
     _check(d.scale is None or d.scale > 0, "data.scale", "must be > 0")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    _check(cfg.model.input_size is None or cfg.model.input_size >= 8, "model.input_size",
-           "must be >= 8 pixels")
+    _check(cfg.model.input_size is None or 8 <= cfg.model.input_size <= MAX_INPUT_SIZE,
+           "model.input_size", f"must be from 8 to {MAX_INPUT_SIZE} pixels, got "
+           f"{cfg.model.input_size}")
     _check(0.0 <= cfg.model.drop_rate < 1.0, "model.drop_rate", "must be in [0, 1)")
     _check(cfg.model.weights_fallback in (None, "none"), "model.weights_fallback",
            "must be 'none' or left out")
     for key in ("resize", "crop"):
         v = getattr(a, key)
-        _check(v is None or v >= 8, f"augment.{key}", "must be >= 8 pixels")
+        _check(v is None or 8 <= v <= MAX_INPUT_SIZE, f"augment.{key}",
+               f"must be from 8 to {MAX_INPUT_SIZE} pixels, got {v}")
     _check(0.0 <= a.translate < 0.5, "augment.translate", "must be in [0, 0.5)")
     for key in ("brightness", "contrast", "saturation", "random_grayscale", "channel_shuffle"):
         _check(0.0 <= getattr(a, key) < 1.0, f"augment.{key}", "must be in [0, 1)")
@@ -317,18 +380,22 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, "steps_per_epoch",
            "must be >= 1")
     _check(cfg.patience >= 1, "patience", "must be >= 1")
-    _check(0.0 < cfg.threshold < 1.0, "threshold", "must be in (0, 1)")
+    _check(0.0 < cfg.threshold < 1.0, "threshold", f"must be in (0, 1), got {cfg.threshold}")
+    _check(0 <= cfg.seed < 2**63, "seed", f"must be from 0 to 2**63 - 1, got {cfg.seed}")
     _check(cfg.target_recall is None or 0.0 < cfg.target_recall <= 1.0, "target_recall",
            "must be in (0, 1]")
     _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     _check(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
     _check(0.0 <= cfg.optim.label_smoothing < 1.0, "optim.label_smoothing", "must be in [0, 1)")
+    _check(0.0 <= cfg.optim.momentum < 1.0, "optim.momentum", "must be in [0, 1)")
+    _check(cfg.optim.optimizer != "sgd" or cfg.optim.momentum > 0, "optim.momentum",
+           "must be > 0 with optim.optimizer sgd (Nesterov momentum)")
     cw = cfg.class_weights
     if isinstance(cw, str):
         _check(cw in ("balanced", "none"), "class_weights", "must be 'balanced', 'none' or a list")
     else:
         _check(len(cw) == len(d.classes) and all(w > 0 for w in cw), "class_weights",
                f"a list needs {len(d.classes)} positive numbers, one per class")
-    _check(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device",
-           "must be auto, cpu, cuda or cuda:N")
+    _check(cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)
+           is not None, "device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     validate_multimodal(cfg)

@@ -4,17 +4,27 @@
 image, region and position, so that splits can keep the tiles of one image together. Without
 it, file names of the form ``<region>__<stem>__r<row>_c<col>`` give the same information, and
 any other file is its own group.
+
+The scanner (:func:`scan_class_folders`) takes every regular file with an image suffix under a
+class folder (recursively; hidden files and folders, and symbolic links to folders, are left
+out). What it cannot take is never skipped without a word: a broken symbolic link, a folder it
+cannot list, a named pipe or other special file with an image suffix, a path that is not valid
+UTF-8 (:func:`slidewatch.data.readers.file_problem`). Training, evaluation and splits refuse
+the first such path with one line; ``slidewatch data info`` lists them all as unreadable.
+``tiles.csv`` is UTF-8 (a byte-order mark is fine); another encoding, a UTF-16 file or a quote
+that is never closed is a one-line error naming the file (and line).
 """
 
 from __future__ import annotations
 
-import csv
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slidewatch.data.readers import IMAGE_SUFFIXES
+from slidewatch.data.inventory_csv import csv_rows, decode_csv
+from slidewatch.data.readers import IMAGE_SUFFIXES, file_problem
 from slidewatch.data.tiling import TILES_CSV, validate_classes
 from slidewatch.errors import DataError
 
@@ -45,38 +55,70 @@ class Sample:
         return self.path.as_posix()
 
 
-def _class_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive), hidden files and folders skipped, sorted."""
+def _class_images(folder: Path, problems: list[tuple[Path, str]]) -> list[Path]:
+    """Image files under ``folder`` (recursive), hidden files and folders skipped, sorted.
+
+    What cannot be read (a folder that cannot be listed, a broken link, a special file, a name
+    that is not UTF-8) is appended to ``problems`` as ``(path, what)``."""
     found = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-            found.append(p)
+
+    def walk(d: Path) -> None:
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError as exc:
+            problems.append((d, f"cannot list folder ({exc.strerror or exc})"))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            p = d / entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)  # links to folders: not followed
+            except OSError:
+                is_dir = False
+            if is_dir:
+                walk(p)
+                continue
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            problem = file_problem(p)
+            if problem is None:
+                found.append(p)
+            elif not p.is_dir():  # a link to a folder named like an image: not an image
+                problems.append((p, problem))
+
+    walk(folder)
+    problems.sort(key=lambda item: os.fsencode(item[0]))
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def read_tiles_csv(path: Path) -> dict[str, dict]:
     """Rows of a ``tiles.csv`` keyed by their relative path (``region`` is optional: without
-    it every tile belongs to the dataset folder's region, as for tiles without a csv)."""
+    it every tile belongs to the dataset folder's region, as for tiles without a csv).
+
+    UTF-8 with or without a byte-order mark; anything else is a one-line DataError."""
     rows: dict[str, dict] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"path", "source_image"} - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                rows[row["path"]] = {
-                    "group": row["source_image"],
-                    "region": row.get("region") or path.parent.name,
-                    "row": _opt(row.get("row"), int),
-                    "col": _opt(row.get("col"), int),
-                    "landslide_fraction": _opt(row.get("landslide_fraction"), float),
-                }
-            except (TypeError, ValueError) as exc:
-                raise DataError(f"{path}: line {line}: {exc}") from None
+    text, _ = decode_csv(path, path.read_bytes())
+    lines = csv_rows(path, text)
+    header = next((row for _, row in lines if row), [])
+    missing = {"path", "source_image"} - set(header)
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    for line, fields in lines:
+        if not fields:
+            continue
+        row = dict(zip(header, fields))
+        try:
+            rows[row.get("path")] = {
+                "group": row.get("source_image"),
+                "region": row.get("region") or path.parent.name,
+                "row": _opt(row.get("row"), int),
+                "col": _opt(row.get("col"), int),
+                "landslide_fraction": _opt(row.get("landslide_fraction"), float),
+            }
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path}: line {line}: {exc}") from None
     return rows
 
 
@@ -114,12 +156,14 @@ def _check_root(root: Path, classes: tuple[str, ...]) -> None:
 
 def scan_class_folders(
     root: str | Path, classes: Sequence[str] = ("landslide", "non_landslide"),
-    allow_empty: bool = False,
+    allow_empty: bool = False, problems: list[dict] | None = None,
 ) -> list[Sample]:
     """Every image under ``<root>/<class>/``, labelled by the class's index in ``classes``.
 
     ``allow_empty``: a class folder may be empty (one dataset of several that are merged,
     e.g. a region without landslide tiles); :func:`load_datasets` checks the merged set.
+    ``problems``: paths under the class folders that cannot be read (see the module doc) are
+    appended here as ``{"path", "error"}``; without it the first one is a DataError.
     """
     root = Path(root)
     classes = validate_classes(classes)
@@ -129,7 +173,13 @@ def scan_class_folders(
     absolute = root.resolve()
     samples = []
     for label, name in enumerate(classes):
-        files = _class_images(absolute / name)
+        found: list[tuple[Path, str]] = []
+        files = _class_images(absolute / name, found)
+        for bad, what in found:
+            shown = root / bad.relative_to(absolute)
+            if problems is None:
+                raise DataError(f"{shown}: {what}")
+            problems.append({"path": str(shown), "error": f"{shown}: {what}"})
         if not files and not allow_empty:
             raise DataError(
                 f"{root / name}: no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in class folder"

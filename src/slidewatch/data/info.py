@@ -1,4 +1,9 @@
-"""A summary of a class-folder dataset, listing every unreadable file instead of stopping."""
+"""A summary of a class-folder dataset, listing every unreadable file instead of stopping.
+
+Unreadable: what the dataset scanner cannot take (broken symbolic links, folders it cannot
+list, special files with an image suffix, names that are not UTF-8; see
+:mod:`slidewatch.data.folders`) and images that cannot be read or decoded. The text report
+shows names that are not UTF-8 with ``\\xNN`` escapes (the JSON with ``\\udcNN``)."""
 
 from __future__ import annotations
 
@@ -27,13 +32,13 @@ def dataset_info(
     headers are read.
     """
     root = Path(root)
-    samples = scan_class_folders(root, classes)
+    unreadable: list[dict] = []
+    samples = scan_class_folders(root, classes, problems=unreadable)
     per_class: Counter = Counter()
     per_region: dict[str, Counter] = {}
     sizes: Counter = Counter()
     bands: Counter = Counter()
     dtypes: Counter = Counter()
-    unreadable = []
     for sample in samples:
         name = classes[sample.label]
         per_class[name] += 1
@@ -82,4 +87,12 @@ def format_info(info: dict) -> str:
         lines.append(f"  {key}: " + ", ".join(f"{k} ({n})" for k, n in info[key].items()))
     lines.append(f"  unreadable: {len(info['unreadable'])}")
     lines.extend(f"    {row['error']}" for row in info["unreadable"])
-    return "\n".join(lines)
+    return _printable("\n".join(lines))
+
+
+def _printable(text: str) -> str:
+    """Surrogate escapes (bytes of names that are not UTF-8) as ``\\xNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

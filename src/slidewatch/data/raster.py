@@ -22,8 +22,12 @@ by :func:`open_raster`; nothing else calls ``rasterio.open``.
 * Window grids: :class:`Grid` (the windows of a scene, row by row; the last window of each row
   and column is flush with the right and bottom edges, so every pixel is covered) and
   :func:`starts`; :func:`read_decimated` for quick-looks.
-* Scenes: :func:`inspect_scene` checks a scene from its header (bands, completeness) into a
-  :class:`SceneInfo`.
+* Scenes: :func:`inspect_scene` checks a scene from its header (size limit, bands,
+  completeness, CRS) into a :class:`SceneInfo`. A scene larger than ``max_pixels`` is refused
+  before anything is planned. A CRS with no transformation to WGS84 longitude/latitude (a
+  local engineering grid) is not an error: the scene is scanned as one without a CRS
+  (``SceneInfo.georeferenced`` is False: detections in pixel coordinates, no WGS84 copy; the
+  probability map keeps the CRS and transform), with a warning.
 
 Writing the probability map: :mod:`slidewatch.scan.mosaic`. Ground geometry:
 :mod:`slidewatch.data.geometry`. Images and masks of every format: :mod:`slidewatch.data.readers`.
@@ -68,33 +72,44 @@ def one_line(exc: BaseException) -> str:
 def open_raster(path: str | Path, mode: str = "r", **profile):
     """``rasterio.open`` without the warning for files that have no georeferencing.
 
-    Read mode: a missing path or a folder, and anything rasterio cannot open, is a one-line
-    ``DataError("<path>: ...")``. Write modes (``"w"``, ``"r+"``) raise rasterio's own errors,
-    so that a failed write is never mistaken for bad input.
+    Read mode: a missing path, a broken link, a folder or another file that is not a regular
+    one (a FIFO would block), a name that is not UTF-8 (rasterio cannot pass it to GDAL), and
+    anything rasterio cannot open, is a one-line ``DataError("<path>: ...")``. Write modes
+    (``"w"``, ``"r+"``) raise rasterio's own errors, so that a failed write is never mistaken
+    for bad input; only a name that is not UTF-8 is a DataError there too.
     """
     path = Path(path)
     if mode != "r":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path, mode, **profile)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                return rasterio.open(path, mode, **profile)
+        except UnicodeEncodeError:  # a name, not a failed write: rasterio cannot pass it on
+            raise DataError(f"{path}: file name is not valid UTF-8; rename it") from None
+    _check_regular(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path, mode, **profile)
     except RasterioError as exc:
         raise DataError(f"{path}: not a raster that rasterio can read ({one_line(exc)})") from None
+    except UnicodeEncodeError:  # rasterio passes the path to GDAL as UTF-8
+        raise DataError(f"{path}: file name is not valid UTF-8; rename it") from None
+
+
+def _check_regular(path: Path) -> None:
+    """A DataError unless ``path`` is an existing regular file (a FIFO would block GDAL)."""
+    if not path.exists():
+        what = "broken symbolic link" if path.is_symlink() else "file not found"
+        raise DataError(f"{path}: {what}")
+    if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "not a regular file"
+        raise DataError(f"{path}: {what}")
 
 
 def open_scene(path: Path):
     """Open a scene to scan: its type and size are checked first; one-line DataErrors."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
+    _check_regular(path)
     if path.suffix.lower() not in SCAN_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(no suffix)'}; "
                         f"scan reads {' '.join(sorted(SCAN_SUFFIXES))}")
@@ -322,10 +337,12 @@ class SceneInfo:
     transform: object  # affine.Affine
     has_mask: bool
     warnings: list[str] = field(default_factory=list)
+    lonlat: bool = True  # the CRS has a transformation to WGS84 longitude/latitude
 
     @property
     def georeferenced(self) -> bool:
-        return self.crs is not None
+        """Detections in map coordinates and a WGS84 copy: a CRS that maps to lon/lat."""
+        return self.crs is not None and self.lonlat
 
 
 def _check_complete(ds, path: Path) -> None:
@@ -353,10 +370,46 @@ def _default_bands(ds, path: Path, in_chans: int) -> list[int]:
     return bands
 
 
-def inspect_scene(path: str | Path, in_chans: int, bands: list[int] | None = None) -> SceneInfo:
-    """Check a scene from its header (bands, completeness); nothing is read or written."""
+def _crs_name(crs) -> str:
+    epsg = crs.to_epsg()
+    if epsg is not None:
+        return f"EPSG:{epsg}"
+    wkt = crs.to_wkt()
+    start = wkt.find('"')
+    return wkt[start + 1:wkt.find('"', start + 1)] if start >= 0 else wkt[:40]
+
+
+def _lonlat_problem(ds) -> str | None:
+    """Why the scene's CRS cannot be taken to WGS84 longitude/latitude, or None."""
+    from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio has no public name
+    from rasterio.errors import CRSError, TransformError
+    from rasterio.warp import transform
+
+    x, y = ds.transform @ (ds.width / 2, ds.height / 2)
+    try:
+        lon, lat = transform(ds.crs, "EPSG:4326", [x], [y])
+    except (CRSError, TransformError, CPLE_BaseError) as exc:
+        return one_line(exc)
+    if not (math.isfinite(lon[0]) and math.isfinite(lat[0])):
+        return "the scene lies outside the CRS's area of use"
+    return None
+
+
+def check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+    """A DataError when ``width x height`` exceeds ``max_pixels`` (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise DataError(f"{path}: {width}x{height} = {width * height} pixels is more than the "
+                        f"scan limit of {max_pixels}; crop or tile it, or raise the limit with "
+                        f"--max-pixels {width * height} (0: no limit)")
+
+
+def inspect_scene(path: str | Path, in_chans: int, bands: list[int] | None = None,
+                  max_pixels: int | None = None) -> SceneInfo:
+    """Check a scene from its header (size limit, bands, completeness, CRS); nothing is read
+    or written."""
     path = Path(path)
     with gdal_env(), open_scene(path) as ds:
+        check_pixels(path, ds.width, ds.height, max_pixels)
         if is_palette(ds):
             raise DataError(f"{path}: colour-mapped raster; convert it to RGB first")
         _check_complete(ds, path)
@@ -372,5 +425,11 @@ def inspect_scene(path: str | Path, in_chans: int, bands: list[int] | None = Non
         warn = []
         if crs is None and path.suffix.lower() in (".tif", ".tiff"):
             warn.append(f"{path}: GeoTIFF has no CRS; detections are in pixel coordinates")
+        problem = None if crs is None else _lonlat_problem(ds)
+        if problem is not None:
+            why = f" ({problem})" if len(problem) < 80 and "{" not in problem else ""
+            warn.append(f"{path}: its CRS ({_crs_name(crs)}) has no transformation to WGS84 "
+                        f"longitude/latitude{why}; detections are in pixel coordinates and no "
+                        f"WGS84 copy is written (the probability map keeps the CRS)")
         return SceneInfo(path, ds.width, ds.height, ds.count, ds.dtypes[0], list(bands), crs,
-                         ds.transform, needs_mask(ds, bands), warn)
+                         ds.transform, needs_mask(ds, bands), warn, problem is None)

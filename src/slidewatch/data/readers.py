@@ -5,10 +5,18 @@
 ``scale_to_unit`` is the only place pixel values are scaled. Every failure is a one-line
 ``DataError("<path>: <what>")``. TIFFs are opened, read and written through
 :mod:`slidewatch.data.raster` (imported on use: rasterio loads only when a TIFF is touched).
+
+What counts as a file to read (:func:`file_problem`, also the dataset scanner's rule): a regular
+file (not a folder, named pipe, socket or device; a symbolic link is followed, a broken one is
+an error) whose path is valid UTF-8. File names that are not UTF-8 are refused, not handled:
+slidewatch writes paths into UTF-8 CSV and JSON files and rasterio cannot open them; the error
+line shows such a name with ``\\xNN`` escapes (``cli/main.py``).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +44,46 @@ class ImageInfo:
     dtype: str
 
 
+NOT_UTF8 = "file name is not valid UTF-8; rename it"
+
+
+def utf8_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is valid UTF-8 (bytes that are not reach Python as surrogate escapes)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a file slidewatch can read, or None: a name that is not UTF-8, a
+    missing file, a broken symbolic link, a folder, or anything else that is not a regular
+    file (named pipe, socket, device)."""
+    if not utf8_name(path):
+        return NOT_UTF8
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if path.is_symlink():
+            return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+        return "file not found"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    kind = ("named pipe" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+            else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
+    return f"not a regular file (a {kind})"
+
+
 def _check_file(path: Path) -> str:
     """Return the lower-case suffix, or raise if the file cannot be an image we read."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     suffix = path.suffix.lower()

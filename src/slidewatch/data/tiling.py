@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rasterio.errors import RasterioError
 
 from slidewatch.data.readers import (
     IMAGE_SUFFIXES,
@@ -20,10 +21,17 @@ from slidewatch.data.readers import (
     probe,
     read_image,
     read_mask,
+    tile_suffix,
     write_tile,
 )
 from slidewatch.errors import ConfigError, DataError
-from slidewatch.io_utils import atomic_dir
+from slidewatch.io_utils import atomic_dir, open_output, quiet_writing
+
+try:  # GDAL's errors that rasterio raises as they are
+    from rasterio._err import CPLE_BaseError
+except ImportError:  # pragma: no cover - rasterio moved it
+    CPLE_BaseError = RasterioError
+RASTER_WRITE_ERRORS = (RasterioError, CPLE_BaseError, OSError)  # a tile write that failed
 
 TILES_CSV = "tiles.csv"
 CSV_COLUMNS = ("path", "label", "source_image", "row", "col", "landslide_fraction", "region")
@@ -227,7 +235,10 @@ def _tile_one(job: _Job, out: Path, opts: dict, summary: TilingSummary, writer) 
             shift = Affine.translation(c, r)
             profile = {"crs": geo["crs"], "transform": geo["transform"] @ shift}
         name = f"{job.region}__{job.image.stem}__r{r}_c{c}"
-        written = write_tile(out / label / name, image[r : r + tile, c : c + tile], profile)
+        pixels = image[r : r + tile, c : c + tile]
+        target = (out / label / name).with_suffix(tile_suffix(pixels, profile))
+        with quiet_writing(target, RASTER_WRITE_ERRORS):  # a full disk: one line naming it
+            written = write_tile(out / label / name, pixels, profile)
         counts[label] += 1
         writer.writerow(
             [written.relative_to(out).as_posix(), label, f"{job.region}/{job.image.stem}",
@@ -258,7 +269,7 @@ def tile_scenes(
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for name in classes:
             (tmp / name).mkdir()
-        with open(tmp / TILES_CSV, "w", newline="", encoding="utf-8") as fh:
+        with open_output(tmp / TILES_CSV, newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(CSV_COLUMNS)
             for i, job in enumerate(jobs):

@@ -27,7 +27,7 @@ from slidewatch.data.tiling import is_scene_folder
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.evaluation import metrics
 from slidewatch.inference.forward import predict_outputs
-from slidewatch.io_utils import atomic_write_text
+from slidewatch.io_utils import atomic_dir, atomic_write_text, holding
 from slidewatch.meta import ModelMeta, library_versions, now_iso, read_meta, write_meta
 from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import no_progress, resolve_device
@@ -41,12 +41,14 @@ SOURCE_MODEL, SOURCE_FLAG, SOURCE_TARGET = "model", "flag", "target_recall on va
 
 
 def _outputs(model, meta: ModelMeta, samples: list[Sample], batch_size: int, device,
-             progress: Callable, desc: str, inputs=None) -> dict[str, np.ndarray]:
+             progress: Callable, desc: str, inputs=None, source: Path | None = None
+             ) -> dict[str, np.ndarray]:
     """Positive-class probabilities (and size probabilities) of ``samples``; ``inputs``
     (:class:`~slidewatch.multimodal.inputs.ModelInputs`) for a multi-modal model."""
     ds = model_dataset(meta, samples, inputs=inputs)
     loader = DataLoader(ds, batch_size=batch_size)
-    return predict_outputs(model, meta, progress(loader, desc=desc, total=len(loader)), device)
+    return predict_outputs(model, meta, progress(loader, desc=desc, total=len(loader)), device,
+                           source=source, names=[s.path for s in samples])
 
 
 def _check_options(threshold, target_recall, batch_size: int) -> None:
@@ -60,12 +62,26 @@ def _check_options(threshold, target_recall, batch_size: int) -> None:
         raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, inputs: list) -> None:
+    """The output folder, before anything is read: new or empty, or (``overwrite``) replaced
+    as a whole at the end; never one that holds an input."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
-    if (out / METRICS_FILE).exists() and not overwrite:
+    _check_holds(out, inputs)
+    if overwrite or not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / METRICS_FILE).exists():
         raise ConfigError(f"--out {out}: already holds {METRICS_FILE}; choose another folder "
                           "or pass --overwrite")
+    raise ConfigError(f"--out {out}: exists and is not empty; choose a new or empty folder, or "
+                      "pass --overwrite to replace what it holds")
+
+
+def _check_holds(out: Path, inputs: list) -> None:
+    held = holding(out, inputs)
+    if held is not None:
+        raise ConfigError(f"--out {out}: holds {held}, an input of this evaluation; choose "
+                          "another folder")
 
 
 # ------------------------------------------------------------- threshold from validation
@@ -128,7 +144,7 @@ def threshold_for_target(model, meta: ModelMeta, model_dir: Path, target: float,
         raise ConfigError(f"--target-recall: {model_dir / SPLIT_FILE}: the validation split "
                           f"has no '{meta.positive_class}' images")
     prob = _outputs(model, meta, samples, batch_size, device, progress, "validation",
-                    inputs)["probability"]
+                    inputs, model_dir)["probability"]
     thr = float(np.clip(metrics.threshold_for_recall(y, prob, target), 1e-4, 0.9999))
     s = metrics.scores(metrics.confusion(y, prob >= thr))
     return thr, {"target_recall": target, "val_recall": s["recall"],
@@ -227,38 +243,43 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
     """Evaluate the model of ``model_dir`` on the class-folder datasets ``roots``; write
     ``metrics.json`` (returned), ``predictions.csv`` and the figures into ``out``.
 
-    ``target_recall`` sets the threshold on the model's validation split and stores it in
-    the model (``slidewatch.json``) before scoring. A multi-modal model takes the rows of
-    these images from ``tabular`` (CSV) and their terrain from ``aux`` (DEM), encoded with
-    the statistics stored in the model; a size head adds the ``size`` block.
+    ``out`` is built under a temporary name and renamed at the end (all files or none); it
+    must be new or empty unless ``overwrite``, which replaces it as a whole, and never holds
+    an input. ``target_recall`` sets the threshold on the model's validation split; it is
+    stored in the model (``slidewatch.json``) with the evaluation. A multi-modal model takes
+    the rows of these images from ``tabular`` (CSV) and their terrain from ``aux`` (DEM),
+    encoded with the statistics stored in the model; a size head adds the ``size`` block.
     """
     from slidewatch.data.inputs import model_inputs
     from slidewatch.evaluation import sizes as mm
 
     _check_options(threshold, target_recall, batch_size)
     model_dir, out, roots = Path(model_dir), Path(out), [Path(r) for r in roots]
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, [model_dir, *roots, tabular, aux])
     dev = resolve_device(device)
     model, meta = load_model(model_dir, dev)
     inputs = model_inputs(meta, tabular, aux, missing, unknown)
     samples = load_datasets(roots, tuple(meta.classes))
+    if any(holding(r, [out]) for r in roots):
+        _check_holds(out, [s.path for s in samples])  # --out inside a dataset: not a class folder
     truth = mm.size_truth(inputs, samples, meta)
     thr, source, source_info = _threshold(model, meta, model_dir, roots, threshold,
                                           target_recall, batch_size, dev, progress, inputs)
-    outputs = _outputs(model, meta, samples, batch_size, dev, progress, "evaluate", inputs)
+    outputs = _outputs(model, meta, samples, batch_size, dev, progress, "evaluate", inputs,
+                       model_dir)
     prob, size_probs = outputs["probability"], outputs.get("size_probs")
-    if target_recall is not None:
-        store_threshold(model_dir, thr, source_info)
     result = _report(model_dir, meta, roots, samples, prob, thr, source, source_info)
     size = mm.size_block(meta, truth, size_probs)
     if size is not None:
         result["size"] = size
-    out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out / PREDICTIONS_FILE, samples, prob, thr, meta, truth, size_probs)
-    result["plots"] = _plots(out, samples, prob, thr, meta)
-    if size is not None:
-        result["plots"]["size_confusion_matrix"] = mm.size_figure(out, size)
-    atomic_write_text(out / METRICS_FILE, json.dumps(result, indent=2) + "\n")
+    with atomic_dir(out, overwrite=overwrite) as tmp:  # all files or none, as train does
+        write_predictions(tmp / PREDICTIONS_FILE, samples, prob, thr, meta, truth, size_probs)
+        result["plots"] = _plots(tmp, samples, prob, thr, meta)
+        if size is not None:
+            result["plots"]["size_confusion_matrix"] = mm.size_figure(tmp, size)
+        atomic_write_text(tmp / METRICS_FILE, json.dumps(result, indent=2) + "\n")
+        if target_recall is not None:  # the model changes only with a complete evaluation
+            store_threshold(model_dir, thr, source_info)
     return result
 
 

@@ -12,6 +12,10 @@ An experiment file has four top-level keys::
       regions: [bijie]     # report these regions' tiles (pooled); none: all test tiles
     out: runs/study        # default output folder (``--out`` wins)
 
+A grid has at most :data:`MAX_RUNS` runs (counted before anything is expanded). The test set is
+checked before the first run trains: its folders must hold test images of the runs' classes and
+every region in ``test.regions`` must be among their regions.
+
 Each run trains into ``<out>/runs/<name>/model`` and is evaluated into ``.../eval``; a run with
 both ``slidewatch.json`` and ``metrics.json`` is skipped, so an interrupted experiment resumes.
 A run that fails with a ``SlidewatchError`` is recorded as failed and the others go on. After
@@ -26,6 +30,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -50,6 +55,7 @@ TOP_KEYS = ("base", "grid", "test", "out", "search")  # "search" is read by slid
 TEST_KEYS = ("data", "regions", "tile", "stride", "min_landslide")
 UNFREEZE_KEYS = ("phase2.unfreeze_layers", "phase2.unfreeze_blocks")
 RUN_FILE = "run.json"
+MAX_RUNS = 1000  # runs of one grid; a larger grid is refused before it is expanded
 METRIC_COLUMNS = ["train_accuracy", "val_accuracy", "test_accuracy", "test_precision",
                   "test_recall", "test_specificity", "test_f1", "test_f1_ci_low",
                   "test_f1_ci_high", "seconds"]
@@ -65,6 +71,7 @@ class Experiment:
     test_regions: list[str] = field(default_factory=list)
     test_tiling: dict = field(default_factory=dict)
     out: str | None = None
+    source: str | None = None  # the experiment file, named in errors found when it runs
 
 
 @dataclass
@@ -102,6 +109,11 @@ def _parse_grid(grid: Any) -> list[tuple[str, list]]:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid.{key}: expected a non-empty list of values")
         axes.append((key, values))
+    count = math.prod(len(v) for _, v in axes)
+    if count > MAX_RUNS:
+        sizes = " x ".join(str(len(v)) for _, v in axes)
+        raise ConfigError(f"grid: {count} runs ({sizes} values); at most {MAX_RUNS} runs in "
+                          "one experiment (split it into several files)")
     return axes
 
 
@@ -149,9 +161,11 @@ def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment YAML file; errors name the file."""
     data = load_yaml(path)
     try:
-        return parse_experiment(data)
+        exp = parse_experiment(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    exp.source = str(path)
+    return exp
 
 
 # ------------------------------------------------------------------------- runs
@@ -192,6 +206,43 @@ def expand(exp: Experiment) -> list[Run]:
         seen.add(name)
         runs.append(Run(name, values, cfg))
     return runs
+
+
+def check_test_set(exp: Experiment, runs: list[Run]) -> None:
+    """Before any run trains: the test folders hold test images of every run's classes (the
+    rule ``evaluate`` applies), and each of ``test.regions`` is a region of them (a scene
+    folder's region is its name). Reads folder listings only; writes nothing."""
+    from slidewatch.data.folders import load_datasets, scan_class_folders
+    from slidewatch.data.tiling import is_scene_folder
+
+    where = f"{exp.source}: " if exp.source else ""
+    regions: set[str] = set()
+    folders: list[Path] = []
+    for raw in exp.test_data:
+        try:
+            path = expand_path(raw, "test.data")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}{exc}") from None
+        if is_scene_folder(path):
+            regions.add(path.resolve().name)
+        elif not path.is_dir():
+            raise ConfigError(f"{where}test.data: {raw}: no such folder")
+        else:
+            folders.append(path)
+    for classes in dict.fromkeys(tuple(r.config.data.classes) for r in runs):
+        try:
+            if len(folders) == len(exp.test_data):  # class folders only: evaluate's own check
+                samples = load_datasets(folders, classes) if folders else []
+            else:  # beside scene folders (tiled later), a class may come from their tiles
+                samples = [s for f in folders
+                           for s in scan_class_folders(f, classes, allow_empty=True)]
+        except SlidewatchError as exc:
+            raise type(exc)(f"{where}test.data: {exc}") from None
+        regions.update(sample.region for sample in samples)
+    missing = [r for r in exp.test_regions if r not in regions]
+    if missing:
+        raise ConfigError(f"{where}test.regions: {missing[0]!r} is not a region of the test "
+                          f"data (regions: {', '.join(sorted(regions)) or 'none'})")
 
 
 def prepare_test_data(exp: Experiment, out: Path, log: Callable) -> list[Path]:
@@ -345,6 +396,8 @@ def run_experiment(exp: Experiment | str | Path, out: str | Path | None = None, 
         raise ConfigError("--out: give an output folder (or `out:` in the experiment file)")
     out = Path(out if out is not None else os.path.expandvars(exp.out))
     runs = expand(exp)
+    if exp.test_data:
+        check_test_set(exp, runs)
     test_roots = prepare_test_data(exp, out, log)
     share_train_tiles(runs, out, log)
     rows: list[dict] = []

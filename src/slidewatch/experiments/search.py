@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,14 +65,15 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _parse_range(key: str, spec: dict) -> dict:
     where = f"search.params.{key}"
     low, high = spec.get("low"), spec.get("high")
     if not (_is_num(low) and _is_num(high)):
-        raise ConfigError(f"{where}: low and high must both be numbers")
+        raise ConfigError(f"{where}: low and high must both be finite numbers, got {low!r} and "
+                          f"{high!r}")
     if low > high:
         raise ConfigError(f"{where}: low must be <= high")
     log, step = spec.get("log", False), spec.get("step")

@@ -48,17 +48,72 @@ def cam_class(method: str):
 # ----------------------------------------------------------------------------- target layer
 
 
-def resolve_target_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
-    """``(name, module)`` for ``name`` (a dotted module name) or the default target layer."""
+def resolve_target_layer(model: nn.Module, name: str | None,
+                         meta: ModelMeta | None = None) -> tuple[str, nn.Module]:
+    """``(name, module)`` for ``name`` (a dotted module name) or the default target layer.
+
+    With ``meta`` the layer is also checked to give a 4-D feature map (N x C x H x W), which
+    every CAM method needs: one forward pass of a blank image of the model's input size, in
+    eval mode and without gradients, records each layer's output (:func:`feature_map_layers`).
+    An unknown name or a layer without a feature map (a ``Linear`` head, ``flatten``...) is a
+    ConfigError that lists valid names."""
     name = default_target_layer(model) if name is None else name
     modules = dict(model.named_modules())
-    if name in modules and name:
+    maps = None if meta is None else feature_map_layers(model, meta)
+    if name in modules and name and (maps is None or maps.get(name) == "feature map"):
         return name, modules[name]
-    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)][-4:]
-    tops = [n for n, _ in model.named_children()][:6]
+    if maps is not None:
+        valid = [n for n, what in maps.items() if what == "feature map"]
+        convs = [n for n in valid if isinstance(modules[n], nn.Conv2d)][-4:]
+        tops = [n for n, _ in model.named_children() if n in valid][-4:]
+    else:
+        convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)][-4:]
+        tops = [n for n, _ in model.named_children()][:6]
     hint = ", ".join(dict.fromkeys([default_target_layer(model), *convs, *tops]))
+    if name in modules and name and maps is not None:
+        what = maps.get(name, "no output for the image")
+        raise ConfigError(f"--target-layer {name!r}: gives {what}, not the 4-D feature map "
+                          f"(N x C x H x W) that a class-activation map needs; choose a "
+                          f"convolutional layer, e.g. {hint}")
     raise ConfigError(f"--target-layer {name!r}: no such layer in {type(model).__name__}; "
                       f"valid names include {hint}")
+
+
+def _described(output) -> str:
+    if isinstance(output, torch.Tensor):
+        return "feature map" if output.ndim == 4 else f"a {output.ndim}-D tensor"
+    return f"a {type(output).__name__}"
+
+
+def feature_map_layers(model: nn.Module, meta: ModelMeta) -> dict[str, str]:
+    """``{layer name: "feature map" or what its output is}`` for every layer that runs on a
+    blank ``in_chans x input_size x input_size`` image (the image branch of a fused model:
+    ``FusionModel.image_features``); the model's modes and gradients are left as they were."""
+    from slidewatch.models.fusion import FusionModel
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(1, meta.in_chans, meta.input_size, meta.input_size, device=device)
+    run = model.image_features if isinstance(model, FusionModel) else model
+    seen: dict[str, str] = {}
+
+    def record(name: str):
+        def hook(_module, _inputs, output) -> None:  # returns None: the output is kept
+            seen.setdefault(name, _described(output))
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            run(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes:
+            m.training = mode
+    return seen
 
 
 # ----------------------------------------------------------------------------- computing

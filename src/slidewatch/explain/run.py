@@ -206,7 +206,7 @@ def explain_paths(model_dir: str | Path, paths: list[str | Path], out: str | Pat
         return explain_fused(model, meta, inputs, paths, out, method=method,
                              target_layer=target_layer, masks=masks, overwrite=overwrite,
                              progress=progress)
-    layer, _ = resolve_target_layer(model, target_layer)
+    layer, _ = resolve_target_layer(model, target_layer, meta)
     files = image_dataset(meta, image_samples(paths, collect_images(paths), meta.classes))
     indices = range(len(files))
     if progress is not None:
@@ -278,7 +278,7 @@ def explain_fused(model, meta, inputs: ModelInputs, paths: list, out: str | Path
     device = next(model.parameters()).device
     fused = inputs.fused
     has_cam = not fused or model.backbone is not None
-    layer = resolve_target_layer(model, target_layer)[0] if has_cam else ""
+    layer = resolve_target_layer(model, target_layer, meta)[0] if has_cam else ""
     rows_in = inputs.rows(samples)
     base = image_dataset(meta, samples, inputs=inputs)
     images = _Images(files, inputs.wrap(base, rows_in))

@@ -7,13 +7,15 @@ pixels a model sees are prepared the same way everywhere.
 
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from slidewatch.data.transforms import normalize
-from slidewatch.errors import ModelError
+from slidewatch.errors import DataError, ModelError, SlidewatchError, WeightsError
 from slidewatch.meta import ModelMeta
 from slidewatch.runtime import autocast, to_device
 
@@ -53,20 +55,47 @@ def forward_outputs(model: torch.nn.Module, batch: dict, meta: ModelMeta,
 
 @torch.no_grad()
 def predict_outputs(model: torch.nn.Module, meta: ModelMeta, batches: Iterable,
-                    device: torch.device) -> dict[str, np.ndarray]:
+                    device: torch.device, *, source: str | Path | None = None,
+                    names: Sequence | None = None) -> dict[str, np.ndarray]:
     """``"probability"`` of the positive class for each image of ``batches`` and, for a
-    model with a size head, ``"size_probs"`` (N x size classes)."""
+    model with a size head, ``"size_probs"`` (N x size classes).
+
+    A probability that is not finite stops here with one line (:func:`non_finite`) naming
+    ``source`` (the model folder) or the image (``names[i]`` of the i-th image)."""
     model.eval()
     probs, sizes = [], []
+    seen = 0
     for batch in batches:
         out = forward_outputs(model, batch, meta, device)
-        probs.append(torch.softmax(out["logits"], dim=1)[:, meta.positive_index].cpu().numpy())
+        p = torch.softmax(out["logits"], dim=1)[:, meta.positive_index].cpu().numpy()
+        if not np.isfinite(p).all():
+            raise non_finite(model, meta, seen + int(np.flatnonzero(~np.isfinite(p))[0]),
+                             source, names, "numeric" in batch)
+        probs.append(p)
+        seen += len(p)
         if "size_logits" in out:
             sizes.append(torch.softmax(out["size_logits"], dim=1).cpu().numpy())
     result = {"probability": np.concatenate(probs) if probs else np.zeros(0, np.float32)}
     if sizes:
         result["size_probs"] = np.concatenate(sizes)
     return result
+
+
+def non_finite(model: torch.nn.Module, meta: ModelMeta, index: int,
+               source: str | Path | None, names: Sequence | None,
+               tabular: bool = False) -> SlidewatchError:
+    """The error of a NaN/inf probability: the model's weights or statistics when they are not
+    finite (WeightsError naming ``source``), else the image's inputs (DataError naming it)."""
+    where = source if source is not None else meta.architecture
+    if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if t.is_floating_point()):
+        return WeightsError(f"{where}: the weights hold NaN or inf values (retrain the model)")
+    if not all(math.isfinite(v) for v in [*meta.mean, *meta.std]):
+        return WeightsError(f"{where}: mean/std hold NaN or inf values (retrain the model)")
+    image = names[index] if names is not None and index < len(names) else f"image {index + 1}"
+    inputs = "pixel values or tabular row" if tabular else "pixel values"
+    return DataError(f"{image}: the model gives a non-finite probability for it (its {inputs} "
+                     f"overflow the model of {where})")
 
 
 def predict_probs(model: torch.nn.Module, meta: ModelMeta, batches: Iterable,

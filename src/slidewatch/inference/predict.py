@@ -84,7 +84,7 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
     ds = model_dataset(meta, image_samples(paths, files, meta.classes), inputs=inputs)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
     batches = progress(loader, desc="predict", total=len(loader))
-    out = predict_outputs(model, meta, batches, dev)
+    out = predict_outputs(model, meta, batches, dev, source=model_dir, names=files)
     other = meta.negative_label
     preds = [Prediction(str(f), float(p), meta.positive_class if p >= thr else other,
                         bool(p >= thr)) for f, p in zip(files, out["probability"])]

@@ -10,6 +10,9 @@ Required inputs (a missing one raises :class:`~slidewatch.errors.DataError` nami
 ``MODEL_DIR/slidewatch.json``, ``EVAL_DIR/metrics.json``, ``EVAL_DIR/predictions.csv``, the
 figures that ``metrics.json`` lists and, with an explain folder, its ``cams.csv`` and
 ``localisation.json``. ``MODEL_DIR/curves.png`` and ``history.csv`` are shown when present.
+Everything read is checked before anything is rendered: a field of the wrong type or out of
+range (a string where a score belongs, a probability of 7, a figure outside its folder) is a
+one-line error naming the file, the field (or CSV line and column) and what it must be.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import csv
 import html
 import io
 import json
+import math
 from pathlib import Path
 
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.io_utils import atomic_write_text
+from slidewatch.meta import ModelMeta
 from slidewatch.report import multimodal as mm
 
 OUTCOMES = (("TP", "true positives"), ("FP", "false positives"), ("FN", "false negatives"),
@@ -65,12 +70,194 @@ def _read_json(path: Path) -> dict:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _read_csv(path: Path) -> list[dict]:
+def _read_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """``(line number, row)`` of a CSV that must have ``columns``."""
     try:
         with open(_need(path), newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+            return [(reader.line_num, row) for row in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
+
+
+# ----------------------------------------------------------------------------- checks
+# What the report reads is checked field by field before anything is rendered (a tampered or
+# damaged file would otherwise be shown as nonsense): one DataError naming the file and field.
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bad(path: Path, name: str, rule: str, value) -> DataError:
+    return DataError(f"{path}: field {name} must be {rule}, got {_shown(value)}")
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_rate(v) -> bool:
+    return v is None or (is_number(v) and 0 <= v <= 1)
+
+
+def _is_file_name(v) -> bool:
+    """A plain file name inside its folder (no path, not ``..``)."""
+    return isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v and "\\" not in v
+
+
+SCORE_KEYS = ("accuracy", "precision", "recall", "sensitivity", "specificity", "f1", "roc_auc",
+              "pr_auc")
+
+
+def _check_block(path: Path, name: str, b) -> None:
+    if not isinstance(b, dict):
+        raise _bad(path, name, "an object of scores", b)
+    if not _is_count(b.get("n")):
+        raise _bad(path, f"{name}.n", "a whole number of tiles >= 0", b.get("n"))
+    counts = b.get("counts") or {}
+    if not isinstance(counts, dict) or not all(_is_count(v) for v in counts.values()):
+        raise _bad(path, f"{name}.counts", "an object of class names to tile counts", counts)
+    for key in SCORE_KEYS:
+        if not _is_rate(b.get(key)):
+            raise _bad(path, f"{name}.{key}", "null or a number from 0 to 1", b.get(key))
+    ci = b.get("ci95") or {}
+    if not isinstance(ci, dict):
+        raise _bad(path, f"{name}.ci95", "an object of intervals", ci)
+    for key, interval in ci.items():
+        if interval is not None and not (isinstance(interval, list) and len(interval) == 2
+                                         and all(_is_rate(v) for v in interval)):
+            raise _bad(path, f"{name}.ci95.{key}", "null or [low, high] from 0 to 1", interval)
+    confusion = b.get("confusion") or {}
+    if not isinstance(confusion, dict) or not all(_is_count(v) for v in confusion.values()):
+        raise _bad(path, f"{name}.confusion", "an object of whole numbers", confusion)
+
+
+def _check_metrics(path: Path, m) -> None:
+    """metrics.json as ``slidewatch evaluate`` writes it."""
+    if not isinstance(m, dict) or "overall" not in m:
+        raise DataError(f"{path}: not written by `slidewatch evaluate`")
+    _check_block(path, "overall", m["overall"])
+    regions = m.get("regions") or {}
+    if not isinstance(regions, dict):
+        raise _bad(path, "regions", "an object of region names to scores", regions)
+    for name, block in regions.items():
+        _check_block(path, f"regions.{name}", block)
+    if not (is_number(m.get("threshold")) and 0 <= m["threshold"] <= 1):
+        raise _bad(path, "threshold", "a number from 0 to 1", m.get("threshold"))
+    for key in ("threshold_source", "positive_class"):
+        if not isinstance(m.get(key, ""), str):
+            raise _bad(path, key, "a string", m.get(key))
+    ci = m.get("confidence_intervals") or {}
+    if not isinstance(ci, dict):
+        raise _bad(path, "confidence_intervals", "an object", ci)
+    plots = m.get("plots") or {}
+    if not isinstance(plots, dict):
+        raise _bad(path, "plots", "an object of figure names to file names", plots)
+    for key, value in plots.items():
+        ok = isinstance(value, str) if key == "note" else _is_file_name(value)
+        if value is not None and not ok:
+            raise _bad(path, f"plots.{key}", "null or a file name in the evaluation folder",
+                       value)
+    if m.get("size"):
+        mm.check_size_block(path, m["size"], _bad)
+
+
+def _check_record(path: Path, meta: dict) -> None:
+    """The training record that the model card and dataset section show (not needed to run
+    the model, so not part of the model-folder contract)."""
+    data = meta.get("data") or {}
+    if not isinstance(data, dict):
+        raise _bad(path, "data", "an object", data)
+    for part in ("train", "val", "test"):
+        counts = data.get(part) or {}
+        if not isinstance(counts, dict) or not all(_is_count(v) for v in counts.values()):
+            raise _bad(path, f"data.{part}", "an object of class names to tile counts", counts)
+    for key in ("training", "versions"):
+        if not isinstance(meta.get(key) or {}, dict):
+            raise _bad(path, key, "an object", meta.get(key))
+    if meta.get("best_epoch") is not None and not _is_count(meta["best_epoch"]):
+        raise _bad(path, "best_epoch", "null or a whole number", meta["best_epoch"])
+
+
+def _read_predictions(path: Path) -> list[dict]:
+    """predictions.csv: every row with a path, a probability from 0 to 1 and an outcome."""
+    codes = {code for code, _ in OUTCOMES}
+    rows = []
+    for line, row in _read_rows(path, ("path", "probability", "outcome")):
+        where = f"{path}: line {line}"
+        if not row["path"]:
+            raise DataError(f"{where}: column path is empty")
+        try:
+            p = float(row["probability"])
+        except (TypeError, ValueError):
+            p = math.nan
+        if not 0 <= p <= 1:
+            raise DataError(f"{where}: column probability must be a number from 0 to 1, got "
+                            f"{_shown(row['probability'])}")
+        if row["outcome"] not in codes:
+            raise DataError(f"{where}: column outcome must be one of {', '.join(sorted(codes))}"
+                            f", got {_shown(row['outcome'])}")
+        rows.append(row)
+    return rows
+
+
+def _check_history(path: Path, rows: list[tuple[int, dict]]) -> list[dict]:
+    """history.csv: a number (or an empty cell) in every column of every row."""
+    for line, row in rows:
+        if None in row or None in row.values():
+            raise DataError(f"{path}: line {line}: not as many cells as columns in the header")
+        for column, value in row.items():
+            try:
+                if value:
+                    float(value)
+            except ValueError:
+                raise DataError(f"{path}: line {line}: column {column} must be a number, got "
+                                f"{_shown(value)}") from None
+    return [row for _, row in rows]
+
+
+def _read_cams(path: Path) -> list[dict]:
+    rows = []
+    for line, row in _read_rows(path, ("path",)):
+        overlay = row.get("overlay_png")
+        if overlay and not _is_file_name(overlay):
+            raise DataError(f"{path}: line {line}: column overlay_png must be a file name in "
+                            f"the explain folder, got {_shown(overlay)}")
+        rows.append(row)
+    return rows
+
+
+def _check_localisation(path: Path, loc) -> None:
+    if not isinstance(loc, dict):
+        raise DataError(f"{path}: not written by `slidewatch explain`")
+    groups = loc.get("by_outcome") or {}
+    if not isinstance(groups, dict):
+        raise _bad(path, "by_outcome", "an object of outcomes to statistics", groups)
+    for group, stats in groups.items():
+        if not isinstance(stats, dict):
+            raise _bad(path, f"by_outcome.{group}", "an object of statistics", stats)
+        for key, st in stats.items():
+            if st is None:
+                continue
+            if not (isinstance(st, dict) and all(st.get(k) is None or is_number(st[k])
+                                                 for k in ("mean", "std"))
+                    and _is_count(st.get("n", 0))):
+                raise _bad(path, f"by_outcome.{group}.{key}", "null or {mean, std, n} numbers",
+                           st)
+    ref = loc.get("uniform_reference") or {}
+    if not isinstance(ref, dict) or not all(
+            ref.get(k.replace("_share", "")) is None or is_number(ref[k.replace("_share", "")])
+            for k in LOC_KEYS[3:]):
+        raise _bad(path, "uniform_reference", "an object of numbers", ref)
 
 
 def _check_dirs(model_dir: Path, eval_dir: Path, explain_dir: Path | None) -> None:
@@ -179,7 +366,7 @@ def _training_section(model_dir: Path) -> str:
     parts.append(f'<div class="figs">{_img_file(curves, "training curves")}</div>'
                  if curves.is_file() else f'<p class="note">{_e(curves)}: not found</p>')
     if hist.is_file():
-        rows = _read_csv(hist)
+        rows = _check_history(hist, _read_rows(hist, ()))
         cols = [c for c in (rows[0].keys() if rows else []) if c != "lr"]
         parts.append(_table(cols, [[_num(r[c], 4) if c not in ("epoch", "phase", "phase_epoch")
                                     else _e(r[c]) for c in cols] for r in rows], 0))
@@ -298,17 +485,17 @@ def build_report(model_dir: str | Path, eval_dir: str | Path,
     explain_dir = Path(explain_dir) if explain_dir is not None else None
     _check_dirs(model_dir, eval_dir, explain_dir)
     meta = _read_json(model_dir / "slidewatch.json")
+    ModelMeta.from_json(meta, str(model_dir / "slidewatch.json"))  # the model-folder contract
+    _check_record(model_dir / "slidewatch.json", meta)
     m = _read_json(eval_dir / "metrics.json")
-    if "overall" not in m or "classes" not in meta:
-        raise DataError(f"{eval_dir / 'metrics.json'}: not written by `slidewatch evaluate`"
-                        if "overall" not in m else
-                        f"{model_dir / 'slidewatch.json'}: not a slidewatch model description")
-    preds = _read_csv(eval_dir / "predictions.csv")
+    _check_metrics(eval_dir / "metrics.json", m)
+    preds = _read_predictions(eval_dir / "predictions.csv")
     cams, loc = {}, None
     if explain_dir is not None:
-        cams = {_key(r["path"]): r for r in _read_csv(explain_dir / "cams.csv")}
+        cams = {_key(r["path"]): r for r in _read_cams(explain_dir / "cams.csv")}
         loc = _read_json(explain_dir / "localisation.json")
-        mm.attach_attributions(cams, explain_dir, _key)
+        _check_localisation(explain_dir / "localisation.json", loc)
+        mm.attach_attributions(cams, explain_dir, _key, _bad)
     title = f"slidewatch report: {meta.get('architecture', '')} ({model_dir.name})"
     body = [f"<h1>{_e(title)}</h1><p>Model {_e(model_dir)}; evaluation {_e(eval_dir)}"
             f"{'; explanations ' + _e(explain_dir) if explain_dir else ''}.</p>",

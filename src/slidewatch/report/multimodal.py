@@ -6,6 +6,7 @@ external file); every text is escaped by the caller's ``_e``."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from slidewatch.errors import DataError
@@ -25,9 +26,59 @@ def css_for(cams: dict[str, dict]) -> str:
     return CSS if any(c.get("attribution") for c in cams.values()) else ""
 
 
-def attach_attributions(cams: dict[str, dict], explain_dir: Path | None, key) -> None:
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _rates(v, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(x is None or (_number(x) and 0 <= x <= 1)
+                                                        for x in v)
+
+
+def check_size_block(path: Path, block, bad) -> None:
+    """metrics.json's ``size`` block as ``slidewatch evaluate`` writes it; ``bad(path, field,
+    rule, value)`` makes the error."""
+    if not isinstance(block, dict):
+        raise bad(path, "size", "an object", block)
+    names = block.get("names")
+    if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str)
+                                                                  for n in names)):
+        raise bad(path, "size.names", "a list of two or more class names", names)
+    n = block.get("n")
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+        raise bad(path, "size.n", "a whole number >= 0", n)
+    for key in ("source", "unit", "note"):
+        if block.get(key) is not None and not isinstance(block[key], str):
+            raise bad(path, f"size.{key}", "a string", block[key])
+    if not n:
+        return
+    k = len(names)
+    cm = block.get("confusion")
+    if not (isinstance(cm, list) and len(cm) == k and all(
+            isinstance(r, list) and len(r) == k and all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in r)
+            for r in cm)):
+        raise bad(path, "size.confusion", f"a {k} x {k} table of whole numbers", cm)
+    for key in ("precision", "recall", "f1"):
+        if not _rates(block.get(key), k):
+            raise bad(path, f"size.{key}", f"a list of {k} numbers from 0 to 1", block.get(key))
+    for key in ("macro_f1", "accuracy"):
+        if not _rates([block.get(key)], 1):
+            raise bad(path, f"size.{key}", "a number from 0 to 1", block.get(key))
+    for base in ("baseline", "baseline_evaluated_majority"):
+        b = block.get(base)
+        if b is None:
+            continue
+        if not (isinstance(b, dict) and b.get("class") in names
+                and _rates([b.get("macro_f1"), b.get("accuracy")], 2)):
+            raise bad(path, f"size.{base}", "an object with class, macro_f1 and accuracy", b)
+
+
+def attach_attributions(cams: dict[str, dict], explain_dir: Path | None, key,
+                        bad=None) -> None:
     """Add each image's attribution entry (``attributions.json``, when the explain folder has
-    one) to its ``cams.csv`` row under ``"attribution"``; a tile without a CAM row gets one."""
+    one) to its ``cams.csv`` row under ``"attribution"``; a tile without a CAM row gets one.
+    Every entry is checked (``bad(path, field, rule, value)`` makes the error)."""
     if explain_dir is None:
         return
     path = explain_dir / "attributions.json"
@@ -38,8 +89,30 @@ def attach_attributions(cams: dict[str, dict], explain_dir: Path | None, key) ->
         entries = list(doc["images"])
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not an attributions file ({exc})") from None
-    for entry in entries:
+    for i, entry in enumerate(entries):
+        _check_entry(path, f"images[{i}]", entry, bad or _bad)
         cams.setdefault(key(entry["path"]), {"path": entry["path"]})["attribution"] = entry
+
+
+def _bad(path: Path, name: str, rule: str, value) -> DataError:
+    return DataError(f"{path}: field {name} must be {rule}, got {value!r}"[:300])
+
+
+def _check_entry(path: Path, name: str, entry, bad) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
+            or not entry["path"]:
+        raise bad(path, name, "an object with the image's path", entry)
+    for key in ("probability", "baseline_probability"):
+        if not _rates([entry.get(key)], 1):
+            raise bad(path, f"{name}.{key}", "null or a number from 0 to 1", entry.get(key))
+    feats = entry.get("features") or []
+    if not isinstance(feats, list):
+        raise bad(path, f"{name}.features", "a list", feats)
+    for j, f in enumerate(feats):
+        if not (isinstance(f, dict) and isinstance(f.get("name"), str)
+                and _number(f.get("attribution"))):
+            raise bad(path, f"{name}.features[{j}]", "an object with a name and a finite "
+                      "attribution", f)
 
 
 def attribution_bars(entry: dict, e, num) -> str:

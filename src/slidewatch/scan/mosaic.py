@@ -6,7 +6,8 @@
   (``tile + OUT_BLOCK`` rows x scene width).
 * The probability GeoTIFF (float32, 256x256 tiles, deflate, nodata :data:`NODATA`):
   :func:`create_probability` makes it empty on the scene's grid, :func:`write_rows` writes a
-  block row at a time, :func:`set_tags` adds the final tags.
+  block row at a time, :func:`set_tags` adds the final tags; each write is :func:`gdal_writing`
+  (nothing printed by libtiff/GDAL, a failure is one DataError naming the file).
 
 The windows themselves (:class:`slidewatch.data.raster.Grid`) and reading the scene: in
 :mod:`slidewatch.data.raster`. Polygons, GeoJSON and quick-looks: :mod:`slidewatch.scan.outputs`.
@@ -18,10 +19,18 @@ import math
 from pathlib import Path
 
 import numpy as np
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from slidewatch.data.raster import SceneInfo, open_raster
 from slidewatch.errors import ConfigError
+from slidewatch.io_utils import quiet_writing
+
+try:  # GDAL's errors that rasterio raises as they are (e.g. a damaged directory on reopening)
+    from rasterio._err import CPLE_BaseError
+except ImportError:  # pragma: no cover - rasterio moved it
+    CPLE_BaseError = RasterioError
+RASTER_WRITE_ERRORS = (RasterioError, CPLE_BaseError, OSError)
 
 NODATA = -1.0  # probabilities are in [0, 1]; -1 marks "not scanned" (nodata in the scene)
 OUT_BLOCK = 256  # output GeoTIFF tile size; rows are written a block row at a time
@@ -78,6 +87,13 @@ class Accumulator:
 # ---------------------------------------------------------------- probability GeoTIFF
 
 
+def gdal_writing(path: Path):
+    """Writes of the GeoTIFF ``path`` (:func:`slidewatch.io_utils.quiet_writing`): nothing
+    printed by libtiff or GDAL, a failure is one DataError naming ``path`` (a failure libtiff
+    only prints counts too, so the resume state never claims rows that are not on disk)."""
+    return quiet_writing(path, RASTER_WRITE_ERRORS)
+
+
 def create_probability(path: Path, info: SceneInfo, tags: dict[str, str]) -> None:
     """An empty float32 GeoTIFF on the scene's grid, filled later by :func:`write_rows`."""
     profile = {
@@ -88,16 +104,16 @@ def create_probability(path: Path, info: SceneInfo, tags: dict[str, str]) -> Non
     }
     if info.crs is not None or not info.transform.is_identity:
         profile.update(crs=info.crs, transform=info.transform)
-    with open_raster(path, "w", **profile) as dst:
+    with gdal_writing(path), open_raster(path, "w", **profile) as dst:
         dst.update_tags(**tags)
 
 
 def write_rows(path: Path, row0: int, rows: np.ndarray) -> None:
     """Write rows and close the file, so that what the resume state claims is on disk."""
-    with open_raster(path, "r+") as dst:
+    with gdal_writing(path), open_raster(path, "r+") as dst:
         dst.write(rows[None], window=Window(0, row0, rows.shape[1], rows.shape[0]))
 
 
 def set_tags(path: Path, **tags: str) -> None:
-    with open_raster(path, "r+") as dst:
+    with gdal_writing(path), open_raster(path, "r+") as dst:
         dst.update_tags(**tags)

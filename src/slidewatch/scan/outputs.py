@@ -25,7 +25,7 @@ from slidewatch.data import raster
 from slidewatch.data.geometry import metric_pixel_area_m2
 from slidewatch.data.raster import SceneInfo
 from slidewatch.data.readers import scale_to_unit
-from slidewatch.io_utils import atomic_path
+from slidewatch.io_utils import atomic_path, open_output, writing
 from slidewatch.scan import mosaic
 from slidewatch.scan.mosaic import NODATA, OUT_BLOCK
 
@@ -144,12 +144,15 @@ def finish(ds, info: SceneInfo, p: Paths, scale: float | None, threshold: float)
         tmp_png = stack.enter_context(atomic_path(p.quicklook))
         canvas, draw = _quicklook(ds, info, p.partial, scale)
         fit = (canvas.width / info.width, canvas.height / info.height)
-        n = _write_detections(p.partial, info, threshold, tmp_det, tmp_wgs,
+        outputs = [(tmp_det, p.detections)] + ([(tmp_wgs, p.wgs84)] if tmp_wgs else [])
+        n = _write_detections(p.partial, info, threshold, outputs,
                               lambda g: _outline(draw, g, fit))
-        canvas.save(tmp_png, format="PNG")
+        with writing(p.quicklook, tmp_png):
+            canvas.save(tmp_png, format="PNG")
         mosaic.set_tags(p.partial, SLIDEWATCH_THRESHOLD=repr(threshold),
                         SLIDEWATCH_DETECTIONS=str(n))
-    os.replace(p.partial, p.probability)
+    with writing(p.probability, p.partial):
+        os.replace(p.partial, p.probability)
     p.state.unlink()
     return n
 
@@ -162,9 +165,11 @@ def _crs_member(crs) -> str:
                                "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}})[1:-1]
 
 
-def _write_detections(prob_path: Path, info: SceneInfo, threshold: float, det: Path,
-                      wgs: Path | None, on_region: Callable) -> int:
-    """Stream one Feature per connected area into the GeoJSON file(s); returns the count."""
+def _write_detections(prob_path: Path, info: SceneInfo, threshold: float,
+                      outputs: list[tuple[Path, Path]], on_region: Callable) -> int:
+    """Stream one Feature per connected area into the GeoJSON file(s) (``outputs``: temporary
+    and final name of the scene-CRS file, then of the WGS84 one); returns the count. A failed
+    write names the file's final name."""
     from rasterio.warp import transform_geom
     from shapely.affinity import affine_transform
     from shapely.geometry import mapping
@@ -174,7 +179,9 @@ def _write_detections(prob_path: Path, info: SceneInfo, threshold: float, det: P
     member = _crs_member(info.crs)
     n = 0
     with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(open(f, "w", encoding="utf-8")) for f in (det, wgs) if f]
+        files = [stack.enter_context(open_output(tmp, final, encoding="utf-8"))
+                 for tmp, final in outputs]
+        wgs = len(files) > 1
         for fh, head in zip(files, (member, "")):
             fh.write('{"type": "FeatureCollection", ' + (head + ", " if head else "")
                      + '"features": [\n')

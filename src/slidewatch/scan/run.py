@@ -30,6 +30,7 @@ import torch
 from slidewatch.data import raster
 from slidewatch.data.raster import Grid
 from slidewatch.errors import ConfigError, ModelError, SlidewatchError
+from slidewatch.io_utils import remove_stale_temporaries, writing
 from slidewatch.meta import ModelMeta, read_meta
 from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import no_progress, prepare_model, resolve_device
@@ -128,8 +129,11 @@ class _Ctx:
 
 
 def _device(name: str, backend: Backend) -> torch.device:
-    """The scoring device; for Ray it is the workers' (``cuda`` needs no GPU on the driver)."""
-    if backend.name == "ray" and name.startswith("cuda"):
+    """The scoring device; for Ray it is the workers' (``cuda`` needs no GPU on the driver).
+    The name is checked as every command checks ``--device`` (:func:`check_device_name`)."""
+    from slidewatch.runtime import check_device_name
+
+    if backend.name == "ray" and check_device_name(name).startswith("cuda"):
         return torch.device(name)
     return resolve_device(name)
 
@@ -158,8 +162,11 @@ def scan(model_dir: str | Path, scenes: Sequence, out: str | Path, *, tile: int 
          bands: Sequence[int] | None = None, blend: str = "mean",
          threshold: float | None = None, device: str = "auto",
          overwrite: bool = False, progress: Callable = no_progress,
-         backend: str | Backend = "local") -> ScanSummary:
-    """Scan ``scenes`` with the model in ``model_dir``; outputs go to ``out`` (see module doc)."""
+         backend: str | Backend = "local",
+         max_pixels: int | None = scan_plan.MAX_PIXELS) -> ScanSummary:
+    """Scan ``scenes`` with the model in ``model_dir``; outputs go to ``out`` (see module doc).
+    ``max_pixels``: scenes with more pixels are refused before anything is written (None or
+    0: no limit)."""
     backend = _backend(backend)
     meta = read_meta(model_dir)
     fusion = meta.inputs.fusion
@@ -170,7 +177,7 @@ def scan(model_dir: str | Path, scenes: Sequence, out: str | Path, *, tile: int 
     if batch is None:
         batch = CPU_BATCH if dev.type == "cpu" else GPU_BATCH
     settings = resolve_settings(meta, tile=tile, stride=stride, batch=batch, bands=bands,
-                                blend=blend, threshold=threshold)
+                                blend=blend, threshold=threshold, max_pixels=max_pixels)
     model_id = scan_plan.model_identity(model_dir)
     jobs = scan_plan.plan(scenes, Path(out), meta, settings, model_id, dev, overwrite)
     model, meta = load_model(model_dir, dev if backend.name == "local" else "cpu")
@@ -210,7 +217,9 @@ def _run(model: torch.nn.Module, meta: ModelMeta, settings: ScanSettings, dev: t
         busy = any(job.done is None for job in jobs)  # no Ray start when all are complete
         with (_scorer(model, meta, settings, dev, backend) if busy else
               contextlib.nullcontext()) as scorer, raster.gdal_env():
-            out.mkdir(parents=True, exist_ok=True)
+            with writing(out):
+                out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out)  # of scans killed before they renamed their files
             ctx = _Ctx(scorer, meta, settings, progress)
             for job in jobs:
                 results.append(_scan_scene(ctx, job, overwrite))

@@ -23,7 +23,7 @@ import torch
 
 from slidewatch.config.train import PhaseConfig, TrainConfig, dump_yaml
 from slidewatch.config.train import validate as validate_config
-from slidewatch.errors import ConfigError
+from slidewatch.errors import ConfigError, DataError
 from slidewatch.evaluation import metrics
 from slidewatch.inference.forward import forward_logits, forward_outputs
 from slidewatch.io_utils import atomic_write_text
@@ -38,7 +38,7 @@ from slidewatch.models.freezing import (
 from slidewatch.runtime import no_progress
 from slidewatch.training import distributed
 from slidewatch.training.curves import plot_curves
-from slidewatch.training.setup import Setup, load_resume, prepare, save_resume
+from slidewatch.training.setup import RESUME_FILE, Setup, prepare, save_resume
 
 LOWER_IS_BETTER = {"val_loss"}
 
@@ -229,7 +229,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         try:
             return _train(cfg, out_dir, resume=resume, progress=progress, log=log, ctx=ctx)
         except BaseException:
-            if created and out_dir.is_dir() and not (out_dir / "resume.pt").exists():
+            if created and out_dir.is_dir() and not (out_dir / RESUME_FILE).exists():
                 shutil.rmtree(out_dir, ignore_errors=True)
             raise
 
@@ -241,7 +241,7 @@ def _quiet(message: str) -> None:
 def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
            log: Callable[[str], None], ctx: distributed.DistContext) -> TrainResult:
     s = prepare(cfg, out_dir, resume=resume, log=log, dist=ctx)
-    state = distributed.everywhere(ctx, load_resume, s) if resume else None
+    state, s.resume_state = s.resume_state, None  # applied by prepare
     history = state["history"] if state else []
     best = state["best"] if state else {"score": -math.inf, "epoch": 0, "row": {}, "state": None}
     start_phase, start_epoch = (state["phase"], state["phase_epoch"] + 1) if state else (1, 1)
@@ -260,7 +260,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
         optimizer = make_optimizer(cfg, params, p.lr)
         first = start_epoch if phase == start_phase else 1
         if state and phase == start_phase and state.get("optimizer"):
-            optimizer.load_state_dict(state["optimizer"])
+            _load_optimizer(optimizer, state["optimizer"], out_dir)
         patience = p.patience or cfg.patience
         bad = state["bad_epochs"] if state and phase == start_phase else 0
         total = p.epochs * steps_per_epoch(s)
@@ -269,6 +269,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
                 break
             row = run_epoch(s, optimizer, phase, p, epoch, len(history) + 1, total, progress,
                             bn_eval)
+            check_finite(s, row, phase, p)
             history.append(row)
             score = score_of(row, metric) if metric else row["epoch"]
             if score > best["score"]:
@@ -285,6 +286,29 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
     result = finish(s, out_dir, history, best, metric)
     distributed.debug_dump(ctx, s.model)
     return result
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, out_dir: Path) -> None:
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise DataError(f"{out_dir / RESUME_FILE}: its optimizer state does not fit this run "
+                        f"({detail}); start again in a new folder") from None
+
+
+def check_finite(s: Setup, row: dict, phase: int, p: PhaseConfig) -> None:
+    """Stop a run whose loss or weights are no longer finite (NaN or inf) after an epoch,
+    before anything of it is saved: one line naming the learning rate of the phase."""
+    bad = [k for k in ("train_loss", "val_loss") if k in row and not math.isfinite(row[k])]
+    if not bad:
+        tensors = [t for t in s.model.state_dict().values() if t.is_floating_point()]
+        if all(bool(torch.isfinite(t).all()) for t in tensors):
+            return
+    what = (f"{bad[0].replace('_', ' ')} {row[bad[0]]}" if bad
+            else "the weights hold NaN or inf values")
+    raise ConfigError(f"--phase{phase}-lr {p.lr:g}: training diverged in epoch {row['epoch']} "
+                      f"({what}); use a smaller learning rate (phase{phase}.lr)")
 
 
 def _wrap_for_phase(s: Setup, bn_eval: bool) -> None:
@@ -307,8 +331,15 @@ def run_epoch(s: Setup, optimizer, phase: int, p: PhaseConfig, epoch: int, numbe
     t0 = time.perf_counter()
     distributed.start_epoch(s.dist, s.train_loader, s.cfg.seed, number - 1)
     step0 = (epoch - 1) * steps_per_epoch(s)
-    tm = train_one_epoch(s, optimizer, step0, total, p.lr, progress,
-                         f"phase {phase} epoch {epoch}/{p.epochs}", bn_eval=bn_eval)
+    try:
+        tm = train_one_epoch(s, optimizer, step0, total, p.lr, progress,
+                             f"phase {phase} epoch {epoch}/{p.epochs}", bn_eval=bn_eval)
+    except RuntimeError as exc:  # torch's optimisers: "value cannot be converted ... overflow"
+        if "overflow" not in str(exc):
+            raise
+        raise ConfigError(f"--phase{phase}-lr {p.lr:g}: too large, the optimiser's step "
+                          f"overflows in epoch {number}; use a smaller learning rate "
+                          f"(phase{phase}.lr)") from None
     distributed.sync_buffers(s.dist, s.model)  # one set of BatchNorm statistics
     vm = validate(s)
     row = {"epoch": number, "phase": phase, "phase_epoch": epoch,
@@ -384,4 +415,4 @@ def _write_model_folder(s: Setup, out_dir: Path, history: list[dict]) -> None:
     write_history(out_dir, history)
     atomic_write_text(out_dir / "config.yaml", dump_yaml(s.cfg))
     plot_curves(history, out_dir / "curves.png")
-    (out_dir / "resume.pt").unlink(missing_ok=True)
+    (out_dir / RESUME_FILE).unlink(missing_ok=True)

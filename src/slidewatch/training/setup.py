@@ -5,6 +5,8 @@ Kept apart from :mod:`slidewatch.train` so the loop itself reads top to bottom.
 
 from __future__ import annotations
 
+import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +25,33 @@ from slidewatch.data.splits import Split, load_split, save_split, split_samples
 from slidewatch.data.tiling import is_scene_folder, tile_scenes
 from slidewatch.data.transforms import EvalTransform, TrainTransform
 from slidewatch.errors import ConfigError, DataError, WeightsError
-from slidewatch.io_utils import expand_path
-from slidewatch.meta import META_FILE, ModelMeta
+from slidewatch.io_utils import (
+    atomic_path,
+    expand_path,
+    foreign_entries,
+    remove_stale_temporaries,
+)
+from slidewatch.meta import META_FILE, WEIGHTS_FILE, ModelMeta
 from slidewatch.models import build_model, model_data_config
 from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import prepare_model, resolve_device, seed_everything, worker_init
-from slidewatch.training.distributed import DistContext, everywhere, main_first, sampler
+from slidewatch.training.distributed import (
+    DistContext,
+    everywhere,
+    main_first,
+    on_main,
+    sampler,
+)
 from slidewatch.training.multimodal import MultiModalSetup, prepare_multimodal
 
 RESUME_FILE = "resume.pt"
+# what a training run writes into its --out folder (a folder holding only these is ours)
+RUN_FILES = ("tiles", "split.json", "history.csv", "config.yaml", "curves.png", META_FILE,
+             WEIGHTS_FILE, RESUME_FILE)
+# the entries of resume.pt and their types (a file without them is not ours)
+RESUME_KEYS = {"config": str, "phase": int, "phase_epoch": int, "history": list, "best": dict,
+               "bad_epochs": int, "model": dict, "optimizer": dict, "rng": torch.Tensor,
+               "loader_rng": torch.Tensor, "mean": list, "std": list}
 
 
 @dataclass
@@ -51,16 +71,66 @@ class Setup:
     train_model: torch.nn.Module | None = None  # the DDP wrapper of ``model`` under torchrun
     multimodal: MultiModalSetup | None = None  # tabular / terrain / size inputs (None: plain)
     size_weights: torch.Tensor | None = None  # size-class weights of the size loss (balanced)
+    resume_state: dict | None = None  # the resume.pt of --resume, checked and applied
+    split_record: tuple | None = None  # (samples, split): split.json, written once all is checked
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
+    """The output folder: new, empty or a run of ours (tiles and records of a run that never
+    reached its first checkpoint); a model or an interrupted run only with ``resume``.
+    Temporaries that killed runs left in it are removed."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: exists and is not a folder")
     if resume:
         if not (out_dir / RESUME_FILE).is_file():
             raise ConfigError(f"--resume: {out_dir} holds no interrupted run ({RESUME_FILE})")
-        return
-    if (out_dir / META_FILE).exists() or (out_dir / RESUME_FILE).exists():
+    elif (out_dir / META_FILE).exists() or (out_dir / RESUME_FILE).exists():
         raise ConfigError(f"--out {out_dir}: already holds a model or an interrupted run; "
                           "choose another folder, or pass --resume to continue it")
+    else:
+        foreign = foreign_entries(out_dir, RUN_FILES)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ConfigError(f"--out {out_dir}: exists and holds files that are not a "
+                              f"slidewatch training run ({shown}); choose a new or empty folder")
+    for folder in (out_dir, out_dir / "tiles"):
+        remove_stale_temporaries(folder)
+
+
+def _resume_problem(state) -> str | None:
+    """What makes ``state`` (a loaded resume.pt) not one of ours, or None."""
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a run's state"
+    for key, kind in RESUME_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            return f"no valid '{key}'"
+    if state["phase"] not in (1, 2):
+        return f"phase {state['phase']}"
+    if not {"score", "epoch", "row", "state"} <= set(state["best"]):
+        return "no valid 'best'"
+    stats = [*state["mean"], *state["std"]]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats):
+        return "mean/std not finite numbers"
+    return None
+
+
+def read_resume(out_dir: Path, cfg: TrainConfig) -> dict:
+    """The state of the interrupted run in ``out_dir``, checked before anything is written:
+    one line when it is damaged, not ours, or saved with other settings."""
+    path = out_dir / RESUME_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged or foreign files
+        raise DataError(f"{path}: cannot read the interrupted run ({exc.__class__.__name__}); "
+                        "start again in a new folder") from None
+    bad = _resume_problem(state)
+    if bad:
+        raise DataError(f"{path}: not an interrupted slidewatch run ({bad}); start again in a "
+                        "new folder")
+    if state["config"] != dump_yaml(cfg):
+        raise ConfigError(f"--resume: the settings differ from those of the run in {out_dir}; "
+                          "resume with the same config and flags")
+    return state
 
 
 def resolve_paths(cfg: TrainConfig, out_dir: Path, log: Callable, tile: bool = True
@@ -100,18 +170,35 @@ def _bands(samples: list[Sample]) -> int:
 
 def band_statistics(ds: TileDataset, limit: int = 512,
                     seed: int = 0) -> tuple[list[float], list[float]]:
-    """Per-band mean and std over (up to ``limit``) images of ``ds``, in unit scale."""
+    """Per-band mean and std over (up to ``limit``) images of ``ds``, in unit scale. Values
+    that are not finite (pixels too large for the scale) are a DataError naming the image."""
     pick = np.random.default_rng(seed).permutation(len(ds))[:limit]
     total = sq = None
     count = 0
     for i in pick:
         x = torch.from_numpy(ds.unit_image(int(i))).double().flatten(0, 1)  # (pixels, bands)
-        total = x.sum(0) if total is None else total + x.sum(0)
-        sq = (x * x).sum(0) if sq is None else sq + (x * x).sum(0)
+        s1, s2 = x.sum(0), (x * x).sum(0)
+        finite = torch.isfinite(s1) & torch.isfinite(s2)
+        if not finite.all():
+            band = int((~finite).nonzero()[0]) + 1
+            dem = " (terrain channels from the DEM included)" if ds.dem is not None else ""
+            raise DataError(f"{ds.samples[int(i)].path}: band {band} of {len(finite)}{dem} "
+                            "gives non-finite band statistics; check the file or --scale")
+        total = s1 if total is None else total + s1
+        sq = s2 if sq is None else sq + s2
         count += x.shape[0]
+    if total is None or count == 0:
+        raise DataError("--data: no pixels to compute the band statistics from")
     mean = total / count
     std = (sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+        raise DataError(f"--data: the band statistics of the training images are not finite "
+                        f"(mean {_short(mean)}, std {_short(std)}); check the images or --scale")
     return mean.tolist(), std.clamp_min(1e-6).tolist()
+
+
+def _short(values: torch.Tensor) -> str:
+    return "[" + ", ".join(f"{v:.3g}" for v in values.tolist()[:4]) + "]"
 
 
 def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Module, ModelMeta]:
@@ -153,7 +240,7 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
     return model, meta
 
 
-def _split(cfg: TrainConfig, samples: list[Sample], out_dir: Path, save: bool = True) -> Split:
+def _split(cfg: TrainConfig, samples: list[Sample]) -> Split:
     d = cfg.data
     if d.split_file:
         split = load_split(d.split_file, samples)
@@ -162,8 +249,6 @@ def _split(cfg: TrainConfig, samples: list[Sample], out_dir: Path, save: bool = 
                               holdout_regions=tuple(d.holdout_regions))
     if not split.train:
         raise DataError(f"{', '.join(d.paths)}: the split leaves no training images")
-    if save:
-        save_split(out_dir / "split.json", samples, split)
     return split
 
 
@@ -205,13 +290,15 @@ def _loader(ds: TileDataset, cfg: TrainConfig, device: torch.device, shuffle: bo
 
 
 def _output_and_roots(cfg: TrainConfig, out_dir: Path, resume: bool, log: Callable,
-                      ctx: DistContext) -> tuple[torch.device, list[Path]]:
-    """Checks the output folder, picks the device; rank 0 creates the folder and tiles."""
+                      ctx: DistContext) -> tuple[torch.device, list[Path], dict | None]:
+    """Checks the output folder (and a run to resume) before anything is written, picks the
+    device; rank 0 creates the folder and tiles."""
     _check_out_dir(out_dir, resume)
+    state = read_resume(out_dir, cfg) if resume else None
     device = ctx.device or resolve_device(cfg.device)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    return device, resolve_paths(cfg, out_dir, log, tile=ctx.is_main)
+    return device, resolve_paths(cfg, out_dir, log, tile=ctx.is_main), state
 
 
 def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable,
@@ -223,15 +310,22 @@ def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable,
     validate(cfg)
     if not cfg.data.paths:
         raise ConfigError("--data: give at least one dataset folder (or data.paths in the config)")
-    device, roots = main_first(ctx, _output_and_roots, cfg, out_dir, resume, log, ctx)
-    return everywhere(ctx, _prepare, cfg, out_dir, roots, device, log, ctx)
+    device, roots, state = main_first(ctx, _output_and_roots, cfg, out_dir, resume, log, ctx)
+    s = everywhere(ctx, _prepare, cfg, out_dir, roots, device, log, ctx)
+    if state is not None:
+        s.resume_state = state
+        everywhere(ctx, load_resume, s)
+    samples, split = s.split_record
+    s.split_record = None
+    on_main(ctx, save_split, out_dir / "split.json", samples, split)  # everything checked
+    return s
 
 
 def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.device,
              log: Callable, ctx: DistContext) -> Setup:
     seed_everything(cfg.seed)
     samples = load_datasets(roots, tuple(cfg.data.classes))
-    split = _split(cfg, samples, out_dir, save=ctx.is_main)
+    split = _split(cfg, samples)
     train_s = [samples[i] for i in split.train]
     val_s = [samples[i] for i in split.val]
     mm = prepare_multimodal(cfg, train_s, val_s, log)  # None for a plain image run
@@ -259,7 +353,8 @@ def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.d
                  loss_fn=loss_fn, config_dict=to_dict(cfg), data_summary=summary,
                  out_dir=out_dir, freeze_bn=pretrained, dist=ctx, multimodal=mm,
                  size_weights=None if size_weights is None else
-                 torch.tensor(size_weights, dtype=torch.float32, device=device))
+                 torch.tensor(size_weights, dtype=torch.float32, device=device),
+                 split_record=(samples, split))
 
 
 def _datasets(cfg: TrainConfig, meta: ModelMeta, train_s: list[Sample], val_s: list[Sample],
@@ -277,30 +372,34 @@ def _datasets(cfg: TrainConfig, meta: ModelMeta, train_s: list[Sample], val_s: l
 
 def save_resume(s: Setup, *, phase: int, phase_epoch: int, history: list, best: dict,
                 bad_epochs: int, optimizer: torch.optim.Optimizer) -> None:
-    """State to continue an interrupted run (our own file, read back with weights_only)."""
-    from slidewatch.io_utils import atomic_path
-
+    """State to continue an interrupted run (our own file, read back with weights_only).
+    Written through a Python file, so that a full disk is an OSError naming the file."""
     state = {"config": dump_yaml(s.cfg), "phase": phase, "phase_epoch": phase_epoch,
              "history": history, "best": best, "bad_epochs": bad_epochs,
              "model": s.model.state_dict(), "optimizer": optimizer.state_dict(),
              "rng": torch.get_rng_state(), "loader_rng": s.train_loader.generator.get_state(),
              "mean": s.meta.mean, "std": s.meta.std}
     with atomic_path(s.out_dir / RESUME_FILE) as tmp:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def load_resume(s: Setup) -> dict:
+    """Apply the interrupted run's state (``s.resume_state``, checked by :func:`read_resume`)
+    to the model, the random generators and the statistics of ``s``; returns it."""
     path = s.out_dir / RESUME_FILE
+    if s.resume_state is None:
+        s.resume_state = read_resume(s.out_dir, s.cfg)
+    state = s.resume_state
     try:
-        state = torch.load(path, map_location=s.device, weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged files
-        raise DataError(f"{path}: cannot read the interrupted run ({exc.__class__.__name__})"
-                        ) from None
-    if state["config"] != dump_yaml(s.cfg):
-        raise ConfigError(f"--resume: the settings differ from those of the run in {s.out_dir}; "
-                          "resume with the same config and flags")
-    s.model.load_state_dict(state["model"])
+        s.model.load_state_dict(state["model"])
+        torch.set_rng_state(state["rng"].cpu())
+        s.train_loader.generator.set_state(state["loader_rng"].cpu())
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise DataError(f"{path}: does not fit this run ({detail}); start again in a new "
+                        "folder") from None
     s.meta.mean, s.meta.std = state["mean"], state["std"]
-    torch.set_rng_state(state["rng"].cpu())
-    s.train_loader.generator.set_state(state["loader_rng"].cpu())
     return state
