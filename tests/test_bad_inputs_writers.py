@@ -274,25 +274,6 @@ def test_train_disk_full_saving_resume_pt_names_it(env, tmp_path, capsys, monkey
     assert ENOSPC in line
 
 
-def test_train_disk_full_in_a_torch_file_write_names_it(env, tmp_path, capsys, monkeypatch):
-    """torch.save's own writer, failing as a full disk fails it (ENOSPC from write())."""
-    real = torch.save
-
-    def save(obj, f, *args, **kwargs):
-        if not Path("/dev/full").exists():
-            full_disk()
-        with open("/dev/full", "wb") as full:  # every write() fails with ENOSPC
-            real(obj, full, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save)
-    (tmp_path / "runs").mkdir()
-    out = tmp_path / "runs" / "m"
-    line = run_bad(capsys, ["train", "--data", env["tiles"], "--out", out, *TRAIN],
-                   f"{out / 'resume.pt'}: cannot write it", watch=(tmp_path / "runs",),
-                   progress_lines=True)
-    assert "space" in line
-
-
 def png_full(*args, **kwargs):
     full_disk()
 
