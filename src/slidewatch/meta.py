@@ -64,6 +64,14 @@ def _get(d: Mapping, name: str, where: str, prefix: str, ok, rule: str,
     return value
 
 
+def _getter(d: Mapping, where: str, prefix: str):
+    """:func:`_get` bound to one JSON object: ``get(name, ok, rule, default)``."""
+    def get(name: str, ok, rule: str, default: Any = _REQUIRED) -> Any:
+        return _get(d, name, where, prefix, ok, rule, default)
+
+    return get
+
+
 def _whole(lo: int, hi: int):
     return lambda v: _is_int(v) and lo <= v <= hi
 
@@ -118,9 +126,7 @@ class FusionSpec:
     def from_json(cls, d: Mapping, where: str = "fusion") -> FusionSpec:
         file, key = _split(where)
         _need(d, ("mode", "n_numeric", "num_classes"), where)
-
-        def get(name, ok, rule, default=_REQUIRED):
-            return _get(d, name, file, key, ok, rule, default)
+        get = _getter(d, file, key)
 
         width = f"a whole number from 1 to {MAX_WIDTH}"
         mode = get("mode", lambda v: v in FUSION_MODES, f"one of {', '.join(FUSION_MODES)}")
@@ -171,9 +177,7 @@ class TerrainSpec:
     def from_json(cls, d: Mapping, where: str = "aux") -> TerrainSpec:
         file, key = _split(where)
         _need(d, ("use",), where)
-
-        def get(name, ok, rule, default=_REQUIRED):
-            return _get(d, name, file, key, ok, rule, default)
+        get = _getter(d, file, key)
 
         use = get("use", lambda v: v in TERRAIN_USES, f"one of {', '.join(TERRAIN_USES)}")
         names = get("names", _optional(_is_names), "a list of channel or feature names", None)
@@ -206,9 +210,7 @@ class SizeSpec:
     def from_json(cls, d: Mapping, where: str = "sizes") -> SizeSpec:
         file, key = _split(where)
         _need(d, ("names",), where)
-
-        def get(name, ok, rule, default=_REQUIRED):
-            return _get(d, name, file, key, ok, rule, default)
+        get = _getter(d, file, key)
 
         names = get("names", lambda v: _is_names(v) and len(v) >= 2 and len(set(v)) == len(v),
                     "a list of two or more distinct class names")
