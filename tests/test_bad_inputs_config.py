@@ -115,6 +115,9 @@ def test_train_refuses_impossible_numbers_in_flags(capsys, work, tmp_path, flags
     ("aux: {pixel_size: .inf}\n", "aux.pixel_size: must be a finite number"),
     ("seed: -3\n", "seed: must be from 0 to 2**63 - 1"),
     ("device: 'cuda:'\n", "device: must be auto, cpu, cuda or cuda:N"),
+    # item 6: the names --device takes (runtime.check_device_name), not any Unicode digit
+    ("device: 'cuda:\u0663'\n", "device: must be auto, cpu, cuda or cuda:N, got 'cuda:\u0663'"),
+    ("device: 'cuda:\uff11'\n", "device: must be auto, cpu, cuda or cuda:N, got 'cuda:\uff11'"),
     # item 5: keys given twice (plain YAML keeps the last one silently)
     ("seed: 1\nseed: 2\n", "line 2: key 'seed' appears twice"),
     ("phase1:\n  lr: 0.1\n  epochs: 1\n  lr: 0.2\n", "line 4: key 'lr' appears twice"),

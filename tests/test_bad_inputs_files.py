@@ -486,6 +486,45 @@ def test_data_info_counts_and_lists_every_unreadable_entry(tmp_path, capsys, mon
         assert needle in out
 
 
+@pytest.mark.parametrize("kind", [*KINDS, "socket"])
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_unreadable_entry_among_images_to_predict_is_refused(model, tmp_path, capsys,
+                                                            monkeypatch, kind, command):
+    """Folders given to predict and explain are read as datasets are (before: broken links,
+    FIFOs, sockets and folders that cannot be listed were left out without a word)."""
+    root = dataset(tmp_path)
+    if kind == "socket":
+        import socket
+
+        monkeypatch.chdir(root / "landslide")  # a socket's path is short: bind a relative one
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind("sock.png")
+        sock.close()
+        monkeypatch.chdir(tmp_path)
+        needle = "sock.png: not a regular file (a socket)"
+    else:
+        needle = break_dataset(root, kind, monkeypatch)
+    argv = {"predict": ["predict", model, root, "--out", tmp_path / "p.csv", "--device", "cpu",
+                        "--quiet"],
+            "explain": ["explain", model, root / "landslide", "--out", tmp_path / "out_x",
+                        "--quiet"]}[command]
+    run_bad(capsys, argv, needle, watch=(tmp_path,))
+
+
+@pytest.mark.parametrize("kind, needle", [("fifo", "pipe.png: not a regular file (a named pipe)"),
+                                         ("broken link", "gone.png: broken symbolic link")])
+def test_predict_of_a_special_file_given_by_name(model, tmp_path, capsys, kind, needle):
+    """Before: "no such file or folder" for a FIFO or broken link that is there."""
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.png")
+        image = tmp_path / "pipe.png"
+    else:
+        image = tmp_path / "gone.png"
+        image.symlink_to(tmp_path / "nowhere.png")
+    run_bad(capsys, ["predict", model, image, "--out", tmp_path / "p.csv", "--device", "cpu",
+                     "--quiet"], needle, watch=(tmp_path,))
+
+
 @pytest.mark.parametrize("name", ["pipe.png", "pipe.tif"])
 def test_scan_of_a_fifo_is_not_a_regular_file(model, tmp_path, capsys, name):
     os.mkfifo(tmp_path / name)

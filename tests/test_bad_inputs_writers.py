@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -143,6 +144,35 @@ def test_outputs_beside_the_inputs_are_still_written(env, tmp_path, capsys):
                              inputs=[data]) == tmp_path / "new.csv"
 
 
+SPLIT_OUT = {
+    "tiles.csv of the dataset": ("d/tiles.csv", "is one of the inputs"),
+    "an image of the dataset": ("image", "is one of the inputs"),
+    "model metadata": ("m/slidewatch.json", "inside the model folder"),
+    "the model's split": ("m/split.json", "inside the model folder"),
+    "a folder": ("d", "is a folder; give a JSON file name"),
+}
+
+
+@pytest.mark.parametrize("case", SPLIT_OUT, ids=list(SPLIT_OUT))
+def test_data_split_out_is_an_input_a_model_or_a_folder(env, tmp_path, capsys, case):
+    """``data split --out`` is checked as predict's and report's ``--out`` are (before: the
+    dataset's tiles.csv or an image was overwritten with the split's JSON)."""
+    where, needle = SPLIT_OUT[case]
+    copy_model(env, tmp_path)
+    data = Path(shutil.copytree(env["tiles"], tmp_path / "d"))
+    out = data / "landslide" / env["image"].name if where == "image" else tmp_path / where
+    line = run_bad(capsys, ["data", "split", data, "--out", out], needle, watch=(tmp_path,))
+    assert f"--out {out}" in line
+
+
+def test_data_split_out_beside_the_inputs_is_still_written(env, tmp_path, capsys):
+    """A split file in the dataset folder (again: an earlier split is no input)."""
+    data = Path(shutil.copytree(env["tiles"], tmp_path / "d"))
+    for _ in range(2):
+        assert main(["data", "split", str(data), "--out", str(data / "split.json")]) == 0
+    assert json.loads((data / "split.json").read_text())["format"] == "slidewatch-split"
+
+
 # ------------------------------------------------------------ 2: NaN and inf
 
 
@@ -162,6 +192,43 @@ def test_nan_weights_stop_the_forward_pass(env, tmp_path, capsys, command):
     line = run_bad(capsys, [command, model, *args, *QUIET], str(model),
                    watch=(tmp_path, env["tiles"]))
     assert "nan" in line.lower()
+
+
+@pytest.mark.parametrize("case", ["nan weights", "overflowing pixels"])
+def test_non_finite_window_probabilities_stop_a_scan(env, tmp_path, capsys, case):
+    """A window the model gives NaN for is no window without valid pixels (before: it was
+    counted as skipped and the scan wrote an empty map): the model folder (its weights) or
+    the scene (its pixels) is named."""
+    model = copy_model(env, tmp_path)
+    if case == "nan weights":
+        nan_weights(model)
+        scene = scene_file(tmp_path)
+        needle = f"{model}: the weights hold NaN or inf values"
+    else:
+        scene = write_image(tmp_path / "scenes" / "huge.tif",
+                            np.full((64, 64, 3), 3e38, np.float32))
+        needle = f"{scene}: the model gives a non-finite probability"
+    line = run_bad(capsys, ["scan", model, scene, "--out", tmp_path / "o", *SCAN], needle,
+                   watch=(tmp_path,))
+    if case == "overflowing pixels":
+        assert str(model) in line
+
+
+def test_score_windows_refuses_non_finite_probabilities(env, tmp_path):
+    """What the Ray workers call: the same check, naming the model folder given."""
+    from rasterio.windows import Window
+
+    from slidewatch.errors import WeightsError
+    from slidewatch.models.checkpoint import load_model
+    from slidewatch.scan.score import score_windows
+
+    model_dir = copy_model(env, tmp_path)
+    nan_weights(model_dir)
+    model, meta = load_model(model_dir)
+    scene = scene_file(tmp_path)
+    with pytest.raises(WeightsError, match="^" + re.escape(f"{model_dir}: the weights hold NaN")):
+        score_windows(model, meta, scene, [Window(0, 0, 32, 32)], [1, 2, 3], 4,
+                      torch.device("cpu"), source=model_dir)
 
 
 @pytest.mark.parametrize("value", [3e38, -3e38])
@@ -320,6 +387,98 @@ def test_data_tiles_disk_full_names_the_file(tmp_path, capsys, monkeypatch, targ
     assert ENOSPC in line and ".tmp-" not in line
 
 
+def fsync_full_for(suffix: str):
+    """``os.fsync`` that fails with ENOSPC for files whose name ends with ``suffix`` only."""
+    real = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(suffix):
+            full_disk()
+        return real(fd)
+
+    return fsync
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_train_disk_full_saving_the_weights_names_them(env, tmp_path, capsys, monkeypatch):
+    """The last write of a run: the error names model.safetensors (its temporary is gone, no
+    slidewatch.json without weights) and resume.pt stays, so ``--resume`` finishes the run."""
+    monkeypatch.setattr(os, "fsync", fsync_full_for(".safetensors"))
+    out = tmp_path / "m"
+    line = run_bad(capsys, ["train", "--data", env["tiles"], "--out", out, *TRAIN],
+                   f"{out / 'model.safetensors'}: cannot write it", watch=(env["tiles"],),
+                   progress_lines=True)
+    assert ENOSPC in line and ".tmp-" not in line
+    assert not [p.name for p in out.iterdir() if p.suffix == ".safetensors" or
+                ".tmp-" in p.name or p.name == "slidewatch.json"]
+    assert (out / "resume.pt").is_file()
+    monkeypatch.undo()
+    assert main(["train", "--data", str(env["tiles"]), "--out", str(out), *TRAIN,
+                 "--resume"]) == 0
+    assert load_file(str(out / "model.safetensors"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_FSIZE")
+def test_save_model_past_a_file_size_limit_is_one_line(env, tmp_path):
+    """safetensors' own writer raised a SafetensorError (no OSError: a traceback) when the
+    disk filled; the weights are now written through io_utils like every other file."""
+    import resource
+
+    from slidewatch.models.checkpoint import load_model, save_model
+
+    model, meta = load_model(env["model"])
+    out = tmp_path / "m"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2500, hard))
+    try:
+        with pytest.raises(DataError, match=re.escape(f"{out / 'model.safetensors'}: cannot "
+                                                      "write it (File too large)")):
+            save_model(out, model, meta)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def inventory_scene(tmp_path: Path, noise: bool = False) -> tuple[Path, Path]:
+    """A georeferenced scene (``noise``: random uint16 pixels, chips that do not compress) and
+    an inventory with one point in the middle of it."""
+    from rasterio.warp import transform as warp
+
+    if noise:
+        pixels = np.random.default_rng(0).integers(0, 65535, (96, 192, 3)).astype(np.uint16)
+        scene = write_image(tmp_path / "scenes" / "scene.tif", pixels, crs=UTM45,
+                            transform=from_origin(500000, 3000000, 10, 10))
+    else:
+        scene = scene_file(tmp_path)
+    (lon,), (lat,) = warp(UTM45, "EPSG:4326", [500000 + 48.5 * 10], [3000000 - 48.5 * 10])
+    inv = tmp_path / "scenes" / "inv.csv"
+    inv.write_text(f"id,latitude,longitude\n1,{lat!r},{lon!r}\n")
+    return scene, inv
+
+
+@pytest.mark.parametrize("target", ["geotiff write", "tiles.csv"])
+def test_inventory_chips_disk_full_names_the_file(tmp_path, capfd, monkeypatch, target):
+    """Before: a GDAL error of a chip write (no OSError) came out as a traceback, and
+    tiles.csv was never synced to disk (a full disk passed unnoticed)."""
+    import rasterio.io
+    from rasterio._err import CPLE_FileIOError
+
+    scene, inv = inventory_scene(tmp_path)
+    out = tmp_path / "out" / "inv"
+    (tmp_path / "out").mkdir()
+    if target == "geotiff write":
+        def write(*args, **kwargs):
+            raise CPLE_FileIOError(3, 3, f"Write failed: {ENOSPC}")
+        monkeypatch.setattr(rasterio.io.DatasetWriter, "write", write)
+        needle = f"{out / 'landslide' / 'scene__scene__r'}"
+    else:
+        monkeypatch.setattr(os, "fsync", full_disk)
+        needle = f"{out / 'tiles.csv'}: cannot write it"
+    line = run_bad(capfd, ["data", "from-inventory", inv, scene, "--out", out, "--size", "32",
+                           "--negatives", "1"], needle, watch=(tmp_path / "out",))
+    assert ENOSPC in line and ".tmp-" not in line and "cannot write it" in line
+
+
 @pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS", "EACCES", "EIO"])
 def test_predict_failed_write_names_the_csv(env, tmp_path, capsys, monkeypatch, code):
     number = getattr(errno, code)
@@ -361,11 +520,11 @@ def test_scan_disk_full_names_the_file(env, tmp_path, capfd, monkeypatch, target
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_FSIZE")
-@pytest.mark.parametrize("command", ["scan", "data tiles"])
+@pytest.mark.parametrize("command", ["scan", "data tiles", "data from-inventory"])
 def test_libtiff_failure_prints_nothing_but_the_error(env, tmp_path, capfd, command):
     """libtiff itself fails (a file-size limit: EFBIG at its write()); what it prints on file
     descriptor 2 stays off the terminal and the error names the GeoTIFF (before: exit 0 with
-    damaged tiles for ``data tiles``)."""
+    damaged tiles for ``data tiles`` and damaged chips for ``data from-inventory``)."""
     import resource
 
     (tmp_path / "out").mkdir()
@@ -373,6 +532,11 @@ def test_libtiff_failure_prints_nothing_but_the_error(env, tmp_path, capfd, comm
         argv = ["scan", env["model"], scene_file(tmp_path), "--out", tmp_path / "out" / "s",
                 *SCAN]
         needle = "scene_probability.partial.tif: cannot write it"
+    elif command == "data from-inventory":
+        scene, inv = inventory_scene(tmp_path, noise=True)
+        argv = ["data", "from-inventory", inv, scene, "--out", tmp_path / "out" / "inv",
+                "--size", "32", "--negatives", "0"]
+        needle = f"{tmp_path / 'out' / 'inv' / 'landslide' / 'scene__scene__r'}"
     else:
         rng = np.random.default_rng(0)
         mask = np.zeros((64, 64), bool)

@@ -342,6 +342,33 @@ class InputSpec:
                    fusion=part("fusion", FusionSpec.from_json))
 
 
+TASKS = ("classify", "segment")
+
+
+@dataclass(frozen=True)
+class SegmentationSpec:
+    """How a segmentation model answers the tile question: a tile (or image) is a landslide
+    when at least ``min_area_pixels`` of its pixels (counted at the model's input resolution)
+    have a landslide probability >= the model's ``threshold``. Its tile score is the
+    ``min_area_pixels``-th largest pixel probability, so score >= threshold is the same rule.
+    ``min_area_source``: ``validation`` (chosen on the validation split), ``default`` or
+    ``config``."""
+
+    min_area_pixels: int
+    min_area_source: str = "default"
+
+    def to_json(self) -> dict:
+        return {"min_area_pixels": self.min_area_pixels, "min_area_source": self.min_area_source,
+                "tile_rule": "landslide when min_area_pixels pixels reach the threshold"}
+
+    @classmethod
+    def from_json(cls, d: Mapping, where: str = "segmentation") -> SegmentationSpec:
+        get = _getter(d, *_split(where))
+        return cls(min_area_pixels=get("min_area_pixels", _whole(1, 2**40),
+                                       "a whole number of pixels >= 1"),
+                   min_area_source=get("min_area_source", _is_name, "a name", "default"))
+
+
 @dataclass
 class ModelMeta:
     architecture: str
@@ -357,6 +384,8 @@ class ModelMeta:
     drop_rate: float = 0.0
     weights_source: str = "none"
     inputs: InputSpec = field(default_factory=InputSpec)
+    task: str = "classify"  # "segment": a per-pixel landslide map (field segmentation)
+    segmentation: SegmentationSpec | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # training record: config, metrics...
 
     @property
@@ -371,8 +400,13 @@ class ModelMeta:
 
     def to_json(self) -> dict:
         d = {"format": "slidewatch-model", "format_version": FORMAT_VERSION}
-        d.update({k: v for k, v in self.__dict__.items() if k not in ("extra", "inputs")})
+        d.update({k: v for k, v in self.__dict__.items()
+                  if k not in ("extra", "inputs", "segmentation")})
+        if self.task == "classify":  # classifiers' folders stay as 0.1.0 wrote them
+            del d["task"]
         d["positive_class"] = self.positive_class
+        if self.segmentation is not None:
+            d["segmentation"] = self.segmentation.to_json()
         d.update(self.inputs.to_json())
         d.update({k: v for k, v in self.extra.items() if k not in InputSpec.KEYS})
         return d
@@ -390,14 +424,20 @@ class ModelMeta:
         if version > FORMAT_VERSION:
             raise WeightsError(f"{where}: written by a newer slidewatch (format "
                                f"{d['format_version']}); upgrade slidewatch")
-        known = set(cls.__dataclass_fields__) - {"extra", "inputs"}
+        known = set(cls.__dataclass_fields__) - {"extra", "inputs", "segmentation"}
         missing = [k for k in ("architecture", "classes", "in_chans", "input_size", "mean", "std")
                    if k not in d]
         if missing:
             raise WeightsError(f"{where}: missing field(s) {', '.join(missing)}")
-        skip = known | {"format", "format_version", "positive_class", *InputSpec.KEYS}
+        skip = known | {"format", "format_version", "positive_class", "segmentation",
+                        *InputSpec.KEYS}
         kwargs = {k: d[k] for k in known if k in d}
-        meta = cls(**kwargs, inputs=InputSpec.from_json(d, where),
+        seg = d.get("segmentation")
+        if seg is not None:
+            if not isinstance(seg, Mapping):
+                raise WeightsError(f"{where}: field segmentation must be an object")
+            seg = SegmentationSpec.from_json(seg, f"{where}: field segmentation")
+        meta = cls(**kwargs, inputs=InputSpec.from_json(d, where), segmentation=seg,
                    extra={k: v for k, v in d.items() if k not in skip})
         validate_meta(meta, where)
         return meta
@@ -449,6 +489,14 @@ def validate_meta(m: ModelMeta, where: str) -> None:
     need(_is_number(m.drop_rate) and 0 <= m.drop_rate < 1, "drop_rate",
          "a number from 0 to below 1", m.drop_rate)
     need(isinstance(m.weights_source, str), "weights_source", "a string", m.weights_source)
+    need(m.task in TASKS, "task", " or ".join(TASKS), m.task)
+    if m.task == "segment":
+        if m.segmentation is None:
+            raise WeightsError(f"{where}: field segmentation is missing (a segment model's "
+                               "tile rule)")
+        if not m.inputs.plain:
+            raise WeightsError(f"{where}: a segment model takes image bands only (no fusion, "
+                               "tabular or terrain inputs)")
     _check_inputs(m, where)
 
 

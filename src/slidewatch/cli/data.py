@@ -74,7 +74,10 @@ def data_split(roots, out, by, val_fraction, test_fraction, holdout, seed, class
     """Write a group-aware train/val/test split of one or more datasets to a file."""
     from slidewatch.data.folders import load_datasets
     from slidewatch.data.splits import save_split, split_samples
+    from slidewatch.io_utils import check_output_file
+    from slidewatch.meta import META_FILE
 
+    check_output_file(out, "a JSON file name", (".json",), marker=META_FILE, inputs=roots)
     samples = load_datasets([Path(r) for r in roots], parse_classes(classes))
     split = split_samples(samples, by=by, val_fraction=val_fraction, test_fraction=test_fraction,
                           seed=seed, holdout_regions=tuple(holdout))

@@ -10,7 +10,8 @@ from slidewatch.cli.common import echo, progress, tabular_inputs
 @click.command("evaluate")
 @click.argument("model_dir")
 @click.option("--data", "data_dirs", multiple=True, required=True,
-              help="labelled class-folder dataset (repeat for several)")
+              help="labelled class-folder dataset, or for a segmentation model images with "
+                   "masks (scene folders or class folders with masks/); repeat for several")
 @click.option("--out", required=True, help="folder for metrics.json, predictions.csv, figures")
 @click.option("--threshold", type=float, default=None, help="override the model's threshold")
 @click.option("--target-recall", type=float, default=None,
@@ -18,10 +19,12 @@ from slidewatch.cli.common import echo, progress, tabular_inputs
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an earlier evaluation in --out")
+@click.option("--tta", is_flag=True,
+              help="test-time augmentation: average over flips and 90-degree rotations")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @tabular_inputs
 def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size, device,
-                 overwrite, quiet, tabular, aux, missing, unknown):
+                 overwrite, tta, quiet, tabular, aux, missing, unknown):
     """Score MODEL_DIR on labelled data: metrics with 95% CIs, overall and per region."""
     from slidewatch.evaluation.evaluate import evaluate, format_table
     from slidewatch.evaluation.sizes import format_size
@@ -29,8 +32,12 @@ def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size
     result = evaluate(model_dir, list(data_dirs), out, threshold=threshold,
                       target_recall=target_recall, batch_size=batch_size, device=device,
                       overwrite=overwrite, progress=progress(not quiet), tabular=tabular,
-                      aux=aux, missing=missing, unknown=unknown)
+                      aux=aux, missing=missing, unknown=unknown, tta=tta)
     click.echo(format_table(result))
+    if result.get("task") == "segment":
+        from slidewatch.evaluation.evaluate import format_pixels
+
+        click.echo(format_pixels(result))
     if "size" in result:
         click.echo(format_size(result["size"]))
     echo(f"{result['overall']['n']} images evaluated -> {out}")

@@ -14,9 +14,11 @@ from slidewatch.cli.common import echo, progress, tabular_inputs
 @click.option("--threshold", type=float, default=None, help="override the model's threshold")
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--tta", is_flag=True,
+              help="test-time augmentation: average over flips and 90-degree rotations")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @tabular_inputs
-def predict_cmd(model_dir, paths, out, threshold, batch_size, device, quiet, tabular, aux,
+def predict_cmd(model_dir, paths, out, threshold, batch_size, device, tta, quiet, tabular, aux,
                 missing, unknown):
     """Landslide probability for every image in PATHS (files or folders)."""
     from slidewatch.inference.predict import collect_images, predict_paths, write_predictions
@@ -27,7 +29,7 @@ def predict_cmd(model_dir, paths, out, threshold, batch_size, device, quiet, tab
                       inputs=[*collect_images(list(paths)), tabular, aux])
     preds = predict_paths(model_dir, list(paths), threshold=threshold, batch_size=batch_size,
                           device=device, progress=progress(not quiet), tabular=tabular,
-                          aux=aux, missing=missing, unknown=unknown)
+                          aux=aux, missing=missing, unknown=unknown, tta=tta)
     write_predictions(out, preds)
     positives = sum(p.positive for p in preds)
     echo(f"{len(preds)} images, {positives} predicted landslide -> {out}")

@@ -34,6 +34,9 @@ FLAG_KEYS = {
     "size_weight": "sizes.weight", "size_class_weights": "sizes.class_weights",
     "fusion_mode": "fusion.mode", "emb_dim": "fusion.emb_dim",
     "mlp_hidden": "fusion.mlp_hidden", "landslide_weight": "fusion.weight",
+    "task": "task", "loss": "segment.loss", "pos_weight": "segment.pos_weight",
+    "crops_per_image": "segment.crops_per_image", "positive_share": "segment.positive_share",
+    "min_area": "segment.min_area",
 }
 # flag name -> config key path of a comma-separated list (the flag may be repeated)
 LIST_FLAGS = {"numeric": ("tabular.numeric", str), "categorical": ("tabular.categorical", str),
@@ -130,6 +133,20 @@ def build_config(config_path: str | None, params: dict):
         raise ConfigError(_where(str(exc), set(flat), config_path)) from None
 
 
+def _auto_or(kind):
+    """A click type: ``auto``/``none`` or a number of ``kind``."""
+    def convert(value):
+        if str(value).lower() in ("auto", "none"):
+            return str(value).lower()
+        try:
+            return kind(value)
+        except ValueError:
+            raise click.BadParameter(f"expected auto or a number, got {value!r}") from None
+
+    convert.__name__ = f"auto|{kind.__name__}"
+    return convert
+
+
 def _opt(*names, **kw):
     kw.setdefault("default", None)
     return click.option(*names, **kw)
@@ -140,7 +157,9 @@ TRAIN_OPTIONS = [
     _opt("--data", multiple=True, help="dataset folder (repeat to merge several)"),
     _opt("--out", required=True, type=click.Path(file_okay=False), help="model folder to write"),
     _opt("--classes", help="class folder names, positive class first, comma-separated"),
-    _opt("--model", help="architecture (see `slidewatch models`)"),
+    _opt("--task", type=click.Choice(["classify", "segment"]),
+         help="tile classes (default) or landslide pixels learnt from masks"),
+    _opt("--model", help="architecture (see `slidewatch models [--task segment]`)"),
     _opt("--weights", help="imagenet, none, or a weights file / slidewatch model folder"),
     _opt("--init-from", help="continue from an earlier fine-tuned slidewatch model folder"),
     _opt("--input-size", type=int, help="model input size in pixels"),
@@ -158,7 +177,17 @@ TRAIN_OPTIONS = [
     _opt("--steps-per-epoch", type=int, help="cap each epoch at this many batches"),
     _opt("--class-weights", help="balanced, none, or one weight per class (1,3)"),
     _opt("--early-stopping-metric", type=click.Choice(
-        ["val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2"])),
+        ["val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2",
+         "val_iou", "val_mcc"]), help="val_iou/val_mcc: pixel scores of --task segment"),
+    _opt("--loss", type=click.Choice(["bce_dice", "focal_dice", "bce", "dice"]),
+         help="--task segment: the pixel loss"),
+    _opt("--pos-weight", type=_auto_or(float),
+         help="--task segment: weight of landslide pixels (auto, none or a number)"),
+    _opt("--crops-per-image", type=int, help="--task segment: random crops of a scene per epoch"),
+    _opt("--positive-share", type=float,
+         help="--task segment: share of crops centred on a landslide pixel"),
+    _opt("--min-area", type=_auto_or(int),
+         help="--task segment: pixels a tile needs above the threshold (auto: on validation)"),
     _opt("--patience", type=int, help="epochs without improvement before stopping"),
     _opt("--threshold", type=float, help="decision threshold stored in the model"),
     _opt("--target-recall", type=float,
@@ -208,7 +237,8 @@ TRAIN_OPTIONS = [
 
 
 def train_cmd(**params):
-    """Train a landslide classifier: frozen-backbone phase, then fine-tuning."""
+    """Train a landslide classifier (or, with --task segment, a pixel segmentation model):
+    frozen-backbone phase, then fine-tuning."""
     from slidewatch.training.loop import train
 
     cfg = build_config(params.pop("config_path"), params)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +30,9 @@ from slidewatch.meta import MAX_INPUT_SIZE
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "constant", "step")
 STOP_METRICS = ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2")
+# validation metrics of a segmentation run (pixels of the landslide class)
+SEGMENT_METRICS = ("val_loss", "val_iou", "val_f1", "val_precision", "val_recall", "val_mcc")
+SEGMENT_LOSSES = ("bce_dice", "focal_dice", "bce", "dice")
 
 
 @dataclass
@@ -105,6 +107,24 @@ class PhaseConfig:
 
 
 @dataclass
+class SegmentConfig:
+    """Settings of ``task: segment`` (pixel maps learnt from the masks).
+
+    ``loss``: BCE (or focal) plus soft Dice on the landslide pixels; ``pos_weight``: weight of
+    landslide pixels in the BCE part, ``auto`` = sqrt(background / landslide pixels) of the
+    training masks (capped at 10), or a number, or ``none``. Scene folders give
+    ``crops_per_image`` random crops per epoch, a share ``positive_share`` of them centred on a
+    landslide pixel. ``min_area``: pixels a tile needs above the threshold to be a landslide
+    tile; ``auto`` chooses it on the validation split (Youden's J), else a whole number."""
+
+    loss: Literal["bce_dice", "focal_dice", "bce", "dice"] = "bce_dice"
+    pos_weight: Union[str, float] = "auto"
+    crops_per_image: int = 8
+    positive_share: float = 0.5
+    min_area: Union[str, int] = "auto"
+
+
+@dataclass
 class OptimConfig:
     optimizer: Literal["adam", "adamw", "nadam", "rmsprop", "sgd"] = "adam"
     weight_decay: float = 0.0
@@ -134,11 +154,14 @@ class TrainConfig:
     aux: AuxConfig = field(default_factory=AuxConfig)
     sizes: SizesConfig = field(default_factory=SizesConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    task: Literal["classify", "segment"] = "classify"
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
     batch_size: int = 32
     steps_per_epoch: Optional[int] = None
     class_weights: Union[str, list[float]] = "balanced"
     early_stopping_metric: Literal[
-        "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2"
+        "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2",
+        "val_iou", "val_mcc"
     ] = "val_f1"
     patience: int = 5
     threshold: float = 0.5
@@ -304,13 +327,16 @@ MULTIMODAL_SECTIONS = {"tabular": TabularConfig, "aux": AuxConfig, "sizes": Size
 
 
 def to_dict(cfg: Any) -> dict:
-    """The config as plain data; multi-modal sections left at their defaults are left out, so
-    that plain runs describe themselves (config.yaml, metadata) exactly as before."""
+    """The config as plain data; multi-modal sections left at their defaults are left out, and
+    so are ``task`` and ``segment`` of a classification run, so that plain runs describe
+    themselves (config.yaml, metadata) exactly as before."""
     data = dataclasses.asdict(cfg)
     if isinstance(cfg, TrainConfig):
         for key, cls in MULTIMODAL_SECTIONS.items():
             if data.get(key) == dataclasses.asdict(cls()):
                 del data[key]
+        if cfg.task == "classify" and data.get("segment") == dataclasses.asdict(SegmentConfig()):
+            del data["task"], data["segment"]
     return data
 
 
@@ -396,6 +422,34 @@ def validate(cfg: TrainConfig) -> None:
     else:
         _check(len(cw) == len(d.classes) and all(w > 0 for w in cw), "class_weights",
                f"a list needs {len(d.classes)} positive numbers, one per class")
-    _check(cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)
-           is not None, "device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    from slidewatch.runtime import DEVICES, check_device_name  # on use: runtime loads torch
+
+    try:  # the names every command's --device takes (not any Unicode digit after "cuda:")
+        check_device_name(cfg.device)
+    except ConfigError:
+        raise ConfigError(f"device: must be {DEVICES}, got {cfg.device!r}") from None
     validate_multimodal(cfg)
+    _validate_task(cfg)
+
+
+def _validate_task(cfg: TrainConfig) -> None:
+    """The task's metric, loss settings and model family agree."""
+    sg = cfg.segment
+    if cfg.task == "classify":
+        _check(cfg.early_stopping_metric in STOP_METRICS, "early_stopping_metric",
+               f"must be one of {', '.join(STOP_METRICS)} for task classify")
+        return
+    _check(cfg.early_stopping_metric in SEGMENT_METRICS, "early_stopping_metric",
+           f"must be one of {', '.join(SEGMENT_METRICS)} for task segment (pixel scores)")
+    pw = sg.pos_weight
+    _check(pw in ("auto", "none") if isinstance(pw, str) else pw > 0, "segment.pos_weight",
+           f"must be auto, none or a number > 0, got {pw!r}")
+    ma = sg.min_area
+    _check(ma == "auto" if isinstance(ma, str) else ma >= 1, "segment.min_area",
+           f"must be auto or a whole number of pixels >= 1, got {ma!r}")
+    _check(sg.crops_per_image >= 1, "segment.crops_per_image", "must be >= 1")
+    _check(0.0 <= sg.positive_share <= 1.0, "segment.positive_share", "must be in [0, 1]")
+    _check(cfg.target_recall is None, "target_recall", "applies to task classify only")
+    _check(not cfg.model.init_from, "model.init_from", "applies to task classify only")
+    _check(cfg.tabular.path is None and not cfg.aux.dem and cfg.sizes.source is None,
+           "task", "segment takes image bands only (no tabular, aux or sizes inputs)")

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from slidewatch.data.dataset import TileDataset, unit_pixels
+from slidewatch.data.masks import fit_to_size
 from slidewatch.data.sizes import IGNORE_INDEX, SizeClasses, SizeColumn, size_label_for_sample
 from slidewatch.data.tabular import (
     TabularEncoder,
@@ -42,7 +44,7 @@ from slidewatch.data.tabular import (
     tabular_dataset,
 )
 from slidewatch.data.terrain import CHANNELS, FEATURES, Grid, terrain_rows
-from slidewatch.data.transforms import EvalTransform
+from slidewatch.data.transforms import EvalTransform, to_grayscale
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.meta import ModelMeta
 
@@ -241,12 +243,43 @@ def _check_files(inputs: ModelInputs, tabular, aux) -> None:
 # ----------------------------------------------------------------------------- the builder
 
 
+class FittedImages(Dataset):
+    """The images of a :class:`TileDataset` (no transform) as a segmentation model takes them:
+    padded (smaller) or resized (larger, aspect kept) to its input size, as in training
+    (:func:`~slidewatch.data.masks.fit_to_size`); ``valid`` marks the image's own pixels.
+    Items: ``{"image", "valid", "label", "index"}``."""
+
+    def __init__(self, tiles: TileDataset, size: int, grayscale: bool = False):
+        self.tiles, self.size, self.grayscale = tiles, size, grayscale
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    @property
+    def samples(self) -> list:
+        return self.tiles.samples
+
+    def __getitem__(self, i: int) -> dict:
+        unit = self.tiles.unit_image(i)
+        image = torch.from_numpy(unit.transpose(2, 0, 1).copy())
+        if self.grayscale:
+            image = to_grayscale(image)
+        image, valid = fit_to_size(image, torch.ones((1, *image.shape[-2:])), self.size)
+        return {"image": image, "valid": valid, "label": int(self.tiles.samples[i].label),
+                "index": i}
+
+
 def image_dataset(meta: ModelMeta, samples: Sequence, *, inputs: ModelInputs | None = None,
-                  transform: Callable | None = None, cache: bool = False) -> TileDataset:
+                  transform: Callable | None = None, cache: bool = False) -> Dataset:
     """The pixels of ``samples`` as the model of ``meta`` takes them: its band count, its unit
     scale, the nodata rule, terrain channels when ``inputs`` has them, then ``transform``
     (default: evaluation's, :class:`~slidewatch.data.transforms.EvalTransform` at the model's
-    input size). Items: ``{"image", "label", "index"}``."""
+    input size; for a segmentation model :class:`FittedImages`). Items: ``{"image", "label",
+    "index"}`` (and ``"valid"`` for a segmentation model)."""
+    if meta.task == "segment" and transform is None:
+        tiles = TileDataset(samples, transform=None, cache=cache, scale=meta.scale,
+                            bands=meta.in_chans)
+        return FittedImages(tiles, meta.input_size, meta.grayscale)
     transform = transform or EvalTransform(meta.input_size, grayscale=meta.grayscale)
     if inputs is None:
         return TileDataset(samples, transform=transform, cache=cache, scale=meta.scale,

@@ -30,10 +30,10 @@ from slidewatch.data.geometry import (
 )
 from slidewatch.data.inventory_csv import Inventory, InventoryColumns, read_inventory  # noqa: F401  (re-exported)
 from slidewatch.data.raster import image_bands, one_line, open_raster, read_window
-from slidewatch.data.readers import georef, probe, write_tile
-from slidewatch.data.tiling import CSV_COLUMNS, TILES_CSV, validate_classes
+from slidewatch.data.readers import georef, probe, tile_suffix, write_tile
+from slidewatch.data.tiling import CSV_COLUMNS, RASTER_WRITE_ERRORS, TILES_CSV, validate_classes
 from slidewatch.errors import ConfigError, DataError
-from slidewatch.io_utils import atomic_dir
+from slidewatch.io_utils import atomic_dir, open_output, quiet_writing
 
 DEFAULT_SIZE = 224
 DEFAULT_MIN_DISTANCE = 500.0  # metres on the ground, chip footprint to inventory point
@@ -182,7 +182,9 @@ def _write_chip(out: Path, label: str, scene: _Scene, r0: int, c0: int, arr, att
 
     profile = {"crs": scene.crs, "transform": scene.transform @ Affine.translation(c0, r0)}
     name = f"{scene.region}__{scene.path.stem}__r{r0}_c{c0}"
-    path = write_tile(out / label / name, arr, profile)
+    target = (out / label / name).with_suffix(tile_suffix(arr, profile))
+    with quiet_writing(target, RASTER_WRITE_ERRORS):  # a full disk: one line naming it
+        path = write_tile(out / label / name, arr, profile)
     return [path.relative_to(out).as_posix(), label, scene.source, r0, c0, "", scene.region,
             *attrs]
 
@@ -370,7 +372,7 @@ def chips_from_inventory(
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for name in opts.classes:
             (tmp / name).mkdir()
-        with open(tmp / TILES_CSV, "w", newline="", encoding="utf-8") as fh:
+        with open_output(tmp / TILES_CSV, newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(INVENTORY_CSV_COLUMNS)
             for i, (scene, pts) in enumerate(zip(opened, near, strict=True)):

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from slidewatch.config.train import AugmentConfig
 from slidewatch.data.dataset import declared_valid, unit_pixels
-from slidewatch.data.readers import IMAGE_SUFFIXES, read_image
+from slidewatch.data.readers import IMAGE_SUFFIXES, probe, read_image
 from slidewatch.data.transforms import color_jitter
 from slidewatch.errors import DataError
 
@@ -192,7 +192,8 @@ class JointTransform:
 
 
 class MaskedImages(Dataset):
-    """Whole images (class folders with masks, or scene images) fitted to ``size``."""
+    """Whole images (class folders with masks, or scene images) fitted to ``size``. Items also
+    carry ``valid`` (1 x H x W: 1 on the image, 0 on padding), moved with the mask."""
 
     def __init__(self, samples: Sequence[MaskedSample], size: int, *,
                  transform: JointTransform | None = None, scale: float | None = None,
@@ -205,18 +206,58 @@ class MaskedImages(Dataset):
         return len(self.samples)
 
     def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and (mask, valid) as a 2-channel tensor, fitted to the size."""
         item = self._cache.get(i)
         if item is None:
-            item = fit_to_size(*_tensors(*_load(self.samples[i], self.scale)), self.size)
+            image, mask = _tensors(*_load(self.samples[i], self.scale))
+            item = fit_to_size(image, torch.cat([mask, torch.ones_like(mask)]), self.size)
             if self.cache:
                 self._cache[i] = item
         return item
 
     def __getitem__(self, i: int) -> dict:
-        image, mask = self.pair(i)
+        image, both = self.pair(i)
         if self.transform is not None:
-            image, mask = self.transform(image.clone(), mask.clone())
-        return {"image": image, "mask": mask, "index": i}
+            image, both = self.transform(image.clone(), both.clone())
+        return {"image": image, "mask": both[:1], "valid": both[1:], "index": i}
+
+
+def grid_starts(length: int, size: int) -> list[int]:
+    """Window starts covering ``length`` with windows of ``size`` (the last one flush with the
+    end; one window at 0 when ``length`` <= ``size``)."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size, size))
+    return starts + [length - size]
+
+
+class SceneTiles(Dataset):
+    """A fixed grid of ``size`` x ``size`` windows over each scene (validation and evaluation:
+    the same pixels every epoch); scenes smaller than ``size`` are padded (``valid`` 0)."""
+
+    def __init__(self, samples: Sequence[MaskedSample], size: int, *,
+                 scale: float | None = None):
+        self.samples, self.size, self.scale = list(samples), size, scale
+        self.windows: list[tuple[int, int, int]] = []
+        for k, s in enumerate(self.samples):
+            info = probe(s.image)
+            for r in grid_starts(info.height, size):
+                for c in grid_starts(info.width, size):
+                    self.windows.append((k, r, c))
+        self._scene: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict:
+        k, r, c = self.windows[i]
+        if self._scene is None or self._scene[0] != k:
+            image, mask = _tensors(*_load(self.samples[k], self.scale))
+            self._scene = (k, image, torch.cat([mask, torch.ones_like(mask)]))
+        _, image, both = self._scene
+        win = (slice(None), slice(r, r + self.size), slice(c, c + self.size))
+        img, bth = fit_to_size(image[win], both[win], self.size)
+        return {"image": img, "mask": bth[:1], "valid": bth[1:], "index": i}
 
 
 class SceneCrops(Dataset):
@@ -242,6 +283,7 @@ class SceneCrops(Dataset):
         item = self._cache.get(k)
         if item is None:
             image, mask = _tensors(*_load(self.samples[k], self.scale))
+            mask = torch.cat([mask, torch.ones_like(mask)])  # (mask, valid)
             if min(image.shape[-2:]) < self.size:
                 image, mask = fit_to_size(image, mask, max(self.size, *image.shape[-2:]))
             item = (image, mask, np.argwhere(mask[0].numpy()))
@@ -265,7 +307,7 @@ class SceneCrops(Dataset):
         img, msk = image[crop].clone(), mask[crop].clone()
         if self.transform is not None:
             img, msk = self.transform(img, msk)
-        return {"image": img, "mask": msk, "index": i}
+        return {"image": img, "mask": msk[:1], "valid": msk[1:], "index": i}
 
 
 def landslide_fraction(samples: Sequence[MaskedSample]) -> float:

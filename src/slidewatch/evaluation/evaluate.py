@@ -41,14 +41,14 @@ SOURCE_MODEL, SOURCE_FLAG, SOURCE_TARGET = "model", "flag", "target_recall on va
 
 
 def _outputs(model, meta: ModelMeta, samples: list[Sample], batch_size: int, device,
-             progress: Callable, desc: str, inputs=None, source: Path | None = None
-             ) -> dict[str, np.ndarray]:
+             progress: Callable, desc: str, inputs=None, source: Path | None = None,
+             tta: bool = False) -> dict[str, np.ndarray]:
     """Positive-class probabilities (and size probabilities) of ``samples``; ``inputs``
     (:class:`~slidewatch.multimodal.inputs.ModelInputs`) for a multi-modal model."""
     ds = model_dataset(meta, samples, inputs=inputs)
     loader = DataLoader(ds, batch_size=batch_size)
     return predict_outputs(model, meta, progress(loader, desc=desc, total=len(loader)), device,
-                           source=source, names=[s.path for s in samples])
+                           source=source, names=[s.path for s in samples], tta=tta)
 
 
 def _check_options(threshold, target_recall, batch_size: int) -> None:
@@ -239,7 +239,7 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
              batch_size: int = 64, device: str = "auto", overwrite: bool = False,
              progress: Callable = no_progress, tabular: str | Path | None = None,
              aux: str | Path | None = None, missing: str | None = None,
-             unknown: str | None = None) -> dict:
+             unknown: str | None = None, tta: bool = False) -> dict:
     """Evaluate the model of ``model_dir`` on the class-folder datasets ``roots``; write
     ``metrics.json`` (returned), ``predictions.csv`` and the figures into ``out``.
 
@@ -249,6 +249,8 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
     stored in the model (``slidewatch.json``) with the evaluation. A multi-modal model takes
     the rows of these images from ``tabular`` (CSV) and their terrain from ``aux`` (DEM),
     encoded with the statistics stored in the model; a size head adds the ``size`` block.
+    A segmentation model is scored on images with masks (:mod:`slidewatch.evaluation.segment`):
+    pixel and object scores beside the tile scores. ``tta``: average over flips and rotations.
     """
     from slidewatch.data.inputs import model_inputs
     from slidewatch.evaluation import sizes as mm
@@ -258,6 +260,9 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
     _check_out(out, overwrite, [model_dir, *roots, tabular, aux])
     dev = resolve_device(device)
     model, meta = load_model(model_dir, dev)
+    if meta.task == "segment":
+        return _evaluate_segment(model, meta, model_dir, roots, out, threshold, target_recall,
+                                 batch_size, dev, overwrite, progress, tta, tabular or aux)
     inputs = model_inputs(meta, tabular, aux, missing, unknown)
     samples = load_datasets(roots, tuple(meta.classes))
     if any(holding(r, [out]) for r in roots):
@@ -266,7 +271,7 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
     thr, source, source_info = _threshold(model, meta, model_dir, roots, threshold,
                                           target_recall, batch_size, dev, progress, inputs)
     outputs = _outputs(model, meta, samples, batch_size, dev, progress, "evaluate", inputs,
-                       model_dir)
+                       model_dir, tta)
     prob, size_probs = outputs["probability"], outputs.get("size_probs")
     result = _report(model_dir, meta, roots, samples, prob, thr, source, source_info)
     size = mm.size_block(meta, truth, size_probs)
@@ -281,6 +286,84 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
         if target_recall is not None:  # the model changes only with a complete evaluation
             store_threshold(model_dir, thr, source_info)
     return result
+
+
+def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path], out: Path,
+                      threshold, target_recall, batch_size: int, dev, overwrite: bool,
+                      progress: Callable, tta: bool, tabular) -> dict:
+    """Pixel, object and tile scores of a segmentation model (see
+    :mod:`slidewatch.evaluation.segment`); the same folder contract as a classifier's."""
+    from slidewatch.evaluation import segment as sg
+
+    if target_recall is not None:
+        raise ConfigError("--target-recall: applies to classifiers; a segmentation model's "
+                          "threshold and tile rule are chosen when it is trained")
+    if tabular:
+        raise ConfigError("--tabular/--aux: a segmentation model takes image bands only")
+    thr = float(meta.threshold if threshold is None else threshold)
+    source = SOURCE_MODEL if threshold is None else SOURCE_FLAG
+    items, tiles = sg.score_images(model, meta, roots, batch_size=batch_size, device=dev,
+                                   progress=progress, tta=tta, source=model_dir)
+    kept = [t for t in tiles if t["label"] >= 0]
+    y = np.array([t["label"] == 1 for t in kept])
+    prob = np.array([t["score"] for t in kept])
+    names = [meta.positive_class if t["label"] == 1 else meta.negative_label for t in kept]
+    regions: dict[str, list[int]] = {}
+    for i, t in enumerate(kept):
+        regions.setdefault(t["region"], []).append(i)
+    result = {
+        "format": "slidewatch-evaluation", "format_version": 1, "task": "segment",
+        "model_dir": str(model_dir), "architecture": meta.architecture,
+        "classes": list(meta.classes), "positive_class": meta.positive_class,
+        "data": [str(r) for r in roots], "threshold": thr, "threshold_source": source,
+        "threshold_detail": None, "tta": tta,
+        "tile_rule": {**meta.segmentation.to_json(), "scene_window_rule":
+                      f"landslide when its mask share >= {sg.TILE_MIN_SHARE:g}, landslide-free "
+                      "without landslide pixels, left out in between"},
+        "confidence_intervals": {
+            "level": 0.95, "accuracy": "Wilson score", "recall": "Wilson score",
+            "f1": f"percentile bootstrap over tiles, {BOOTSTRAP_RESAMPLES} resamples, "
+                  f"seed {BOOTSTRAP_SEED}",
+            "pixels": "percentile bootstrap over images, 1000 resamples, seed 0"},
+        "overall": score_block(y, prob, thr, names),
+        "regions": {r: score_block(y[idx], prob[idx], thr, [names[i] for i in idx])
+                    for r, idx in sorted(regions.items())},
+        "pixels": sg.segment_report(items, thr),
+        "created": now_iso(), "versions": library_versions(),
+    }
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        sg.write_rows(tmp / PREDICTIONS_FILE, tiles, thr, meta)
+        from slidewatch.evaluation.plots import write_plots
+
+        plots = write_plots(tmp, y, prob, thr, meta.positive_class, meta.negative_label)
+        for name in ("roc", "pr"):
+            if plots[name] is None:
+                (tmp / f"{name}.png").unlink(missing_ok=True)
+        plots["overlays"] = sg.write_overlays(tmp / "overlays", items, roots, meta, thr)
+        result["plots"] = plots
+        atomic_write_text(tmp / METRICS_FILE, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_pixels(result: dict) -> str:
+    """Pixel and object scores of a segmentation evaluation, overall and per region."""
+    px = result["pixels"]
+
+    def num(v) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [f"{'pixels':16} {'images':>6} {'IoU':>6} {'F1':>6} {'precision':>9} "
+             f"{'recall':>6} {'IoU 95% CI':>11} {'objects found':>13}"]
+    for name, b in [("overall", px["overall"]), *px["regions"].items()]:
+        ci = b["ci95"]["iou"]
+        o = b.get("objects", {})
+        found = f"{o.get('found', 0)}/{o.get('true', 0)}" if o else "-"
+        lines.append(f"{name[:16]:16} {b['n_images']:>6} {num(b['iou']):>6} {num(b['f1']):>6} "
+                     f"{num(b['precision']):>9} {num(b['recall']):>6} "
+                     f"{(f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else 'n/a'):>11} {found:>13}")
+    lines.append(f"objects: found when a predicted object overlaps with "
+                 f"{px['overall']['objects']['match_rule']}")
+    return "\n".join(lines)
 
 
 def _plots(out: Path, samples, prob, thr: float, meta: ModelMeta) -> dict:

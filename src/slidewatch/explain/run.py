@@ -25,7 +25,7 @@ import torch
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.inputs import ModelInputs, image_dataset
 from slidewatch.data.readers import read_image
-from slidewatch.errors import ConfigError, DataError
+from slidewatch.errors import ConfigError, DataError, ModelError
 from slidewatch.explain.attributions import attribution_entry, item_attributions, write_attributions
 from slidewatch.explain.cams import (
     BAND,
@@ -201,6 +201,9 @@ def explain_paths(model_dir: str | Path, paths: list[str | Path], out: str | Pat
 
     cam_class(method)
     model, meta = load_model(model_dir, resolve_device(device))
+    if meta.task == "segment":
+        raise ModelError(f"{model_dir}: a segmentation model; explain takes tile classifiers "
+                         "for now (Grad-CAM of segmentation maps is not built yet)")
     inputs = model_inputs(meta, tabular, aux, missing, unknown)
     if inputs is not None:
         return explain_fused(model, meta, inputs, paths, out, method=method,

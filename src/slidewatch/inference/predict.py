@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from torch.utils.data import DataLoader
 
-from slidewatch.data.readers import IMAGE_SUFFIXES
+from slidewatch.data.readers import IMAGE_SUFFIXES, file_problem
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.inference.forward import predict_outputs
 from slidewatch.io_utils import atomic_write_text
@@ -19,12 +20,15 @@ from slidewatch.runtime import no_progress, resolve_device
 
 
 def collect_images(paths: list[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively) in folders, in a stable order."""
+    """Image files named directly or found (recursively) in folders, in a stable order.
+
+    What cannot be read is refused, never skipped (the dataset scanner's rule,
+    :func:`~slidewatch.data.readers.file_problem`): a broken symbolic link, a named pipe,
+    socket or device with an image suffix, a sub-folder that cannot be listed."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
-                           and f.is_file())
+            found = sorted(_folder_images(p))
             if not found:
                 raise DataError(f"{p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder")
             out += found
@@ -32,9 +36,32 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError(f"{p}: not an image file type slidewatch reads")
             out.append(p)
+        elif p.exists() or p.is_symlink():  # a FIFO, socket, device or broken link
+            raise DataError(f"{p}: {file_problem(p)}")
         else:
             raise DataError(f"{p}: no such file or folder")
     return out
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """Files with an image suffix under ``folder`` (symbolic links to folders not followed);
+    the first entry that is no readable file is a DataError naming it."""
+    found = []
+
+    def unlisted(exc: OSError) -> None:
+        raise DataError(f"{exc.filename}: cannot list folder ({exc.strerror or exc})")
+
+    for root, dirs, files in os.walk(folder, onerror=unlisted):
+        for name in sorted(files) + sorted(dirs):
+            f = Path(root, name)
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            problem = file_problem(f)
+            if problem is None:
+                found.append(f)
+            elif not f.is_dir():  # a link to a folder named like an image: not an image
+                raise DataError(f"{f}: {problem}")
+    return found
 
 
 def image_samples(paths: list[str | Path], files: list[Path], classes: list[str]) -> list:
@@ -61,15 +88,19 @@ class Prediction:
     positive: bool
     size: str | None = None  # size class of a model with a size head
     size_probability: float | None = None
+    landslide_pixels: int | None = None  # segmentation model: pixels at or above the threshold
+    landslide_share: float | None = None  # ... as a share of the image's pixels
 
 
 def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: float | None = None,
                   batch_size: int = 32, device: str = "auto", num_workers: int = 0,
                   progress: Callable = no_progress, tabular: str | Path | None = None,
                   aux: str | Path | None = None, missing: str | None = None,
-                  unknown: str | None = None) -> list[Prediction]:
+                  unknown: str | None = None, tta: bool = False) -> list[Prediction]:
     """One prediction per image; the label uses the model's threshold unless one is given.
-    A multi-modal model takes each image's row from ``tabular`` and its terrain from ``aux``."""
+    A multi-modal model takes each image's row from ``tabular`` and its terrain from ``aux``.
+    A segmentation model labels an image by its tile rule (enough pixels at or above the
+    threshold) and reports the landslide pixels. ``tta``: average over flips and rotations."""
     from slidewatch.data.inputs import model_dataset, model_inputs
 
     if threshold is not None and not 0.0 < threshold < 1.0:
@@ -84,10 +115,14 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
     ds = model_dataset(meta, image_samples(paths, files, meta.classes), inputs=inputs)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
     batches = progress(loader, desc="predict", total=len(loader))
-    out = predict_outputs(model, meta, batches, dev, source=model_dir, names=files)
+    out = predict_outputs(model, meta, batches, dev, source=model_dir, names=files, tta=tta,
+                          threshold=thr)
     other = meta.negative_label
     preds = [Prediction(str(f), float(p), meta.positive_class if p >= thr else other,
                         bool(p >= thr)) for f, p in zip(files, out["probability"])]
+    if "landslide_pixels" in out:
+        for pred, n, v in zip(preds, out["landslide_pixels"], out["valid_pixels"]):
+            pred.landslide_pixels, pred.landslide_share = int(n), float(n / max(int(v), 1))
     if "size_probs" in out:
         names = meta.inputs.sizes.names
         for pred, sp in zip(preds, out["size_probs"]):
@@ -100,8 +135,12 @@ def write_predictions(path: str | Path, preds: list[Prediction]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     sizes = any(p.size is not None for p in preds)
-    w.writerow(["path", "probability", "label", *(["size", "size_probability"] if sizes else [])])
+    area = any(p.landslide_pixels is not None for p in preds)
+    w.writerow(["path", "probability", "label", *(["size", "size_probability"] if sizes else []),
+                *(["landslide_pixels", "landslide_share"] if area else [])])
     for p in preds:
         extra = [p.size, f"{p.size_probability:.6f}"] if sizes else []
+        if area:
+            extra += [p.landslide_pixels, f"{p.landslide_share:.6f}"]
         w.writerow([p.path, f"{p.probability:.6f}", p.label, *extra])
     atomic_write_text(Path(path), buf.getvalue())

@@ -6,21 +6,23 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from slidewatch.errors import WeightsError
-from slidewatch.io_utils import atomic_path, atomic_write_text
+from slidewatch.io_utils import atomic_write_bytes, atomic_write_text
 from slidewatch.meta import META_FILE, WEIGHTS_FILE, ModelMeta, library_versions, now_iso, read_meta
 from slidewatch.runtime import prepare_model
 
 
 def save_model(model_dir: str | Path, model: torch.nn.Module, meta: ModelMeta) -> None:
-    """Write weights and metadata, each atomically."""
+    """Write weights and metadata, each atomically. The weights are serialised in memory and
+    written by :mod:`slidewatch.io_utils` (safetensors' own file writer raises its own error
+    type on a full disk): a failed write is one DataError naming the file, and leaves no
+    temporary and no metadata without weights."""
     model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(model_dir / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"architecture": meta.architecture})
+    atomic_write_bytes(model_dir / WEIGHTS_FILE,
+                       save(state, metadata={"architecture": meta.architecture}))
     meta.extra.setdefault("versions", library_versions())
     meta.extra.setdefault("created", now_iso())
     atomic_write_text(model_dir / META_FILE, json.dumps(meta.to_json(), indent=2) + "\n")
@@ -37,7 +39,11 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
         raise WeightsError(f"{model_dir}: weights file {WEIGHTS_FILE} is missing")
     fusion = meta.inputs.fusion
     model = None
-    if fusion is None or fusion.mode != "tabular":
+    if meta.task == "segment":
+        from slidewatch.models.segmentation import build_segmenter
+
+        model = build_segmenter(meta.architecture, in_chans=meta.in_chans, weights="none")
+    elif fusion is None or fusion.mode != "tabular":
         model = build_model(meta.architecture, num_classes=len(meta.classes),
                             in_chans=meta.in_chans, weights="none", drop_rate=meta.drop_rate)
     if fusion is not None:  # image + tabular model: the backbone inside a FusionModel

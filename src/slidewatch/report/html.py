@@ -485,7 +485,10 @@ def build_report(model_dir: str | Path, eval_dir: str | Path,
     explain_dir = Path(explain_dir) if explain_dir is not None else None
     _check_dirs(model_dir, eval_dir, explain_dir)
     meta = _read_json(model_dir / "slidewatch.json")
-    ModelMeta.from_json(meta, str(model_dir / "slidewatch.json"))  # the model-folder contract
+    if ModelMeta.from_json(meta, str(model_dir / "slidewatch.json")).task == "segment":
+        raise ConfigError(f"{model_dir}: a segmentation model; the report shows tile "
+                          "classifiers for now (metrics.json of its evaluation has the pixel "
+                          "and object scores)")
     _check_record(model_dir / "slidewatch.json", meta)
     m = _read_json(eval_dir / "metrics.json")
     _check_metrics(eval_dir / "metrics.json", m)

@@ -54,16 +54,17 @@ def _one_line(exc: BaseException) -> str:
 class _Worker:
     """One model replica on a Ray worker (wrapped with ``ray.remote`` at run time)."""
 
-    def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str, threads: int):
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str, threads: int,
+                 source: str | None = None):
         torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.model = prepare_model(model, self.device).eval()
-        self.meta = meta
+        self.meta, self.source = meta, source
 
     def score(self, k: int, scene: str, windows: list, bands: list[int],
               batch: int) -> tuple[int, np.ndarray]:
         return k, score_windows(self.model, self.meta, Path(scene), windows, bands, batch,
-                                self.device)
+                                self.device, source=self.source)
 
 
 def check_reachable(address: str) -> None:
@@ -126,8 +127,9 @@ class RayScorer:
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: torch.device,
                  batch: int, *, address: str | None = None, workers: int | None = None,
-                 worker_cpus: int | None = None):
+                 worker_cpus: int | None = None, source: str | Path | None = None):
         self.model, self.meta, self.device, self.batch = model, meta, device, batch
+        self.source = None if source is None else str(source)  # the model folder
         self.address, self.workers, self.worker_cpus = address, workers, worker_cpus
         self.actors: list = []
         self.started = False
@@ -142,7 +144,7 @@ class RayScorer:
             remote = ray.remote(_Worker).options(num_cpus=c, num_gpus=g, max_restarts=0)
             on_cpu = all(t.device.type == "cpu" for t in self.model.state_dict().values())
             model = ray.put(self.model if on_cpu else copy.deepcopy(self.model).cpu())
-            self.actors = [remote.remote(model, self.meta, self.device.type, c)
+            self.actors = [remote.remote(model, self.meta, self.device.type, c, self.source)
                            for _ in range(n)]
         except BaseException:
             self.__exit__()

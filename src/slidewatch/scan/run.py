@@ -181,7 +181,8 @@ def scan(model_dir: str | Path, scenes: Sequence, out: str | Path, *, tile: int 
     model_id = scan_plan.model_identity(model_dir)
     jobs = scan_plan.plan(scenes, Path(out), meta, settings, model_id, dev, overwrite)
     model, meta = load_model(model_dir, dev if backend.name == "local" else "cpu")
-    return _run(model, meta, settings, dev, backend, jobs, Path(out), overwrite, progress)
+    return _run(model, meta, settings, dev, backend, jobs, Path(out), overwrite, progress,
+                source=model_dir)
 
 
 def scan_with_model(model: torch.nn.Module, meta: ModelMeta, scenes: Sequence, out: str | Path,
@@ -200,22 +201,25 @@ def scan_with_model(model: torch.nn.Module, meta: ModelMeta, scenes: Sequence, o
 
 
 def _scorer(model: torch.nn.Module, meta: ModelMeta, settings: ScanSettings, dev: torch.device,
-            backend: Backend):
+            backend: Backend, source: str | Path | None):
+    """``source``: the model folder, named when the model gives probabilities that are not
+    finite (None: the architecture is named)."""
     if backend.name == "local":
-        return LocalScorer(model, meta, dev, settings.batch)
+        return LocalScorer(model, meta, dev, settings.batch, source)
     return _ray_scorer()(model, meta, dev, settings.batch, address=backend.address,
-                         workers=backend.workers, worker_cpus=backend.worker_cpus)
+                         workers=backend.workers, worker_cpus=backend.worker_cpus,
+                         source=source)
 
 
 def _run(model: torch.nn.Module, meta: ModelMeta, settings: ScanSettings, dev: torch.device,
          backend: Backend, jobs: list[Job], out: Path, overwrite: bool,
-         progress: Callable) -> ScanSummary:
+         progress: Callable, source: str | Path | None = None) -> ScanSummary:
     t0 = time.perf_counter()
     created = not out.exists()
     results = []
     try:
         busy = any(job.done is None for job in jobs)  # no Ray start when all are complete
-        with (_scorer(model, meta, settings, dev, backend) if busy else
+        with (_scorer(model, meta, settings, dev, backend, source) if busy else
               contextlib.nullcontext()) as scorer, raster.gdal_env():
             with writing(out):
                 out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from rasterio.windows import Window
 
 from slidewatch.data import raster
 from slidewatch.data.inputs import window_tensor
-from slidewatch.inference.forward import forward_logits
+from slidewatch.inference.forward import forward_logits, non_finite
 from slidewatch.meta import ModelMeta
 
 PREFETCH_BATCHES = 2  # batches read ahead of the model by the local backend (0: inline)
@@ -98,31 +98,43 @@ def batch_tensor(meta: ModelMeta, raw: np.ndarray, valid: np.ndarray | None,
 
 
 def score_batches(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, n: int,
-                  device: torch.device) -> np.ndarray:
-    """P(positive) for ``n`` windows from :func:`window_batches`' output; NaN where left out."""
+                  device: torch.device, *, source: str | Path | None = None,
+                  scene: str | Path | None = None) -> np.ndarray:
+    """P(positive) for ``n`` windows from :func:`window_batches`' output; NaN where left out.
+
+    NaN marks a window without valid pixels, so a probability the model gives that is not
+    finite stops here (:func:`~slidewatch.inference.forward.non_finite`): one line naming the
+    model folder ``source`` (weights or statistics not finite) or the ``scene`` (its pixels
+    overflow the model), never a window silently counted as skipped."""
     probs = np.full(n, np.nan, np.float32)
     with torch.inference_mode():
         for index, raw, valid in batches:
             x = batch_tensor(meta, raw, valid, pin=device.type == "cuda")
             logits = forward_logits(model, x, meta, device)
-            probs[index] = torch.softmax(logits, dim=1)[:, meta.positive_index].cpu().numpy()
+            p = torch.softmax(logits, dim=1)[:, meta.positive_index].cpu().numpy()
+            if not np.isfinite(p).all():
+                raise non_finite(model, meta, 0, source, [scene or "the scene"])
+            probs[index] = p
     return probs
 
 
 def score_windows(model: torch.nn.Module, meta: ModelMeta, scene, windows: list,
-                  bands: Sequence[int], batch: int, device: torch.device) -> np.ndarray:
+                  bands: Sequence[int], batch: int, device: torch.device, *,
+                  source: str | Path | None = None) -> np.ndarray:
     """P(positive class) of each window (rasterio ``Window``s) of ``scene`` (a path or an open
     rasterio dataset), float32; NaN for windows without a valid pixel (skipped).
 
     Invalid pixels of partly valid windows are 0 after unit scaling. Batches never mix calls,
-    so a given list of windows always gives the same numbers.
+    so a given list of windows always gives the same numbers. A probability that is not finite
+    is an error naming ``source`` (the model folder) or the scene (:func:`score_batches`).
     """
     if isinstance(scene, (str, Path)):
         with raster.gdal_env(), raster.open_scene(Path(scene)) as ds:
-            return score_windows(model, meta, ds, windows, bands, batch, device)
+            return score_windows(model, meta, ds, windows, bands, batch, device, source=source)
     model.eval()
     batches = window_batches(scene, windows, bands, batch)
-    return score_batches(model, meta, batches, len(windows), device)
+    return score_batches(model, meta, batches, len(windows), device, source=source,
+                         scene=scene.name)
 
 
 class LocalScorer:
@@ -132,8 +144,9 @@ class LocalScorer:
     those of :func:`score_windows` on each chunk."""
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: torch.device,
-                 batch: int):
+                 batch: int, source: str | Path | None = None):
         self.model, self.meta, self.device, self.batch = model.eval(), meta, device, batch
+        self.source = source  # the model folder, named when its probabilities are not finite
 
     def __enter__(self) -> LocalScorer:
         return self
@@ -147,11 +160,12 @@ class LocalScorer:
         if PREFETCH_BATCHES < 1:
             for windows in chunks:
                 yield score_windows(self.model, self.meta, ds, windows, bands, self.batch,
-                                    self.device)
+                                    self.device, source=self.source)
             return
         for n, batches in _prefetched(path, bands, self.batch, chunks,
                                       self.device.type == "cuda"):
-            yield score_batches(self.model, self.meta, batches, n, self.device)
+            yield score_batches(self.model, self.meta, batches, n, self.device,
+                                source=self.source, scene=path)
 
 
 _END, _CHUNK_END = object(), object()

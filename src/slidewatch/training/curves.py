@@ -13,10 +13,12 @@ from slidewatch.io_utils import atomic_path  # noqa: E402
 
 
 def plot_curves(history: list[dict], path: str | Path) -> None:
-    """Accuracy and loss per epoch, training against validation (the study's Figs. 4-5)."""
+    """Accuracy (pixel IoU for a segmentation run) and loss per epoch, training against
+    validation (the study's Figs. 4-5)."""
     epochs = [r["epoch"] for r in history]
+    score = "iou" if history and "train_iou" in history[0] else "accuracy"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key in zip(axes, ("accuracy", "loss")):
+    for ax, key in zip(axes, (score, "loss")):
         ax.plot(epochs, [r.get(f"train_{key}") for r in history], "o-", label="training")
         if any(f"val_{key}" in r for r in history):
             ax.plot(epochs, [r.get(f"val_{key}") for r in history], "s-", label="validation")

@@ -25,6 +25,7 @@ from slidewatch.config.train import PhaseConfig, TrainConfig, dump_yaml
 from slidewatch.config.train import validate as validate_config
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.evaluation import metrics
+from slidewatch.evaluation.pixels import PixelCounts
 from slidewatch.inference.forward import forward_logits, forward_outputs
 from slidewatch.io_utils import atomic_write_text
 from slidewatch.models.checkpoint import save_model
@@ -36,7 +37,7 @@ from slidewatch.models.freezing import (
     unfreeze_top_layers,
 )
 from slidewatch.runtime import no_progress
-from slidewatch.training import distributed
+from slidewatch.training import distributed, segment
 from slidewatch.training.curves import plot_curves
 from slidewatch.training.setup import RESUME_FILE, Setup, prepare, save_resume
 
@@ -119,6 +120,8 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
     model.train()
     if bn_eval:
         set_batchnorm_eval(model)
+    if s.segment is not None:
+        return _train_segment_epoch(s, model, optimizer, step0, total, base_lr, progress, desc)
     losses, ys, probs, size_losses = [], [], [], []
     step = step0
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch(s))
@@ -147,6 +150,26 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
             size_sum = sum(distributed.gather_objects(s.dist, size_sum))
         row["train_loss_size"] = size_sum / len(y_all)
     return row
+
+
+def _train_segment_epoch(s: Setup, model: torch.nn.Module, optimizer, step0: int, total: int,
+                         base_lr: float, progress: Callable, desc: str) -> dict:
+    """One epoch of a segmentation model: the pixel loss, pooled pixel scores."""
+    counts, loss_sum, n = PixelCounts(), 0.0, 0
+    warmup = int(s.cfg.optim.warmup_epochs * steps_per_epoch(s))
+    steps = steps_per_epoch(s)
+    for step, batch in enumerate(progress(itertools.islice(s.train_loader, steps), desc=desc,
+                                          total=steps), start=step0):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total, base_lr, warmup, s.cfg.optim.schedule)
+        logits, loss = segment.batch_loss(s.segment, model, batch, s.meta, s.device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(logits)
+        n += len(logits)
+        counts = counts + segment.counts_of(logits, batch, s.meta.threshold)
+    return segment.pixel_row("train", loss_sum / max(n, 1), counts)
 
 
 def batch_loss(s: Setup, model: torch.nn.Module, batch: dict, y: torch.Tensor
@@ -199,6 +222,8 @@ def validate(s: Setup) -> dict:
     """Loss (same weighted loss as training) and scores on the validation split."""
     if s.val_loader is None:
         return {}
+    if s.segment is not None:
+        return segment.validate(s)[0]
     out = val_all(s)
     z, y = out["logits"], out["label"]
     if s.multimodal is None:
@@ -283,7 +308,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
                                 phase_epoch=epoch, best=best, bad_epochs=bad,
                                 optimizer=optimizer)
         state = None
-    result = finish(s, out_dir, history, best, metric)
+    result = finish(s, out_dir, history, best, metric, log)
     distributed.debug_dump(ctx, s.model)
     return result
 
@@ -354,6 +379,14 @@ def _checkpoint(s: Setup, out_dir: Path, history: list[dict], **state) -> None:
 
 
 def _epoch_line(row: dict, metric: str | None) -> str:
+    if "train_iou" in row:  # a segmentation run: pixel scores of the landslide class
+        parts = [f"epoch {row['epoch']} (phase {row['phase']})",
+                 f"loss {row['train_loss']:.4f}", f"iou {row['train_iou']:.3f}"]
+        if "val_loss" in row:
+            parts += [f"val_loss {row['val_loss']:.4f}", f"val_iou {row['val_iou']:.3f}",
+                      f"val_f1 {row['val_f1']:.3f}", f"val_precision {row['val_precision']:.3f}",
+                      f"val_recall {row['val_recall']:.3f}"]
+        return " | ".join([*parts, f"{row['seconds']:.1f}s"])
     parts = [f"epoch {row['epoch']} (phase {row['phase']})",
              f"loss {row['train_loss']:.4f}", f"acc {row['train_accuracy']:.3f}"]
     if "val_loss" in row:
@@ -391,11 +424,13 @@ def recall_threshold(s: Setup, target: float) -> float:
     return float(np.clip(metrics.threshold_for_recall(labels, prob, target), 1e-4, 0.9999))
 
 
-def finish(s: Setup, out_dir: Path, history: list[dict], best: dict, metric: str | None
-           ) -> TrainResult:
+def finish(s: Setup, out_dir: Path, history: list[dict], best: dict, metric: str | None,
+           log: Callable[[str], None] = lambda m: None) -> TrainResult:
     """Restore the best epoch and write the model folder, history, curves and config."""
     if best["state"] is not None:
         s.model.load_state_dict(best["state"])
+    if s.segment is not None:  # the tile rule, chosen on validation with the best epoch
+        s.meta.segmentation = segment.tile_rule(s, log)
     if s.cfg.target_recall is not None:
         s.meta.threshold = recall_threshold(s, s.cfg.target_recall)
     s.meta.extra.update({

@@ -43,6 +43,7 @@ from slidewatch.training.distributed import (
     sampler,
 )
 from slidewatch.training.multimodal import MultiModalSetup, prepare_multimodal
+from slidewatch.training.segment import SegmentSetup
 
 RESUME_FILE = "resume.pt"
 # what a training run writes into its --out folder (a folder holding only these is ours)
@@ -73,6 +74,7 @@ class Setup:
     size_weights: torch.Tensor | None = None  # size-class weights of the size loss (balanced)
     resume_state: dict | None = None  # the resume.pt of --resume, checked and applied
     split_record: tuple | None = None  # (samples, split): split.json, written once all is checked
+    segment: SegmentSetup | None = None  # task segment: loss settings, validation tile labels
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -296,6 +298,13 @@ def _output_and_roots(cfg: TrainConfig, out_dir: Path, resume: bool, log: Callab
     _check_out_dir(out_dir, resume)
     state = read_resume(out_dir, cfg) if resume else None
     device = ctx.device or resolve_device(cfg.device)
+    if cfg.task == "segment":  # masks are read whole: scene folders are not tiled
+        if ctx.enabled:
+            raise ConfigError("--task segment: training under torchrun is not supported yet; "
+                              "train in one process")
+        roots = [expand_path(raw, "data.paths") for raw in cfg.data.paths]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return device, roots, state
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     return device, resolve_paths(cfg, out_dir, log, tile=ctx.is_main), state
@@ -324,6 +333,8 @@ def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable,
 def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.device,
              log: Callable, ctx: DistContext) -> Setup:
     seed_everything(cfg.seed)
+    if cfg.task == "segment":
+        return _prepare_segment(cfg, out_dir, roots, device, log, ctx)
     samples = load_datasets(roots, tuple(cfg.data.classes))
     split = _split(cfg, samples)
     train_s = [samples[i] for i in split.train]
@@ -355,6 +366,39 @@ def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.d
                  size_weights=None if size_weights is None else
                  torch.tensor(size_weights, dtype=torch.float32, device=device),
                  split_record=(samples, split))
+
+
+def _prepare_segment(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.device,
+                     log: Callable, ctx: DistContext) -> Setup:
+    """Data from masks, a segmenter, the pixel loss (:mod:`slidewatch.training.segment`)."""
+    from slidewatch.training import segment as sg
+
+    samples = sg.find_samples(roots, list(cfg.data.classes))
+    split = sg.split(cfg, samples)
+    train_s = [samples[i] for i in split.train]
+    val_s = [samples[i] for i in split.val]
+    model, meta = sg.build(cfg, sg.band_count(train_s + val_s), log)
+    train_ds, val_ds = sg.datasets(cfg, meta.input_size, train_s, val_s, cfg.data.scale)
+    mean, std, share = sg.pixel_statistics(train_ds, seed=cfg.seed)
+    pretrained = model.slidewatch_weights != "none"
+    if not (meta.in_chans == 3 and pretrained):
+        meta.mean, meta.std = mean, std
+    seg = sg.SegmentSetup(loss=cfg.segment.loss, pos_weight=sg.pos_weight(cfg, share),
+                          landslide_share=share)
+    if val_ds is not None:
+        seg.val_labels = sg.tile_labels(val_ds, cfg.data.min_landslide)
+    seed_everything(cfg.seed)  # the statistics above drew crops: start the epochs afresh
+    summary = sg.summary(cfg, samples, split)
+    pw = "none" if seg.pos_weight is None else f"{seg.pos_weight:.2f}"
+    log(f"data: train {summary['train']}, val {summary['val']}, test {summary['test']}; "
+        f"{len(train_ds)} training crops/images per epoch; landslide pixels {share:.1%} "
+        f"(pos_weight {pw}); {meta.in_chans} bands; input {meta.input_size}px; device {device}")
+    return Setup(cfg=cfg, model=prepare_model(model, device), meta=meta, device=device,
+                 train_loader=sg.loader(train_ds, cfg, True, drop_last=True),
+                 val_loader=sg.loader(val_ds, cfg, False) if val_ds is not None else None,
+                 loss_fn=torch.nn.Identity(), config_dict=to_dict(cfg), data_summary=summary,
+                 out_dir=out_dir, freeze_bn=pretrained, dist=ctx, segment=seg,
+                 split_record=(sg.as_split_samples(samples), split))
 
 
 def _datasets(cfg: TrainConfig, meta: ModelMeta, train_s: list[Sample], val_s: list[Sample],

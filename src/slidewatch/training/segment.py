@@ -1,0 +1,355 @@
+"""Training of segmentation models (``task: segment``): data from masks, the pixel loss, pixel
+validation scores and the tile rule chosen on the validation split.
+
+The loop of :mod:`slidewatch.training.loop` runs both tasks (phases, schedules, early stopping,
+resume); this module supplies what differs for pixel maps:
+
+* data: scene folders (``images/`` + ``masks/``) give random crops each epoch, a share centred
+  on landslides (:class:`~slidewatch.data.masks.SceneCrops`), and a fixed grid of windows for
+  validation; class folders with ``masks/`` (the Bijie layout) give whole images fitted to the
+  input size. The split is by image or region as for classifiers (a scene is one image).
+* loss: :func:`~slidewatch.training.losses.segmentation_loss` over valid (not padded) pixels,
+  landslide pixels weighted by ``segment.pos_weight``;
+* scores: pixel IoU, F1, precision, recall and MCC of the landslide class, pooled over the
+  split (``val_iou`` ... for early stopping);
+* tile rule: a tile is a landslide when ``min_area_pixels`` pixels reach the threshold; with
+  ``segment.min_area: auto`` the area maximising Youden's J (recall + specificity - 1) of the
+  validation tiles, else the value given (:class:`slidewatch.meta.SegmentationSpec`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from slidewatch.config.train import TrainConfig
+from slidewatch.data.folders import Sample
+from slidewatch.data.masks import (
+    JointTransform,
+    MaskedImages,
+    MaskedSample,
+    SceneCrops,
+    SceneTiles,
+    masked_samples,
+)
+from slidewatch.data.readers import probe
+from slidewatch.data.splits import Split, load_split, split_samples
+from slidewatch.errors import ConfigError, DataError
+from slidewatch.evaluation.pixels import PixelCounts, pixel_counts, pixel_scores
+from slidewatch.inference.forward import forward_logits
+from slidewatch.meta import ModelMeta, SegmentationSpec
+from slidewatch.models.segmentation import SEGMENTERS, build_segmenter, encoder_module
+from slidewatch.runtime import worker_init
+from slidewatch.training.losses import segmentation_loss
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DEFAULT_MIN_AREA = 0.01  # share of the input area, when validation cannot choose the tile rule
+MAX_POS_WEIGHT = 10.0
+
+
+@dataclass
+class SegmentSetup:
+    """What the loop needs besides the shared :class:`~slidewatch.training.setup.Setup`."""
+
+    loss: str
+    pos_weight: float | None
+    landslide_share: float
+    val_labels: np.ndarray = field(default_factory=lambda: np.zeros(0))  # tile labels (1/0/-1)
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def find_samples(roots: list[Path], classes: list[str]) -> list[MaskedSample]:
+    """Every image with its mask under ``roots`` (scene folders or class folders + masks/)."""
+    out: list[MaskedSample] = []
+    for root in roots:
+        out += masked_samples(root, classes)
+    if not any(s.mask is not None for s in out):
+        raise DataError(f"{', '.join(map(str, roots))}: no landslide mask among the images; "
+                        "--task segment learns from masks")
+    return out
+
+
+def _from_class_folder(s: MaskedSample) -> bool:
+    return s.image.parent.name != "images"
+
+
+def as_split_samples(samples: list[MaskedSample]) -> list[Sample]:
+    """The samples as the splitter sees them: label 0 (landslide) with a mask, else 1."""
+    return [Sample(path=s.image, label=0 if s.mask is not None else 1, group=s.group,
+                   region=s.region) for s in samples]
+
+
+def split(cfg: TrainConfig, samples: list[MaskedSample]) -> Split:
+    d, flat = cfg.data, as_split_samples(samples)
+    if d.split_by == "tile":
+        raise ConfigError("data.split_by: tile does not apply to --task segment (images are "
+                          "not tiled); use image or region")
+    if d.split_file:
+        result = load_split(d.split_file, flat)
+    else:
+        result = split_samples(flat, by=d.split_by, val_fraction=d.val_fraction, seed=cfg.seed,
+                               holdout_regions=tuple(d.holdout_regions))
+    if not result.train:
+        raise DataError(f"{', '.join(d.paths)}: the split leaves no training images")
+    return result
+
+
+def datasets(cfg: TrainConfig, size: int, train_s: list[MaskedSample],
+             val_s: list[MaskedSample], scale: float | None) -> tuple[Dataset, Dataset | None]:
+    """Training data (augmented: crops of scenes, fitted class-folder images) and validation
+    data (a fixed grid over scenes, fitted class-folder images)."""
+    tf = JointTransform(cfg.augment)
+    sg = cfg.segment
+
+    def build(part: list[MaskedSample], train: bool) -> Dataset | None:
+        whole = [s for s in part if _from_class_folder(s)]
+        scenes = [s for s in part if not _from_class_folder(s)]
+        parts: list[Dataset] = []
+        if whole:
+            parts.append(MaskedImages(whole, size, transform=tf if train else None, scale=scale,
+                                      cache=cfg.data.cache))
+        if scenes:
+            parts.append(SceneCrops(scenes, size, crops_per_image=sg.crops_per_image,
+                                    positive_share=sg.positive_share, transform=tf, scale=scale)
+                         if train else SceneTiles(scenes, size, scale=scale))
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+    return build(train_s, True), build(val_s, False)
+
+
+def loader(ds: Dataset, cfg: TrainConfig, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    nw = cfg.data.num_workers
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=gen,
+                      num_workers=nw, worker_init_fn=worker_init, persistent_workers=nw > 0,
+                      drop_last=drop_last and len(ds) > cfg.batch_size)
+
+
+def band_count(samples: list[MaskedSample]) -> int:
+    seen: dict[int, Path] = {}
+    for s in samples:
+        seen.setdefault(probe(s.image).bands, s.image)
+    if len(seen) > 1:
+        (b1, p1), (b2, p2) = list(seen.items())[:2]
+        raise DataError(f"{p2}: has {b2} bands but {p1} has {b1}; a dataset needs one band count")
+    return next(iter(seen))
+
+
+def pixel_statistics(ds: Dataset, limit: int = 256, seed: int = 0
+                     ) -> tuple[list[float], list[float], float]:
+    """Per-band mean and std of valid pixels (unit scale) and the landslide share, over up to
+    ``limit`` items of ``ds``."""
+    pick = np.random.default_rng(seed).permutation(len(ds))[:limit]
+    s1 = s2 = None
+    n = pos = 0
+    for i in pick:
+        item = ds[int(i)]
+        valid = item["valid"][0] > 0
+        x = item["image"][:, valid].double()  # C x valid pixels
+        s1 = x.sum(1) if s1 is None else s1 + x.sum(1)
+        s2 = (x * x).sum(1) if s2 is None else s2 + (x * x).sum(1)
+        n += x.shape[1]
+        pos += int(item["mask"][0][valid].sum())
+    if not n:
+        raise DataError("--data: no valid pixels to compute the band statistics from")
+    mean = s1 / n
+    std = (s2 / n - mean * mean).clamp_min(1e-12).sqrt().clamp_min(1e-6)
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+        raise DataError("--data: the band statistics of the training images are not finite; "
+                        "check the images or --scale")
+    return mean.tolist(), std.tolist(), pos / n
+
+
+def input_size(cfg: TrainConfig) -> int:
+    if cfg.model.input_size:
+        return cfg.model.input_size
+    spec = SEGMENTERS.get(cfg.model.name)
+    return spec.default_input_size if spec else 256
+
+
+def build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Module, ModelMeta]:
+    """The segmenter and its metadata (statistics filled in by :func:`prepare_data`)."""
+    m = cfg.model
+    model = build_segmenter(m.name, in_chans=in_chans, weights=m.weights)
+    pretrained = model.slidewatch_weights != "none"
+    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if in_chans == 3 else \
+        ([0.5] * in_chans, [0.5] * in_chans)
+    if pretrained and in_chans == 3:
+        try:
+            import timm.data
+
+            dc = timm.data.resolve_model_data_config(encoder_module(model))
+            if len(dc["mean"]) == 3:
+                mean, std = [float(v) for v in dc["mean"]], [float(v) for v in dc["std"]]
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError):
+            pass
+    size = input_size(cfg)
+    meta = ModelMeta(architecture=model.architecture, classes=list(cfg.data.classes),
+                     in_chans=in_chans, input_size=size, mean=mean, std=std,
+                     scale=cfg.data.scale, grayscale=cfg.augment.grayscale,
+                     threshold=cfg.threshold, drop_rate=0.0, weights_source=str(
+                         model.slidewatch_weights), task="segment",
+                     segmentation=SegmentationSpec(max(1, round(DEFAULT_MIN_AREA * size * size))))
+    return model, meta
+
+
+def pos_weight(cfg: TrainConfig, share: float) -> float | None:
+    """The BCE weight of landslide pixels: ``auto`` = sqrt(background / landslide), at most
+    :data:`MAX_POS_WEIGHT`; a number as given; ``none`` = 1."""
+    pw = cfg.segment.pos_weight
+    if pw == "none":
+        return None
+    if pw == "auto":
+        if share <= 0:
+            return None
+        return float(min(MAX_POS_WEIGHT, max(1.0, math.sqrt((1 - share) / share))))
+    return float(pw)
+
+
+def summary(cfg: TrainConfig, samples: list[MaskedSample], sp: Split) -> dict:
+    def counts(idx):
+        c = Counter("with landslides" if samples[i].mask is not None else "landslide-free"
+                    for i in idx)
+        return dict(sorted(c.items()))
+
+    return {"paths": list(cfg.data.paths), "split_by": cfg.data.split_by, "task": "segment",
+            "train": counts(sp.train), "val": counts(sp.val), "test": counts(sp.test),
+            "train_regions": sorted({samples[i].region for i in sp.train}),
+            "holdout_regions": list(cfg.data.holdout_regions)}
+
+
+# ------------------------------------------------------------------------- loss, scores
+
+
+def batch_loss(seg: SegmentSetup, model: torch.nn.Module, batch: dict, meta: ModelMeta,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N x 1 x H x W) and loss of one batch."""
+    logits = forward_logits(model, batch["image"], meta, device)
+    mask = batch["mask"].to(device)
+    valid = batch["valid"].to(device)
+    loss = segmentation_loss(logits, mask, seg.loss, pos_weight=seg.pos_weight, valid=valid)
+    return logits, loss
+
+
+def counts_of(logits: torch.Tensor, batch: dict, threshold: float) -> PixelCounts:
+    pred = (torch.sigmoid(logits.detach()) >= threshold).cpu().numpy()
+    return pixel_counts(pred, batch["mask"].numpy() > 0.5, batch["valid"].numpy() > 0.5)
+
+
+def pixel_row(prefix: str, loss: float, c: PixelCounts) -> dict:
+    """History columns of a split: loss and the landslide class's pixel scores (0 when
+    undefined, so that early stopping can compare them)."""
+    sc = pixel_scores(c)
+    return {f"{prefix}_loss": loss,
+            **{f"{prefix}_{k}": float(sc[k] or 0.0)
+               for k in ("iou", "f1", "precision", "recall", "mcc")}}
+
+
+def area_candidates(size: int) -> list[int]:
+    """Minimum areas tried on validation: 1, 2, 4, ... pixels up to a quarter of the input."""
+    out, k = [], 1
+    while k <= size * size // 4:
+        out.append(k)
+        k *= 2
+    return out
+
+
+def tile_labels(ds: Dataset, min_landslide: float) -> np.ndarray:
+    """1 (landslide tile: mask share >= ``min_landslide``, or any landslide in a class-folder
+    image), 0 (no landslide pixel), -1 (ambiguous, left out) for each item of ``ds``."""
+    out = []
+    for i in range(len(ds)):
+        item = ds[i]
+        valid = item["valid"][0] > 0.5
+        share = float(item["mask"][0][valid].float().mean()) if valid.any() else 0.0
+        whole = not isinstance(_part(ds, i), SceneTiles)
+        if share == 0:
+            out.append(0)
+        elif whole or share >= min_landslide:
+            out.append(1)
+        else:
+            out.append(-1)
+    return np.array(out, dtype=np.int8)
+
+
+def _part(ds: Dataset, i: int) -> Dataset:
+    if isinstance(ds, ConcatDataset):
+        k = int(np.searchsorted(ds.cumulative_sizes, i, side="right"))
+        return ds.datasets[k]
+    return ds
+
+
+def choose_min_area(top: np.ndarray, labels: np.ndarray, threshold: float, size: int
+                    ) -> tuple[int, str, dict]:
+    """The tile rule's minimum area from validation tiles: ``top`` holds each tile's largest
+    pixel probabilities in descending order (N x K). Youden's J = recall + specificity - 1 of
+    the tiles, ties to the smaller area; the default share of the input when the validation
+    tiles lack a class."""
+    keep = labels >= 0
+    y = labels[keep] == 1
+    default = max(1, round(DEFAULT_MIN_AREA * size * size))
+    if not y.any() or y.all():
+        return default, "default", {}
+    best, table = None, {}
+    for k in area_candidates(size):
+        if k > top.shape[1]:
+            break
+        pred = top[keep, k - 1] >= threshold
+        rec = float((pred & y).sum() / y.sum())
+        spec = float((~pred & ~y).sum() / (~y).sum())
+        j = rec + spec - 1
+        table[k] = {"recall": round(rec, 4), "specificity": round(spec, 4)}
+        if best is None or j > best[1] + 1e-12:
+            best = (k, j)
+    return best[0], "validation", table
+
+
+@torch.no_grad()
+def validate(s, max_k: int | None = None) -> tuple[dict, np.ndarray | None]:
+    """Loss and pixel scores of the validation split; with ``max_k``, also each tile's
+    ``max_k`` largest valid probabilities (descending) for the tile rule."""
+    seg: SegmentSetup = s.segment
+    s.model.eval()
+    total, n, counts, tops = 0.0, 0, PixelCounts(), []
+    for batch in s.val_loader:
+        logits, loss = batch_loss(seg, s.model, batch, s.meta, s.device)
+        total += float(loss) * len(logits)
+        n += len(logits)
+        counts = counts + counts_of(logits, batch, s.meta.threshold)
+        if max_k:
+            prob = torch.sigmoid(logits).flatten(1).cpu()
+            prob = torch.where(batch["valid"].flatten(1) > 0.5, prob, torch.zeros_like(prob))
+            tops.append(prob.topk(min(max_k, prob.shape[1]), dim=1).values.numpy())
+    row = pixel_row("val", total / max(n, 1), counts)
+    return row, (np.concatenate(tops) if tops else None)
+
+
+def tile_rule(s, log: Callable) -> SegmentationSpec:
+    """The tile rule stored in the model: the configured area, or one chosen on validation."""
+    ma, size = s.cfg.segment.min_area, s.meta.input_size
+    if ma != "auto":
+        return SegmentationSpec(int(ma), "config")
+    if s.val_loader is None:
+        return s.meta.segmentation
+    cands = area_candidates(size)
+    _, top = validate(s, max_k=cands[-1] if cands else 1)
+    k, source, table = choose_min_area(top, s.segment.val_labels, s.meta.threshold, size)
+    if table:
+        r = table[k]
+        log(f"tile rule: landslide when >= {k} pixels reach {s.meta.threshold:g} "
+            f"(validation tiles: recall {r['recall']:.3f}, specificity {r['specificity']:.3f})")
+    else:
+        log(f"tile rule: landslide when >= {k} pixels reach {s.meta.threshold:g} (default: the "
+            "validation split lacks landslide or landslide-free tiles)")
+    return SegmentationSpec(k, source)

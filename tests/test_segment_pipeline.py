@@ -1,0 +1,235 @@
+"""Segmentation through the commands: train --task segment, predict, evaluate, test-time
+augmentation, on generated images whose landslides are known (bright blobs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _badinput import run_bad
+from conftest import make_scene, write_image
+
+from slidewatch.cli.main import main
+from slidewatch.config.train import from_dict
+from slidewatch.data.inputs import image_dataset
+from slidewatch.inference.forward import batch_probabilities, predict_outputs, tile_scores
+from slidewatch.meta import ModelMeta, SegmentationSpec, read_meta
+from slidewatch.models.segmentation import Segmenter
+from slidewatch.training.segment import choose_min_area
+
+SIZE = 32
+
+
+def blob_image(rng, size=SIZE, landslide=True):
+    """A dark noisy image with (or without) one bright square: the landslide mask."""
+    image = rng.integers(20, 70, (size, size, 3)).astype(np.uint8)
+    mask = np.zeros((size, size), bool)
+    if landslide:
+        h = int(rng.integers(size // 4, size // 2))
+        r, c = rng.integers(0, size - h, 2)
+        mask[r:r + h, c:c + h] = True
+        image[mask] = rng.integers(200, 250, (int(mask.sum()), 3)).astype(np.uint8)
+    return image, mask
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory) -> Path:
+    """Class folders with masks/ (the Bijie layout) and a scene folder."""
+    root = tmp_path_factory.mktemp("blobs")
+    rng = np.random.default_rng(0)
+    data = root / "cls"
+    for i in range(24):
+        image, mask = blob_image(rng)
+        write_image(data / "landslide" / f"ls{i}.png", image)
+        write_image(data / "masks" / f"ls{i}.png", mask.astype(np.uint8) * 255)
+        write_image(data / "non_landslide" / f"bg{i}.png", blob_image(rng, landslide=False)[0])
+    scenes = {f"s{i}": blob_image(rng, size=80) for i in range(3)}
+    make_scene(root, "scene", scenes)
+    return root
+
+
+@pytest.fixture(scope="module")
+def seg_model(blobs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("segmodel") / "m"
+    code = main(["train", "--task", "segment", "--model", "unet_tiny", "--weights", "none",
+                 "--data", str(blobs / "cls"), "--out", str(out), "--input-size", str(SIZE),
+                 "--phase1-epochs", "0", "--phase2-epochs", "6", "--phase2-lr", "0.02",
+                 "--unfreeze-layers", "100", "--batch-size", "8", "--quiet",
+                 "--early-stopping-metric", "val_iou", "--seed", "1"])
+    assert code == 0
+    return out
+
+
+def test_train_writes_a_segmentation_model_folder(seg_model):
+    meta = read_meta(seg_model)
+    assert meta.task == "segment" and meta.architecture == "unet_tiny"
+    assert meta.segmentation.min_area_pixels >= 1
+    assert meta.segmentation.min_area_source in ("validation", "default")
+    history = (seg_model / "history.csv").read_text().splitlines()
+    assert "val_iou" in history[0] and "train_iou" in history[0] and len(history) >= 2
+    assert (seg_model / "curves.png").stat().st_size > 0
+    split = json.loads((seg_model / "split.json").read_text())
+    assert split["train"] and split["val"]
+
+
+def test_the_model_learns_the_blobs(seg_model, blobs, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(seg_model), "--data", str(blobs / "cls"), "--data",
+                 str(blobs / "scene"), "--out", str(out), "--quiet"]) == 0
+    shown = capsys.readouterr().out
+    assert "IoU" in shown and "objects found" in shown
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == "segment"
+    px = m["pixels"]["overall"]
+    assert px["iou"] > 0.5, px  # bright squares on a dark background
+    assert set(m["pixels"]["regions"]) == {"cls", "scene"}
+    assert px["ci95"]["iou"][0] <= px["iou"] <= px["ci95"]["iou"][1]
+    assert m["pixels"]["scenes"] == {} or all(v["n_images"] == 1
+                                              for v in m["pixels"]["scenes"].values())
+    assert m["overall"]["roc_auc"] > 0.8 and m["overall"]["specificity"] is not None
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("path,tile,region,true_label,probability")
+    assert list((out / "overlays").glob("*.png"))
+
+
+def test_predict_reports_the_landslide_area(seg_model, blobs, tmp_path):
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(seg_model), str(blobs / "cls" / "landslide"),
+                 str(blobs / "cls" / "non_landslide"), "--out", str(out), "--quiet"]) == 0
+    rows = out.read_text().splitlines()
+    assert rows[0] == "path,probability,label,landslide_pixels,landslide_share"
+    pos = [r.split(",") for r in rows[1:] if "/landslide/" in r]
+    neg = [r.split(",") for r in rows[1:] if "/non_landslide/" in r]
+    assert np.mean([int(r[3]) for r in pos]) > 5 * max(1.0, np.mean([int(r[3]) for r in neg]))
+    assert np.mean([r[2] == "landslide" for r in pos]) > np.mean([r[2] == "landslide"
+                                                                  for r in neg])
+
+
+class Pointwise(torch.nn.Module):
+    """A 1x1 convolution: the same map under any flip or rotation of the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+        torch.nn.init.normal_(self.conv.weight, 0, 3)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _meta(task="segment", size=SIZE) -> ModelMeta:
+    return ModelMeta(architecture="unet_tiny", classes=["landslide", "non_landslide"],
+                     in_chans=3, input_size=size, mean=[0.5] * 3, std=[0.25] * 3, task=task,
+                     segmentation=SegmentationSpec(4) if task == "segment" else None)
+
+
+def test_tta_leaves_a_flip_symmetric_model_unchanged_and_averages_views():
+    torch.manual_seed(0)
+    model = Segmenter(Pointwise(), "unet_tiny").eval()
+    x = torch.rand(2, 3, SIZE, SIZE)
+    meta = _meta()
+    plain = batch_probabilities(model, {"image": x}, meta, torch.device("cpu"))["probability"]
+    tta = batch_probabilities(model, {"image": x}, meta, torch.device("cpu"),
+                              tta=True)["probability"]
+    assert torch.allclose(plain, tta, atol=1e-6)
+
+    class Asymmetric(torch.nn.Module):  # depends on the column: flips change it
+        def forward(self, x):
+            ramp = torch.linspace(-3, 3, x.shape[-1])
+            return (x[:, :1] * 0 + ramp).expand(x.shape[0], 1, *x.shape[-2:])
+
+    model = Segmenter(Asymmetric(), "unet_tiny").eval()
+    tta = batch_probabilities(model, {"image": x}, meta, torch.device("cpu"),
+                              tta=True)["probability"]
+    assert torch.allclose(tta, torch.full_like(tta, tta.mean()), atol=1e-5)  # averaged out
+
+
+def test_tile_score_is_the_min_area_rule():
+    prob = torch.zeros(2, 8, 8)
+    prob[0, :2, :2] = 0.9  # 4 pixels above 0.5
+    prob[1, 0, :3] = 0.9  # 3 pixels above 0.5
+    valid = torch.ones(2, 8, 8)
+    score = tile_scores(prob, valid, 4)
+    assert score[0] >= 0.5 > score[1]
+    valid[0, 0, 0] = 0  # a padded pixel does not count
+    assert tile_scores(prob, valid, 4)[0] < 0.5
+
+
+def test_min_area_is_chosen_by_youden_on_validation():
+    # positives have >= 8 pixels above 0.5, negatives up to 3: areas 4 and 8 separate them
+    top = np.zeros((6, 64))
+    top[:3, :8] = 0.9
+    top[3:, :3] = 0.9
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    k, source, table = choose_min_area(top, labels, 0.5, 16)
+    assert (k, source) == (4, "validation")
+    assert table[4] == {"recall": 1.0, "specificity": 1.0}
+    assert choose_min_area(top, np.ones(6, int), 0.5, 16)[1] == "default"
+
+
+def test_segment_inputs_are_fitted_with_valid_pixels(tmp_path):
+    from slidewatch.data.folders import Sample
+
+    path = write_image(tmp_path / "a.png", np.full((20, 10, 3), 128, np.uint8))
+    ds = image_dataset(_meta(), [Sample(path=path, label=0, group="", region="")])
+    item = ds[0]
+    assert item["image"].shape == (3, SIZE, SIZE) and item["valid"].shape == (1, SIZE, SIZE)
+    assert int(item["valid"].sum()) == 200  # padded, not stretched
+
+
+def test_predict_outputs_of_a_segmenter_has_areas():
+    torch.manual_seed(0)
+    model = Segmenter(Pointwise(), "unet_tiny").eval()
+    batch = {"image": torch.rand(3, 3, SIZE, SIZE), "valid": torch.ones(3, 1, SIZE, SIZE)}
+    out = predict_outputs(model, _meta(), [batch], torch.device("cpu"), maps=True)
+    assert out["maps"].shape == (3, SIZE, SIZE)
+    assert (out["landslide_pixels"] == (out["maps"] >= 0.5).reshape(3, -1).sum(1)).all()
+
+
+def test_segment_config_rules():
+    assert from_dict({"task": "segment"}).segment.loss == "bce_dice"
+    for bad, needle in (({"task": "segment", "early_stopping_metric": "val_accuracy"},
+                         "early_stopping_metric"),
+                        ({"task": "segment", "segment": {"min_area": 0}}, "segment.min_area"),
+                        ({"task": "segment", "segment": {"pos_weight": -1.0}},
+                         "segment.pos_weight"),
+                        ({"early_stopping_metric": "val_iou"}, "early_stopping_metric")):
+        with pytest.raises(Exception, match=needle):
+            from_dict(bad)
+
+
+def test_segment_on_data_without_masks_is_one_line(capsys, tmp_path):
+    data = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    for c in ("landslide", "non_landslide"):
+        for i in range(3):
+            write_image(data / c / f"{c}{i}.png", blob_image(rng)[0])
+    run_bad(capsys, ["train", "--task", "segment", "--model", "unet_tiny", "--weights", "none",
+                     "--data", data, "--out", tmp_path / "m", "--quiet"],
+            "needs landslide masks", watch=(tmp_path,))
+    assert not (tmp_path / "m").exists()
+
+
+def test_class_folder_landslide_without_mask_is_named(capsys, tmp_path, blobs):
+    import shutil
+
+    data = tmp_path / "cls"
+    shutil.copytree(blobs / "cls", data)
+    (data / "masks" / "ls3.png").unlink()
+    run_bad(capsys, ["train", "--task", "segment", "--model", "unet_tiny", "--weights", "none",
+                     "--data", data, "--out", tmp_path / "m", "--quiet"], "ls3.png",
+            watch=(tmp_path,))
+
+
+def test_commands_not_built_for_segmentation_refuse_in_one_line(capsys, seg_model, blobs,
+                                                                 tmp_path):
+    run_bad(capsys, ["explain", seg_model, blobs / "cls" / "landslide", "--out",
+                     tmp_path / "cams"], "a segmentation model", watch=(tmp_path,))
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(seg_model), "--data", str(blobs / "cls"), "--out", str(ev),
+                 "--quiet"]) == 0
+    run_bad(capsys, ["report", seg_model, "--eval", ev, "--out", tmp_path / "r.html"],
+            "a segmentation model", watch=(tmp_path,))
