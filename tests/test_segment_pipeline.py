@@ -233,3 +233,9 @@ def test_commands_not_built_for_segmentation_refuse_in_one_line(capsys, seg_mode
                  "--quiet"]) == 0
     run_bad(capsys, ["report", seg_model, "--eval", ev, "--out", tmp_path / "r.html"],
             "a segmentation model", watch=(tmp_path,))
+
+
+def test_scan_refuses_a_segmentation_model_in_one_line(capsys, seg_model, tmp_path):
+    scene = write_image(tmp_path / "s.tif", np.zeros((64, 64, 3), np.uint8))
+    run_bad(capsys, ["scan", seg_model, scene, "--out", tmp_path / "maps"],
+            "a segmentation model", watch=(tmp_path,))

@@ -169,6 +169,9 @@ def scan(model_dir: str | Path, scenes: Sequence, out: str | Path, *, tile: int 
     0: no limit)."""
     backend = _backend(backend)
     meta = read_meta(model_dir)
+    if meta.task == "segment":
+        raise ModelError(f"{model_dir}: a segmentation model; scan takes tile classifiers for "
+                         "now (blending pixel maps across windows is not built yet)")
     fusion = meta.inputs.fusion
     if fusion is not None and fusion.mode != "image":
         raise ModelError(f"{model_dir}: a multi-modal model ({fusion.mode} mode) needs "
