@@ -239,3 +239,22 @@ def test_scan_refuses_a_segmentation_model_in_one_line(capsys, seg_model, tmp_pa
     scene = write_image(tmp_path / "s.tif", np.zeros((64, 64, 3), np.uint8))
     run_bad(capsys, ["scan", seg_model, scene, "--out", tmp_path / "maps"],
             "a segmentation model", watch=(tmp_path,))
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ("size", "mask is 16x16 pixels, its image 32x32"),
+    ("values", "mask values must be 0 and 255 (or 0 and 1), found 0, 7"),
+])
+def test_bad_masks_are_one_line_naming_the_mask(capsys, tmp_path, bad, needle):
+    rng = np.random.default_rng(0)
+    images = {f"a{i}": blob_image(rng) for i in range(4)}
+    scene = make_scene(tmp_path, "scene", images)
+    mask = np.zeros((16, 16), np.uint8) if bad == "size" else np.full((SIZE, SIZE), 7, np.uint8)
+    if bad == "values":
+        mask[0, 0] = 0
+    write_image(scene / "masks" / "a2.png", mask)
+    line = run_bad(capsys, ["train", "--task", "segment", "--model", "unet_tiny", "--weights",
+                            "none", "--data", scene, "--out", tmp_path / "m", "--quiet",
+                            "--input-size", "16"], needle, watch=(tmp_path,),
+                   progress_lines=True)
+    assert "a2.png" in line
