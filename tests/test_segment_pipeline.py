@@ -235,10 +235,105 @@ def test_commands_not_built_for_segmentation_refuse_in_one_line(capsys, seg_mode
             "a segmentation model", watch=(tmp_path,))
 
 
-def test_scan_refuses_a_segmentation_model_in_one_line(capsys, seg_model, tmp_path):
-    scene = write_image(tmp_path / "s.tif", np.zeros((64, 64, 3), np.uint8))
-    run_bad(capsys, ["scan", seg_model, scene, "--out", tmp_path / "maps"],
-            "a segmentation model", watch=(tmp_path,))
+class Threshold(torch.nn.Module):
+    """Landslide where band 1 (unit scale) is above 0.5: a model whose map is known."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0] = 40.0
+            self.conv.bias.fill_(-20.0)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _known_model():
+    meta = ModelMeta(architecture="unet_tiny", classes=["landslide", "non_landslide"],
+                     in_chans=3, input_size=SIZE, mean=[0.0] * 3, std=[1.0] * 3,
+                     task="segment", segmentation=SegmentationSpec(4))
+    return Segmenter(Threshold(), "unet_tiny").eval(), meta
+
+
+def _scene_with_blob(path, crs=None):
+    from rasterio.transform import from_origin
+
+    image = np.full((96, 160, 3), 40, np.uint8)
+    image[30:62, 70:110] = 220  # a 32 x 40 landslide
+    transform = from_origin(500000, 3000000, 10, 10) if crs else None
+    return write_image(path, image, crs=crs, transform=transform)
+
+
+def test_scan_blends_pixel_maps_into_the_blob_polygon(tmp_path):
+    from conftest import UTM45
+    from shapely.geometry import box, shape
+
+    from slidewatch.scan.run import ScanSettings, scan_with_model
+
+    model, meta = _known_model()
+    scene = _scene_with_blob(tmp_path / "s.tif", crs=UTM45)
+    settings = ScanSettings(tile=SIZE, stride=SIZE // 2, batch=4, blend="hann", threshold=0.5)
+    summary = scan_with_model(model, meta, [scene], tmp_path / "out", settings, model_id="t")
+    r = summary.scenes[0]
+    assert r.detections_count == 1
+    feats = json.loads((tmp_path / "out" / "s_detections.geojson").read_text())["features"]
+    props = feats[0]["properties"]
+    assert props["area_px"] == 32 * 40 and props["area_m2"] == pytest.approx(32 * 40 * 100)
+    assert props["max_prob"] > 0.99 and props["mean_prob"] > 0.99
+    truth = box(500000 + 70 * 10, 3000000 - 62 * 10, 500000 + 110 * 10, 3000000 - 30 * 10)
+    got = shape(feats[0]["geometry"])
+    assert got.symmetric_difference(truth).area < 1e-6
+    import rasterio
+
+    with rasterio.open(tmp_path / "out" / "s_probability.tif") as ds:
+        prob = ds.read(1)
+    assert (prob[30:62, 70:110] > 0.99).all() and (prob[:20] < 0.01).all()
+    # test-time augmentation of a pointwise model gives the same map
+    tta = ScanSettings(tile=SIZE, stride=SIZE // 2, batch=4, blend="hann", threshold=0.5,
+                       tta=True)
+    scan_with_model(model, meta, [scene], tmp_path / "tta", tta, model_id="t")
+    with rasterio.open(tmp_path / "tta" / "s_probability.tif") as ds:
+        np.testing.assert_allclose(ds.read(1), prob, atol=1e-6)
+
+
+class StopAfter:
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, iterable, desc="", total=None):
+        for k, item in enumerate(iterable):
+            if k == self.n:
+                raise KeyboardInterrupt
+            yield item
+
+
+def test_interrupted_segmentation_scan_resumes_to_the_same_map(seg_model, tmp_path):
+    import rasterio
+
+    from slidewatch.scan.run import scan
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(20, 70, (600, 96, 3)).astype(np.uint8)
+    for r in (40, 300, 520):
+        image[r:r + 20, 30:60] = 230
+    scene = write_image(tmp_path / "tall.png", image)
+    kw = {"tile": SIZE, "stride": SIZE // 2, "device": "cpu", "blend": "hann"}
+    full = scan(seg_model, [scene], tmp_path / "full", **kw)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        scan(seg_model, [scene], out, progress=StopAfter(20), **kw)
+    state = json.loads((out / ".tall_scan-state.json").read_text())
+    assert state["rows_written"] == 256 and state["replay"]
+    assert all(v is None for row in state["replay"].values() for v in row)  # no maps in JSON
+    again = scan(seg_model, [scene], out, **kw)
+    assert again.scenes[0].status == "resumed" and 0 < again.windows < full.windows
+    with rasterio.open(out / "tall_probability.tif") as a, \
+            rasterio.open(tmp_path / "full" / "tall_probability.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    assert (out / "tall_detections.geojson").read_text() == \
+        (tmp_path / "full" / "tall_detections.geojson").read_text()
 
 
 @pytest.mark.parametrize("bad, needle", [

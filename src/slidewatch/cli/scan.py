@@ -37,6 +37,8 @@ def _bands(value: str | None) -> list[int] | None:
               help="weights of overlapping windows: uniform, or a Hann window (centre counts more)")
 @click.option("--threshold", type=float, default=None,
               help="probability for a detection  [default: the model's threshold]")
+@click.option("--tta", is_flag=True,
+              help="test-time augmentation: each window the mean over flips and rotations")
 @click.option("--max-pixels", type=int, default=None,
               help="refuse scenes with more pixels (width x height); 0: no limit  [default: "
               "2**30 = 1073741824, e.g. 32768 x 32768]")
@@ -55,10 +57,11 @@ def _bands(value: str | None) -> list[int] | None:
 @click.option("--worker-cpus", type=int, default=None,
               help="CPUs (torch threads) per Ray worker  [default: 1 on a local instance, 4 on a "
               "cluster]")
-def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, max_pixels,
+def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, tta, max_pixels,
          device, overwrite, no_progress, backend, ray_address, workers, worker_cpus) -> None:
     """Scan whole SCENES (GeoTIFF, PNG, JPEG) window by window into probability maps and
-    detection polygons."""
+    detection polygons (a classifier's window probabilities or a segmentation model's pixel
+    maps, blended where windows overlap)."""
     from slidewatch.scan.plan import MAX_PIXELS
     from slidewatch.scan.run import Backend
     from slidewatch.scan.run import scan as run_scan
@@ -68,7 +71,7 @@ def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, m
     summary = run_scan(model_dir, list(scenes), out, tile=tile, stride=stride, batch=batch,
                        bands=_bands(bands), blend=blend, threshold=threshold, device=device,
                        overwrite=overwrite, progress=progress(not no_progress), backend=where,
-                       max_pixels=limit)
+                       max_pixels=limit, tta=tta)
     for w in summary.warnings:
         echo(f"warning: {w}")
     for r in summary.scenes:

@@ -57,15 +57,25 @@ class Accumulator:
         self.weight = np.zeros_like(self.sum)
 
     def add(self, windows: list[Window], probs, weights: np.ndarray) -> None:
-        """Add ``weights * p`` of each window (NaN = skipped); rows above ``base`` are clipped."""
+        """Add ``weights * p`` of each window (NaN = skipped); rows above ``base`` are clipped.
+        ``p`` is one probability per window (a classifier) or a map per window (segmentation,
+        NaN on invalid pixels, which get no weight)."""
         for win, p in zip(windows, probs):
-            if p is None or not math.isfinite(p):
-                continue
             top = win.row_off - self.base
             skip = max(0, -top)
             rows = slice(top + skip, top + win.height)
             cols = slice(win.col_off, win.col_off + win.width)
             w = weights[skip:]
+            if isinstance(p, np.ndarray) and p.ndim == 2:
+                m = p[skip:]
+                ok = np.isfinite(m)
+                if not ok.any():
+                    continue
+                self.sum[rows, cols] += np.where(ok, w * m, 0.0)
+                self.weight[rows, cols] += np.where(ok, w, 0.0)
+                continue
+            if p is None or not math.isfinite(p):
+                continue
             self.sum[rows, cols] += w * np.float32(p)
             self.weight[rows, cols] += w
 

@@ -53,12 +53,13 @@ class ScanSettings:
     blend: str = "mean"
     threshold: float = 0.5
     max_pixels: int | None = MAX_PIXELS  # scenes larger than this are refused; None: no limit
+    tta: bool = False  # test-time augmentation: the mean over flips and 90-degree rotations
 
 
 def resolve_settings(meta: ModelMeta, *, tile: int | None = None, stride: int | None = None,
                      batch: int = 32, bands: Sequence[int] | None = None, blend: str = "mean",
                      threshold: float | None = None,
-                     max_pixels: int | None = MAX_PIXELS) -> ScanSettings:
+                     max_pixels: int | None = MAX_PIXELS, tta: bool = False) -> ScanSettings:
     """Fill defaults from the model (tile = input size, stride = tile // 2, its threshold).
     ``max_pixels``: the scene size limit (None or 0: no limit)."""
     tile = meta.input_size if tile is None else tile
@@ -79,7 +80,7 @@ def resolve_settings(meta: ModelMeta, *, tile: int | None = None, stride: int | 
     if max_pixels is not None and max_pixels < 0:
         raise ConfigError(f"--max-pixels: must be >= 0 (0: no limit), got {max_pixels}")
     return ScanSettings(tile, stride, batch, None if bands is None else tuple(bands), blend,
-                        float(threshold), max_pixels or None)
+                        float(threshold), max_pixels or None, bool(tta))
 
 
 @dataclass
@@ -128,6 +129,8 @@ def fingerprint(info: SceneInfo, s: ScanSettings, model_id: str, device: torch.d
     fp = {"version": STATE_VERSION, "scene": str(info.path.resolve()), "bytes": st.st_size,
           "mtime_ns": st.st_mtime_ns, "model": model_id, "tile": s.tile, "stride": s.stride,
           "batch": s.batch, "bands": info.bands, "blend": s.blend, "device": device.type}
+    if s.tta:  # only when on, so that scans without it resume across versions
+        fp["tta"] = True
     return json.loads(json.dumps(fp))
 
 
@@ -187,7 +190,8 @@ def discard(p: Paths) -> None:
 
 
 def save_state(path: Path, fp: dict, rows_written: int, next_row: int, replay: dict) -> None:
-    rep = {str(j): [None if math.isnan(v) else v for v in ps] for j, ps in replay.items()}
+    rep = {str(j): [None if v is None or math.isnan(v) else v for v in ps]
+           for j, ps in replay.items()}
     atomic_write_text(path, json.dumps({"fingerprint": fp, "rows_written": rows_written,
                                         "next_row": next_row, "replay": rep}) + "\n")
 

@@ -55,16 +55,16 @@ class _Worker:
     """One model replica on a Ray worker (wrapped with ``ray.remote`` at run time)."""
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str, threads: int,
-                 source: str | None = None):
+                 source: str | None = None, tta: bool = False):
         torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.model = prepare_model(model, self.device).eval()
-        self.meta, self.source = meta, source
+        self.meta, self.source, self.tta = meta, source, tta
 
     def score(self, k: int, scene: str, windows: list, bands: list[int],
               batch: int) -> tuple[int, np.ndarray]:
         return k, score_windows(self.model, self.meta, Path(scene), windows, bands, batch,
-                                self.device, source=self.source)
+                                self.device, source=self.source, tta=self.tta)
 
 
 def check_reachable(address: str) -> None:
@@ -127,8 +127,10 @@ class RayScorer:
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: torch.device,
                  batch: int, *, address: str | None = None, workers: int | None = None,
-                 worker_cpus: int | None = None, source: str | Path | None = None):
+                 worker_cpus: int | None = None, source: str | Path | None = None,
+                 tta: bool = False):
         self.model, self.meta, self.device, self.batch = model, meta, device, batch
+        self.tta = tta
         self.source = None if source is None else str(source)  # the model folder
         self.address, self.workers, self.worker_cpus = address, workers, worker_cpus
         self.actors: list = []
@@ -144,8 +146,8 @@ class RayScorer:
             remote = ray.remote(_Worker).options(num_cpus=c, num_gpus=g, max_restarts=0)
             on_cpu = all(t.device.type == "cpu" for t in self.model.state_dict().values())
             model = ray.put(self.model if on_cpu else copy.deepcopy(self.model).cpu())
-            self.actors = [remote.remote(model, self.meta, self.device.type, c, self.source)
-                           for _ in range(n)]
+            self.actors = [remote.remote(model, self.meta, self.device.type, c, self.source,
+                                         self.tta) for _ in range(n)]
         except BaseException:
             self.__exit__()
             raise

@@ -163,15 +163,13 @@ def scan(model_dir: str | Path, scenes: Sequence, out: str | Path, *, tile: int 
          threshold: float | None = None, device: str = "auto",
          overwrite: bool = False, progress: Callable = no_progress,
          backend: str | Backend = "local",
-         max_pixels: int | None = scan_plan.MAX_PIXELS) -> ScanSummary:
+         max_pixels: int | None = scan_plan.MAX_PIXELS, tta: bool = False) -> ScanSummary:
     """Scan ``scenes`` with the model in ``model_dir``; outputs go to ``out`` (see module doc).
     ``max_pixels``: scenes with more pixels are refused before anything is written (None or
-    0: no limit)."""
+    0: no limit). ``tta``: each window the mean over its flips and 90-degree rotations. A
+    segmentation model's pixel maps are blended as window probabilities are."""
     backend = _backend(backend)
     meta = read_meta(model_dir)
-    if meta.task == "segment":
-        raise ModelError(f"{model_dir}: a segmentation model; scan takes tile classifiers for "
-                         "now (blending pixel maps across windows is not built yet)")
     fusion = meta.inputs.fusion
     if fusion is not None and fusion.mode != "image":
         raise ModelError(f"{model_dir}: a multi-modal model ({fusion.mode} mode) needs "
@@ -180,7 +178,8 @@ def scan(model_dir: str | Path, scenes: Sequence, out: str | Path, *, tile: int 
     if batch is None:
         batch = CPU_BATCH if dev.type == "cpu" else GPU_BATCH
     settings = resolve_settings(meta, tile=tile, stride=stride, batch=batch, bands=bands,
-                                blend=blend, threshold=threshold, max_pixels=max_pixels)
+                                blend=blend, threshold=threshold, max_pixels=max_pixels,
+                                tta=tta)
     model_id = scan_plan.model_identity(model_dir)
     jobs = scan_plan.plan(scenes, Path(out), meta, settings, model_id, dev, overwrite)
     model, meta = load_model(model_dir, dev if backend.name == "local" else "cpu")
@@ -208,10 +207,10 @@ def _scorer(model: torch.nn.Module, meta: ModelMeta, settings: ScanSettings, dev
     """``source``: the model folder, named when the model gives probabilities that are not
     finite (None: the architecture is named)."""
     if backend.name == "local":
-        return LocalScorer(model, meta, dev, settings.batch, source)
+        return LocalScorer(model, meta, dev, settings.batch, source, tta=settings.tta)
     return _ray_scorer()(model, meta, dev, settings.batch, address=backend.address,
                          workers=backend.workers, worker_cpus=backend.worker_cpus,
-                         source=source)
+                         source=source, tta=settings.tta)
 
 
 def _run(model: torch.nn.Module, meta: ModelMeta, settings: ScanSettings, dev: torch.device,
@@ -275,7 +274,9 @@ class _Blender:
         self.ds, self.job, self.grid, self.tile = ds, job, grid, s.tile
         self.weights = mosaic.blend_weights(s.tile, s.blend)
         self.acc = mosaic.Accumulator(job.info.width, s.tile, base=state["rows_written"])
-        self.recent = dict(sorted(state["replay"].items()))
+        # pixel maps are not kept in the state: their window rows are scored again on a resume
+        self.maps = ctx.meta.task == "segment"
+        self.recent = {} if self.maps else dict(sorted(state["replay"].items()))
         for j, probs in self.recent.items():
             self.acc.add(grid.windows(j), probs, self.weights)
         self.scored = self.skipped = 0
@@ -283,10 +284,15 @@ class _Blender:
     def add(self, i: int, probs: np.ndarray) -> None:
         info, acc, grid = self.job.info, self.acc, self.grid
         windows = grid.windows(i)
-        n_skip = int(np.isnan(probs).sum())
+        empty = np.isnan(probs).reshape(len(probs), -1).all(1)
+        n_skip = int(empty.sum())
         self.scored, self.skipped = self.scored + len(windows) - n_skip, self.skipped + n_skip
-        self.recent[i] = probs.tolist()
-        acc.add(windows, self.recent[i], self.weights)
+        if self.maps:
+            acc.add(windows, probs, self.weights)
+            self.recent[i] = [None] * len(windows)
+        else:
+            self.recent[i] = probs.tolist()
+            acc.add(windows, self.recent[i], self.weights)
         done = grid.done_rows(i)
         whole_blocks = acc.base + (done - acc.base) // OUT_BLOCK * OUT_BLOCK
         upto = done if done == info.height else whole_blocks
@@ -307,6 +313,8 @@ def _blend_pass(ctx: _Ctx, ds, job: Job, grid: Grid, state: dict) -> tuple[int, 
     (windows scored, windows skipped)."""
     blender = _Blender(ctx, ds, job, grid, state)
     plan, first = ChunkPlan(grid, ctx.settings.batch), state["next_row"]
+    if blender.maps and state["replay"]:  # maps of the rows still open: score them again
+        first = min(state["replay"])
     chunks = (plan.windows(c) for c in range(plan.first_chunk(first), plan.count))
     scores = ctx.scorer.scores(job.info.path, ds, job.info.bands, chunks)
     with contextlib.closing(scores):

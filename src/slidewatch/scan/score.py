@@ -24,7 +24,7 @@ from rasterio.windows import Window
 
 from slidewatch.data import raster
 from slidewatch.data.inputs import window_tensor
-from slidewatch.inference.forward import forward_logits, non_finite
+from slidewatch.inference.forward import batch_probabilities, non_finite
 from slidewatch.meta import ModelMeta
 
 PREFETCH_BATCHES = 2  # batches read ahead of the model by the local backend (0: inline)
@@ -54,9 +54,9 @@ class ChunkPlan:
         """``(window row, its probabilities)`` from ``first_row`` on, out of the scores of the
         chunks from :meth:`first_chunk` on (windows before ``first_row`` are dropped)."""
         start = self.first_chunk(first_row) * self.size  # window index of buf[0]
-        buf, i, n = np.zeros(0, np.float32), first_row, self.ncols
-        for probs in scores:
-            buf = np.concatenate([buf, probs])
+        buf, i, n = None, first_row, self.ncols
+        for probs in scores:  # one value per window, or one map per window (segmentation)
+            buf = probs if buf is None else np.concatenate([buf, probs])
             while i < len(self.grid.rows) and (i + 1) * n <= start + len(buf):
                 yield i, buf[i * n - start:(i + 1) * n - start]
                 i += 1
@@ -99,28 +99,43 @@ def batch_tensor(meta: ModelMeta, raw: np.ndarray, valid: np.ndarray | None,
 
 def score_batches(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, n: int,
                   device: torch.device, *, source: str | Path | None = None,
-                  scene: str | Path | None = None) -> np.ndarray:
+                  scene: str | Path | None = None, tta: bool = False,
+                  tile: int | None = None) -> np.ndarray:
     """P(positive) for ``n`` windows from :func:`window_batches`' output; NaN where left out.
+    A segmentation model gives a ``tile`` x ``tile`` map per window (n x tile x tile), NaN on
+    the window's invalid pixels. ``tta``: the mean over flips and 90-degree rotations.
 
     NaN marks a window without valid pixels, so a probability the model gives that is not
     finite stops here (:func:`~slidewatch.inference.forward.non_finite`): one line naming the
     model folder ``source`` (weights or statistics not finite) or the ``scene`` (its pixels
     overflow the model), never a window silently counted as skipped."""
-    probs = np.full(n, np.nan, np.float32)
+    segment = meta.task == "segment"
+    probs = None
     with torch.inference_mode():
         for index, raw, valid in batches:
             x = batch_tensor(meta, raw, valid, pin=device.type == "cuda")
-            logits = forward_logits(model, x, meta, device)
-            p = torch.softmax(logits, dim=1)[:, meta.positive_index].cpu().numpy()
+            p = batch_probabilities(model, {"image": x}, meta, device, tta)["probability"]
+            if segment and p.shape[-2:] != raw.shape[-2:]:  # windows other than the input size
+                p = torch.nn.functional.interpolate(p[:, None].float(), size=raw.shape[-2:],
+                                                    mode="bilinear", align_corners=False)[:, 0]
+            p = p.float().cpu().numpy()
             if not np.isfinite(p).all():
                 raise non_finite(model, meta, 0, source, [scene or "the scene"])
+            if segment and valid is not None:
+                p = np.where(valid, p, np.nan).astype(np.float32)
+            if probs is None:
+                shape = (n, *raw.shape[-2:]) if segment else (n,)
+                probs = np.full(shape, np.nan, np.float32)
             probs[index] = p
+    if probs is None:
+        side = tile or meta.input_size
+        probs = np.full((n, side, side) if segment else (n,), np.nan, np.float32)
     return probs
 
 
 def score_windows(model: torch.nn.Module, meta: ModelMeta, scene, windows: list,
                   bands: Sequence[int], batch: int, device: torch.device, *,
-                  source: str | Path | None = None) -> np.ndarray:
+                  source: str | Path | None = None, tta: bool = False) -> np.ndarray:
     """P(positive class) of each window (rasterio ``Window``s) of ``scene`` (a path or an open
     rasterio dataset), float32; NaN for windows without a valid pixel (skipped).
 
@@ -130,11 +145,13 @@ def score_windows(model: torch.nn.Module, meta: ModelMeta, scene, windows: list,
     """
     if isinstance(scene, (str, Path)):
         with raster.gdal_env(), raster.open_scene(Path(scene)) as ds:
-            return score_windows(model, meta, ds, windows, bands, batch, device, source=source)
+            return score_windows(model, meta, ds, windows, bands, batch, device, source=source,
+                                 tta=tta)
     model.eval()
     batches = window_batches(scene, windows, bands, batch)
+    tile = windows[0].height if windows else None
     return score_batches(model, meta, batches, len(windows), device, source=source,
-                         scene=scene.name)
+                         scene=scene.name, tta=tta, tile=tile)
 
 
 class LocalScorer:
@@ -144,9 +161,10 @@ class LocalScorer:
     those of :func:`score_windows` on each chunk."""
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: torch.device,
-                 batch: int, source: str | Path | None = None):
+                 batch: int, source: str | Path | None = None, tta: bool = False):
         self.model, self.meta, self.device, self.batch = model.eval(), meta, device, batch
         self.source = source  # the model folder, named when its probabilities are not finite
+        self.tta = tta
 
     def __enter__(self) -> LocalScorer:
         return self
@@ -160,12 +178,12 @@ class LocalScorer:
         if PREFETCH_BATCHES < 1:
             for windows in chunks:
                 yield score_windows(self.model, self.meta, ds, windows, bands, self.batch,
-                                    self.device, source=self.source)
+                                    self.device, source=self.source, tta=self.tta)
             return
         for n, batches in _prefetched(path, bands, self.batch, chunks,
                                       self.device.type == "cuda"):
             yield score_batches(self.model, self.meta, batches, n, self.device,
-                                source=self.source, scene=path)
+                                source=self.source, scene=path, tta=self.tta)
 
 
 _END, _CHUNK_END = object(), object()
