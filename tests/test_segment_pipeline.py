@@ -224,15 +224,18 @@ def test_class_folder_landslide_without_mask_is_named(capsys, tmp_path, blobs):
             watch=(tmp_path,))
 
 
-def test_commands_not_built_for_segmentation_refuse_in_one_line(capsys, seg_model, blobs,
-                                                                 tmp_path):
-    run_bad(capsys, ["explain", seg_model, blobs / "cls" / "landslide", "--out",
-                     tmp_path / "cams"], "a segmentation model", watch=(tmp_path,))
-    ev = tmp_path / "ev"
-    assert main(["evaluate", str(seg_model), "--data", str(blobs / "cls"), "--out", str(ev),
-                 "--quiet"]) == 0
-    run_bad(capsys, ["report", seg_model, "--eval", ev, "--out", tmp_path / "r.html"],
-            "a segmentation model", watch=(tmp_path,))
+def test_explain_shows_where_the_segmentation_model_looks(seg_model, blobs, tmp_path):
+    import csv
+
+    out = tmp_path / "cams"
+    assert main(["explain", str(seg_model), str(blobs / "cls" / "landslide"), "--out", str(out),
+                 "--masks-from", str(blobs / "cls"), "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "cams.csv").open()))
+    assert len(rows) == 24 and rows[0]["target_layer"] == "net.decoder.1"
+    inside = np.mean([float(r["energy_inside"]) for r in rows])
+    share = np.mean([int(r["mask_pixels"]) / SIZE ** 2 for r in rows])
+    assert inside > 1.5 * share  # the CAM concentrates on the landslide, not uniformly
+    assert (out / f"{Path(rows[0]['path']).stem}_overlay.png").is_file()
 
 
 class Threshold(torch.nn.Module):
@@ -353,3 +356,23 @@ def test_bad_masks_are_one_line_naming_the_mask(capsys, tmp_path, bad, needle):
                             "--input-size", "16"], needle, watch=(tmp_path,),
                    progress_lines=True)
     assert "a2.png" in line
+
+
+def test_report_of_a_segmentation_model(seg_model, blobs, tmp_path):
+    ev, cams, page = tmp_path / "ev", tmp_path / "cams", tmp_path / "r.html"
+    assert main(["evaluate", str(seg_model), "--data", str(blobs / "cls"), "--data",
+                 str(blobs / "scene"), "--out", str(ev), "--quiet"]) == 0
+    assert main(["explain", str(seg_model), str(blobs / "cls" / "landslide"), "--out",
+                 str(cams), "--masks-from", str(blobs / "cls"), "--quiet"]) == 0
+    assert main(["report", str(seg_model), "--eval", str(ev), "--explain", str(cams), "--out",
+                 str(page)]) == 0
+    html = page.read_text()
+    assert "Pixels and objects" in html and "Best and worst images" in html
+    assert html.count('class="seg"') == len(json.loads((ev / "metrics.json").read_text())
+                                            ["plots"]["overlays"])
+    assert "Grad-CAM of the prediction" in html
+    m = json.loads((ev / "metrics.json").read_text())
+    m["pixels"]["overall"]["iou"] = "high"
+    (ev / "metrics.json").write_text(json.dumps(m))
+    assert main(["report", str(seg_model), "--eval", str(ev), "--out",
+                 str(tmp_path / "r2.html")]) == 2

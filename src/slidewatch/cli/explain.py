@@ -16,7 +16,8 @@ from slidewatch.cli.common import echo, progress, tabular_inputs
                                              "scorecam"]), default="gradcam", show_default=True)
 @click.option("--target-layer", default=None, help="module name (default: last conv stage)")
 @click.option("--masks-from", "masks_from", default=None,
-              help="tile dataset (from `slidewatch data tiles`) whose masks to score against")
+              help="tile dataset (from `slidewatch data tiles`, with --scenes) or class-folder "
+                   "dataset with masks/, whose masks to score against")
 @click.option("--scenes", multiple=True, help="scene folder(s) the tiles were cut from (repeat)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an earlier run in --out")
@@ -24,12 +25,16 @@ from slidewatch.cli.common import echo, progress, tabular_inputs
 @tabular_inputs
 def explain_cmd(model_dir, paths, out, method, target_layer, masks_from, scenes, device,
                 overwrite, quiet, tabular, aux, missing, unknown):
-    """Grad-CAM (and friends) maps for PATHS, overlays, and CAM-vs-mask localisation scores."""
-    from slidewatch.explain.run import TileMasks, explain_paths
+    """Grad-CAM (and friends) maps for PATHS, overlays, and CAM-vs-mask localisation scores.
+    For a segmentation model the CAM explains its predicted landslide region."""
+    from slidewatch.explain.run import explain_paths, masks_for
+    from slidewatch.meta import read_meta
 
     if scenes and not masks_from:
         raise click.BadParameter("needs --masks-from", param_hint="--scenes")
-    masks = TileMasks(masks_from, list(scenes)) if masks_from else None
+    masks = None
+    if masks_from:
+        masks = masks_for(masks_from, list(scenes), read_meta(model_dir).positive_class)
     rows = explain_paths(model_dir, list(paths), out, method=method, target_layer=target_layer,
                          masks=masks, device=device, overwrite=overwrite,
                          progress=progress(not quiet), tabular=tabular, aux=aux,

@@ -259,6 +259,10 @@ class FittedImages(Dataset):
     def samples(self) -> list:
         return self.tiles.samples
 
+    @property
+    def paths(self) -> list[Path]:
+        return self.tiles.paths
+
     def __getitem__(self, i: int) -> dict:
         unit = self.tiles.unit_image(i)
         image = torch.from_numpy(unit.transpose(2, 0, 1).copy())

@@ -153,13 +153,50 @@ def _batch(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+class RegionTarget:
+    """The target of a segmentation model's CAM: the sum of its landslide logits over a region
+    (grad-cam's semantic-segmentation target for a one-channel map)."""
+
+    def __init__(self, region: np.ndarray):
+        self.region = torch.from_numpy(np.asarray(region, np.float32))
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return (output[0] * self.region.to(output.device)).sum()
+
+
+def predicted_region(model: nn.Module, meta: ModelMeta, x: torch.Tensor,
+                     valid: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+    """The pixels a segmentation model predicts as landslide (probability >= threshold) and
+    the image's tile score; when none reaches the threshold, the ``min_area_pixels`` most
+    probable ones (so that the CAM explains what the model came closest to calling a slide)."""
+    from slidewatch.inference.forward import tile_scores
+
+    with torch.no_grad():
+        prob = torch.sigmoid(model(x).float())[0, 0]
+    v = torch.ones_like(prob) if valid is None else valid.reshape(prob.shape).to(prob.device)
+    k = meta.segmentation.min_area_pixels
+    score = float(tile_scores(prob[None], v[None], k)[0])
+    region = (prob >= meta.threshold) & (v > 0.5)
+    if not bool(region.any()):
+        flat = torch.where(v > 0.5, prob, torch.full_like(prob, -1)).flatten()
+        top = flat.topk(min(k, flat.numel())).indices
+        region = torch.zeros_like(flat, dtype=torch.bool)
+        region[top] = True
+        region = region.reshape(prob.shape)
+    return region.cpu().numpy(), score
+
+
 def compute_cam_raw(model: nn.Module, meta: ModelMeta, x: torch.Tensor, method: str = "gradcam",
-                    layer_name: str | None = None) -> tuple[np.ndarray, float]:
+                    layer_name: str | None = None, valid: torch.Tensor | None = None
+                    ) -> tuple[np.ndarray, float]:
     """The CAM at the target layer's resolution (hxw, values in [0, 1]) for the positive class,
     and the model's probability of that class.
 
     ``x`` is one unit-scale image (CxHxW or 1xCxHxW) as :class:`ImageFiles` gives it; it is
-    normalised here with the model's statistics. Runs in fp32 on the model's device.
+    normalised here with the model's statistics. Runs in fp32 on the model's device. For a
+    segmentation model the target is its predicted landslide region (:class:`RegionTarget`,
+    :func:`predicted_region`; ``valid`` leaves padding out) and the probability is its tile
+    score.
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -168,6 +205,12 @@ def compute_cam_raw(model: nn.Module, meta: ModelMeta, x: torch.Tensor, method: 
     device = next(model.parameters()).device
     x = normalize(to_device(_batch(x).float(), device), meta.mean, meta.std)
     x = x.contiguous(memory_format=torch.channels_last)
+    if meta.task == "segment":
+        model.eval()
+        region, score = predicted_region(model, meta, x, valid)
+        targets = [RegionTarget(region)]
+    else:
+        targets = [ClassifierOutputTarget(meta.positive_index)]
     result = None
     with gradients_enabled(model), method_class(model=model, target_layers=[layer]) as cam:
         # The library resizes its map to the input; ask for the layer's own size instead.
@@ -176,8 +219,12 @@ def compute_cam_raw(model: nn.Module, meta: ModelMeta, x: torch.Tensor, method: 
         if method == "scorecam":
             cam.batch_size = 64
         with _quiet_tqdm(method == "scorecam"):  # ScoreCAM draws a bar per image otherwise
-            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(meta.positive_index)])
-        prob = torch.softmax(cam.outputs.detach().float(), dim=1)[0, meta.positive_index]
+            maps = cam(input_tensor=x, targets=targets)
+        if meta.task == "segment":
+            prob = score
+        else:
+            prob = float(torch.softmax(cam.outputs.detach().float(), dim=1)[0,
+                                                                             meta.positive_index])
         result = (np.clip(maps[0].astype(np.float32), 0.0, 1.0), float(prob))
     if result is None:  # the library's context manager swallows IndexError
         raise ModelError(f"{method}: no class-activation map for layer {layer_name!r}")

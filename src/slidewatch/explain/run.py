@@ -25,7 +25,7 @@ import torch
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.inputs import ModelInputs, image_dataset
 from slidewatch.data.readers import read_image
-from slidewatch.errors import ConfigError, DataError, ModelError
+from slidewatch.errors import ConfigError, DataError
 from slidewatch.explain.attributions import attribution_entry, item_attributions, write_attributions
 from slidewatch.explain.cams import (
     BAND,
@@ -116,6 +116,45 @@ class TileMasks:
         return window
 
 
+class FolderMasks:
+    """Landslide masks of a class-folder dataset with ``masks/`` (the Bijie layout): the mask
+    of ``<root>/<class>/<stem>.*`` is ``<root>/masks/<stem>.*``; an image of another class
+    than ``positive`` is landslide-free (an all-zero mask)."""
+
+    def __init__(self, root: str | Path, positive: str):
+        from slidewatch.data.masks import MASKS_DIR
+
+        self.root, self.positive = Path(root).resolve(), positive
+        self.masks = self.root / MASKS_DIR
+        if not self.masks.is_dir():
+            raise DataError(f"{root}: no {MASKS_DIR}/ folder; --masks-from takes a tile dataset "
+                            "(tiles.csv) or a class-folder dataset with masks/")
+
+    def lookup(self, image: Path, shape: tuple[int, int]) -> np.ndarray | None:
+        from slidewatch.data.masks import read_binary_mask
+        from slidewatch.data.readers import IMAGE_SUFFIXES
+
+        image = image.resolve()
+        if not image.is_relative_to(self.root):
+            return None
+        cls = image.relative_to(self.root).parts[0]
+        if cls != self.positive:
+            return np.zeros(shape, bool)
+        found = sorted(p for p in self.masks.glob(f"{image.stem}.*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES)
+        return read_binary_mask(found[0], shape) if found else None
+
+
+def masks_for(masks_from: str | Path, scenes: list, positive: str):
+    """The mask lookup of ``--masks-from``: tiles cut from ``scenes`` (tiles.csv), else the
+    dataset's own masks/ folder."""
+    from slidewatch.data.masks import MASKS_DIR
+
+    if scenes or not (Path(masks_from) / MASKS_DIR).is_dir():
+        return TileMasks(masks_from, scenes)
+    return FolderMasks(masks_from, positive)
+
+
 def true_class(path: Path, classes: list[str]) -> str | None:
     """The class of ``path`` from its nearest parent folder named like a class, if any."""
     for parent in path.parents:
@@ -145,8 +184,11 @@ def unique_stem(path: Path, seen: set[str]) -> str:
 def explain_one(model, meta, files: TileDataset, i: int, method: str, layer: str,
                  masks: TileMasks | None, out: Path, stem: str) -> dict:
     path = files.paths[i]
-    raw, prob = compute_cam_raw(model, meta, files[i]["image"], method, layer)
+    item = files[i]
+    raw, prob = compute_cam_raw(model, meta, item["image"], method, layer, item.get("valid"))
     arr = read_image(path)
+    if "valid" in item:  # a segmentation model's fitted input: the CAM of the image's own part
+        raw = _image_part(raw, item["valid"][0])
     cam = np.clip(upsample(raw, arr.shape[:2]), 0.0, 1.0)
     save_png(out / f"{stem}_cam.png", cam_picture(raw))
     save_png(out / f"{stem}_overlay.png", overlay_picture(display_rgb(arr, meta.scale), cam))
@@ -161,6 +203,16 @@ def explain_one(model, meta, files: TileDataset, i: int, method: str, layer: str
     scores = localisation_scores(cam, mask, band=BAND)
     row.update({k: round(v, 6) for k, v in scores.items()})
     return row
+
+
+def _image_part(raw: np.ndarray, valid: torch.Tensor) -> np.ndarray:
+    """The part of a CAM over a fitted (padded) input that covers the image itself."""
+    size = valid.shape[-1]
+    cam = upsample(raw, (size, size))
+    rows, cols = np.nonzero(valid.numpy() > 0.5)
+    if not len(rows):
+        return cam
+    return cam[:rows.max() + 1, :cols.max() + 1]
 
 
 CSV_COLUMNS = ("path", "probability", "predicted_positive", "true_class", "outcome", "method",
@@ -201,9 +253,6 @@ def explain_paths(model_dir: str | Path, paths: list[str | Path], out: str | Pat
 
     cam_class(method)
     model, meta = load_model(model_dir, resolve_device(device))
-    if meta.task == "segment":
-        raise ModelError(f"{model_dir}: a segmentation model; explain takes tile classifiers "
-                         "for now (Grad-CAM of segmentation maps is not built yet)")
     inputs = model_inputs(meta, tabular, aux, missing, unknown)
     if inputs is not None:
         return explain_fused(model, meta, inputs, paths, out, method=method,

@@ -104,7 +104,8 @@ class Segmenter(nn.Module):
         super().__init__()
         self.net = net
         self.architecture = name
-        self.feature_layer = "net.decoder"  # Grad-CAM target: the decoder's output features
+        # Grad-CAM target: the decoder's output features (the tiny U-Net's last decoder block)
+        self.feature_layer = "net.decoder.1" if isinstance(net, TinyUNet) else "net.decoder"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

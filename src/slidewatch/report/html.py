@@ -47,6 +47,8 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .card{border:1px solid #ccc;border-radius:4px;padding:.4em;width:280px;font-size:.8em}
 .card img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated}
 .card .path{word-break:break-all;color:#555}.note{color:#666;font-style:italic}
+.seg{display:inline-block;margin:.3em;border:1px solid #eee;font-size:.8em}
+.seg img{max-height:200px}
 """
 
 SCRIPT = """window.addEventListener("load",function(){var i=document.images,n=0;
@@ -163,12 +165,44 @@ def _check_metrics(path: Path, m) -> None:
     if not isinstance(plots, dict):
         raise _bad(path, "plots", "an object of figure names to file names", plots)
     for key, value in plots.items():
+        if key == "overlays":  # segmentation: figures in the overlays/ sub-folder
+            if not isinstance(value, list) or not all(_is_file_name(v) for v in value):
+                raise _bad(path, "plots.overlays", "a list of file names in overlays/", value)
+            continue
         ok = isinstance(value, str) if key == "note" else _is_file_name(value)
         if value is not None and not ok:
             raise _bad(path, f"plots.{key}", "null or a file name in the evaluation folder",
                        value)
     if m.get("size"):
         mm.check_size_block(path, m["size"], _bad)
+    if m.get("task", "classify") not in ("classify", "segment"):
+        raise _bad(path, "task", "classify or segment", m.get("task"))
+    if m.get("task") == "segment":
+        _check_pixels(path, m.get("pixels"))
+
+
+PIXEL_KEYS = ("iou", "f1", "precision", "recall", "mcc")
+
+
+def _check_pixels(path: Path, px) -> None:
+    """The pixel and object scores of a segmentation evaluation."""
+    if not isinstance(px, dict) or not isinstance(px.get("overall"), dict):
+        raise _bad(path, "pixels", "an object with the overall pixel scores", px)
+    blocks = [("pixels.overall", px["overall"])]
+    for part in ("regions", "scenes"):
+        group = px.get(part) or {}
+        if not isinstance(group, dict):
+            raise _bad(path, f"pixels.{part}", "an object of names to pixel scores", group)
+        blocks += [(f"pixels.{part}.{k}", v) for k, v in group.items()]
+    for name, b in blocks:
+        if not isinstance(b, dict) or not _is_count(b.get("n_images")):
+            raise _bad(path, f"{name}.n_images", "a whole number of images",
+                       b.get("n_images") if isinstance(b, dict) else b)
+        for key in PIXEL_KEYS:
+            v = b.get(key)
+            ok = v is None or (is_number(v) and (-1 <= v <= 1 if key == "mcc" else 0 <= v <= 1))
+            if not ok:
+                raise _bad(path, f"{name}.{key}", "null or a score from 0 to 1", v)
 
 
 def _check_record(path: Path, meta: dict) -> None:
@@ -188,9 +222,10 @@ def _check_record(path: Path, meta: dict) -> None:
         raise _bad(path, "best_epoch", "null or a whole number", meta["best_epoch"])
 
 
-def _read_predictions(path: Path) -> list[dict]:
-    """predictions.csv: every row with a path, a probability from 0 to 1 and an outcome."""
-    codes = {code for code, _ in OUTCOMES}
+def _read_predictions(path: Path, segment: bool = False) -> list[dict]:
+    """predictions.csv: every row with a path, a probability from 0 to 1 and an outcome (a
+    segmentation evaluation's ambiguous windows have none and are left out)."""
+    codes = {code for code, _ in OUTCOMES} | ({""} if segment else set())
     rows = []
     for line, row in _read_rows(path, ("path", "probability", "outcome")):
         where = f"{path}: line {line}"
@@ -206,7 +241,8 @@ def _read_predictions(path: Path) -> list[dict]:
         if row["outcome"] not in codes:
             raise DataError(f"{where}: column outcome must be one of {', '.join(sorted(codes))}"
                             f", got {_shown(row['outcome'])}")
-        rows.append(row)
+        if row["outcome"]:
+            rows.append(row)
     return rows
 
 
@@ -352,6 +388,47 @@ def _metrics_section(m: dict) -> str:
             f'<p class="note">95% intervals: {_e(how)}</p>')
 
 
+def _pixels_section(m: dict, eval_dir: Path, cams: dict[str, dict],
+                    explain_dir: Path | None) -> str:
+    """A segmentation evaluation: pixel and object scores, then the best and worst images
+    (probability, truth, prediction) with their Grad-CAM when they were explained."""
+    px = m.get("pixels")
+    if m.get("task") != "segment" or not px:
+        return ""
+    head = ["block", "images", "IoU [95% CI]", "F1 [95% CI]", "precision", "recall", "MCC",
+            "objects found", "object precision"]
+    rows = []
+    for name, b in [("overall", px["overall"])] + sorted((px.get("regions") or {}).items()):
+        o = b.get("objects") or {}
+        rows.append([_e(name), _e(b.get("n_images")), _ci(b, "iou"), _ci(b, "f1"),
+                     _num(b.get("precision")), _num(b.get("recall")), _num(b.get("mcc")),
+                     f"{_e(o.get('found', ''))} / {_e(o.get('true', ''))}",
+                     _num(o.get("precision"))])
+    sizes = (px["overall"].get("objects") or {}).get("by_size") or []
+    size_rows = [[_e(r.get("size_class", k)), _e(r.get("true")), _e(r.get("found")),
+                  _num(r.get("recall"))] for k, r in enumerate(sizes)]
+    rule = (px["overall"].get("objects") or {}).get("match_rule", "")
+    by_stem = {Path(r["path"]).stem: r for r in cams.values()}
+    cards = []
+    for name in (m.get("plots") or {}).get("overlays") or []:
+        fig = _img_file(eval_dir / "overlays" / name, "probability, truth, prediction")
+        stem = name.split("__", 1)[-1].rsplit(".", 1)[0]
+        cam = by_stem.get(stem)
+        extra = ""
+        if cam is not None and explain_dir is not None and cam.get("overlay_png"):
+            extra = _img_file(explain_dir / cam["overlay_png"], "Grad-CAM of the prediction")
+        cards.append(f'<div class="seg">{fig}{extra}<div class="path">{_e(name)}</div></div>')
+    return (f"<h2>Pixels and objects</h2>{_table(head, rows)}"
+            f'<p class="note">Pooled over pixels; 95% intervals by bootstrap over images; '
+            f"objects: a landslide is found when a predicted object overlaps it with "
+            f"{_e(rule)}.</p>"
+            + (_table(["size class", "landslides", "found", "recall"], size_rows)
+               if size_rows else "")
+            + "<h3>Best and worst images</h3><p>Probability, truth, prediction (green found, "
+            "red false alarm, blue missed), then the Grad-CAM of the predicted region when "
+            f"explained.</p><div>{''.join(cards) or '<p class=note>none</p>'}</div>")
+
+
 def _figures_section(m: dict, eval_dir: Path) -> str:
     plots = m.get("plots") or {"confusion_matrix": "confusion_matrix.png"}
     imgs = [_img_file(eval_dir / plots[k], k.replace("_", " "))
@@ -485,14 +562,16 @@ def build_report(model_dir: str | Path, eval_dir: str | Path,
     explain_dir = Path(explain_dir) if explain_dir is not None else None
     _check_dirs(model_dir, eval_dir, explain_dir)
     meta = _read_json(model_dir / "slidewatch.json")
-    if ModelMeta.from_json(meta, str(model_dir / "slidewatch.json")).task == "segment":
-        raise ConfigError(f"{model_dir}: a segmentation model; the report shows tile "
-                          "classifiers for now (metrics.json of its evaluation has the pixel "
-                          "and object scores)")
+    task = ModelMeta.from_json(meta, str(model_dir / "slidewatch.json")).task
     _check_record(model_dir / "slidewatch.json", meta)
     m = _read_json(eval_dir / "metrics.json")
     _check_metrics(eval_dir / "metrics.json", m)
-    preds = _read_predictions(eval_dir / "predictions.csv")
+    if m.get("task", "classify") != task:
+        raise DataError(f"{eval_dir / 'metrics.json'}: an evaluation of a "
+                        f"{m.get('task', 'classify')} model, but {model_dir} is a {task} model")
+    preds = _read_predictions(eval_dir / "predictions.csv", task == "segment")
+    if task == "segment":  # the galleries show whole images, not windows of scenes
+        preds = [r for r in preds if r.get("tile") in (None, Path(r["path"]).stem)]
     cams, loc = {}, None
     if explain_dir is not None:
         cams = {_key(r["path"]): r for r in _read_cams(explain_dir / "cams.csv")}
@@ -502,7 +581,8 @@ def build_report(model_dir: str | Path, eval_dir: str | Path,
     title = f"slidewatch report: {meta.get('architecture', '')} ({model_dir.name})"
     body = [f"<h1>{_e(title)}</h1><p>Model {_e(model_dir)}; evaluation {_e(eval_dir)}"
             f"{'; explanations ' + _e(explain_dir) if explain_dir else ''}.</p>",
-            _metrics_section(m), mm.size_section(m, eval_dir, _e, _num, _table, _img_file),
+            _metrics_section(m), _pixels_section(m, eval_dir, cams, explain_dir),
+            mm.size_section(m, eval_dir, _e, _num, _table, _img_file),
             _figures_section(m, eval_dir), _training_section(model_dir),
             _galleries_section(preds, cams, explain_dir, per_gallery, meta.get("scale")),
             _localisation_section(loc) if loc is not None else "",
