@@ -222,28 +222,40 @@ class MaskedImages(Dataset):
         return {"image": image, "mask": both[:1], "valid": both[1:], "index": i}
 
 
-def grid_starts(length: int, size: int) -> list[int]:
-    """Window starts covering ``length`` with windows of ``size`` (the last one flush with the
-    end; one window at 0 when ``length`` <= ``size``)."""
+def grid_starts(length: int, size: int) -> tuple[list[int], bool]:
+    """Window starts covering ``length`` with windows of ``size``: the regular grid of the
+    reference tiling (0, size, 2 size, ... while a whole window fits), then, when pixels are
+    left over, one window flush with the end (the second value says so). One window at 0 when
+    ``length`` <= ``size``."""
     if length <= size:
-        return [0]
-    starts = list(range(0, length - size, size))
-    return starts + [length - size]
+        return [0], False
+    starts = list(range(0, length - size + 1, size))
+    if starts[-1] + size < length:
+        return starts + [length - size], True
+    return starts, False
 
 
 class SceneTiles(Dataset):
     """A fixed grid of ``size`` x ``size`` windows over each scene (validation and evaluation:
-    the same pixels every epoch); scenes smaller than ``size`` are padded (``valid`` 0)."""
+    the same pixels every epoch), covering every pixel. Windows of the regular grid are the
+    tiles of the reference tiling (``slidewatch data tiles`` at stride = size); the windows
+    flush with the right or bottom edge overlap them and are marked ``edge`` (their pixels
+    count, their tile does not). Scenes smaller than ``size`` are padded (``valid`` 0)."""
 
     def __init__(self, samples: Sequence[MaskedSample], size: int, *,
                  scale: float | None = None):
         self.samples, self.size, self.scale = list(samples), size, scale
         self.windows: list[tuple[int, int, int]] = []
+        self.edge: list[bool] = []
         for k, s in enumerate(self.samples):
             info = probe(s.image)
-            for r in grid_starts(info.height, size):
-                for c in grid_starts(info.width, size):
+            rows, extra_row = grid_starts(info.height, size)
+            cols, extra_col = grid_starts(info.width, size)
+            for a, r in enumerate(rows):
+                for b, c in enumerate(cols):
                     self.windows.append((k, r, c))
+                    self.edge.append((extra_row and a == len(rows) - 1)
+                                     or (extra_col and b == len(cols) - 1))
         self._scene: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:

@@ -302,8 +302,9 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
         raise ConfigError("--tabular/--aux: a segmentation model takes image bands only")
     thr = float(meta.threshold if threshold is None else threshold)
     source = SOURCE_MODEL if threshold is None else SOURCE_FLAG
-    items, tiles = sg.score_images(model, meta, roots, batch_size=batch_size, device=dev,
-                                   progress=progress, tta=tta, source=model_dir)
+    items, tiles = sg.score_images(model, meta, sg.samples_of(roots, meta),
+                                   batch_size=batch_size, device=dev, progress=progress,
+                                   tta=tta, source=model_dir)
     kept = [t for t in tiles if t["label"] >= 0]
     y = np.array([t["label"] == 1 for t in kept])
     prob = np.array([t["score"] for t in kept])
@@ -318,8 +319,9 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
         "data": [str(r) for r in roots], "threshold": thr, "threshold_source": source,
         "threshold_detail": None, "tta": tta,
         "tile_rule": {**meta.segmentation.to_json(), "scene_window_rule":
-                      f"landslide when its mask share >= {sg.TILE_MIN_SHARE:g}, landslide-free "
-                      "without landslide pixels, left out in between"},
+                      f"the windows of the reference tiling (stride = input size); landslide "
+                      f"when its mask share >= {sg.TILE_MIN_SHARE:g}, landslide-free without "
+                      "landslide pixels, left out in between"},
         "confidence_intervals": {
             "level": 0.95, "accuracy": "Wilson score", "recall": "Wilson score",
             "f1": f"percentile bootstrap over tiles, {BOOTSTRAP_RESAMPLES} resamples, "

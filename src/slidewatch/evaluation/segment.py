@@ -58,27 +58,34 @@ class _Scored:
         self.valid = np.zeros(shape, bool)
 
 
-def _samples(roots: list[Path], meta: ModelMeta) -> list[MaskedSample]:
+def samples_of(roots: list[Path], meta: ModelMeta) -> list[MaskedSample]:
+    """The images with masks under ``roots`` (scene folders, class folders with masks/)."""
     out: list[MaskedSample] = []
     for root in roots:
         out += masked_samples(root, meta.classes)
+    _check_bands(out, meta)
+    return out
+
+
+def _check_bands(out: list[MaskedSample], meta: ModelMeta) -> None:
     for s in out[:1] + out[-1:]:
         bands = probe(s.image).bands
         if bands != meta.in_chans:
             raise DataError(f"{s.image}: has {bands} bands; the model takes {meta.in_chans}")
-    return out
 
 
 def _is_scene(s: MaskedSample) -> bool:
     return s.image.parent.name == "images"
 
 
-def score_images(model, meta: ModelMeta, roots: list[Path], *, batch_size: int, device,
-                 progress: Callable, tta: bool = False, source: Path | None = None
+def score_images(model, meta: ModelMeta, samples: list[MaskedSample], *, batch_size: int,
+                 device, progress: Callable, tta: bool = False, source: Path | None = None
                  ) -> tuple[list[_Scored], list[dict]]:
     """Probability maps of every image (fitted) and scene (stitched windows), and one tile row
-    per image or window: name, region, label (1, 0 or -1 ambiguous), score, pixels."""
-    samples = _samples(roots, meta)
+    per image or window: name, region, label (1, 0 or -1: ambiguous, or a window flush with
+    the scene's edge), score, pixels. Scene windows of the regular grid are the tiles of the
+    reference tiling, so their tile scores compare with a classifier's on those tiles."""
+    _check_bands(samples, meta)
     whole = [s for s in samples if not _is_scene(s)]
     scenes = [s for s in samples if _is_scene(s)]
     size = meta.input_size
@@ -124,6 +131,8 @@ def score_images(model, meta: ModelMeta, roots: list[Path], *, batch_size: int, 
                     target.truth[r:r + h, c:c + w] = m[:h, :w]
                     target.valid[r:r + h, c:c + w] = v[:h, :w]
                     label = 1 if share >= TILE_MIN_SHARE else (0 if share == 0 else -1)
+                    if ds.edge[i]:
+                        label = -1
                     name = f"{s.image.stem}__r{r}_c{c}"
                 else:
                     s = group[i]

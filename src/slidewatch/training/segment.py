@@ -273,8 +273,11 @@ def tile_labels(ds: Dataset, min_landslide: float) -> np.ndarray:
         item = ds[i]
         valid = item["valid"][0] > 0.5
         share = float(item["mask"][0][valid].float().mean()) if valid.any() else 0.0
-        whole = not isinstance(_part(ds, i), SceneTiles)
-        if share == 0:
+        part, j = _part(ds, i)
+        whole = not isinstance(part, SceneTiles)
+        if not whole and part.edge[j]:  # a window flush with the scene's edge: no tile
+            out.append(-1)
+        elif share == 0:
             out.append(0)
         elif whole or share >= min_landslide:
             out.append(1)
@@ -283,11 +286,12 @@ def tile_labels(ds: Dataset, min_landslide: float) -> np.ndarray:
     return np.array(out, dtype=np.int8)
 
 
-def _part(ds: Dataset, i: int) -> Dataset:
+def _part(ds: Dataset, i: int) -> tuple[Dataset, int]:
+    """The dataset holding item ``i`` of ``ds`` (a ConcatDataset or not) and its index there."""
     if isinstance(ds, ConcatDataset):
         k = int(np.searchsorted(ds.cumulative_sizes, i, side="right"))
-        return ds.datasets[k]
-    return ds
+        return ds.datasets[k], i - (ds.cumulative_sizes[k - 1] if k else 0)
+    return ds, i
 
 
 def choose_min_area(top: np.ndarray, labels: np.ndarray, threshold: float, size: int
