@@ -29,31 +29,71 @@ def fake_regions(root, size=64):
     return root
 
 
-def tiny(tiles, region, quick):
+def tiny(tiles, region, quick, extra=()):
     return from_dict({
-        "data": {"paths": [str(tiles)], "holdout_regions": [region], "val_fraction": 0.3},
+        "data": {"paths": [str(tiles), *map(str, extra)], "holdout_regions": [region],
+                 "val_fraction": 0.3},
         "model": {"name": "baseline_cnn", "weights": "none", "input_size": 32},
         "phase1": {"epochs": 0}, "phase2": {"epochs": 3, "lr": 0.003, "unfreeze_layers": 99},
         "batch_size": 8, "progress": False, "device": "cpu"})
 
 
+def tiny_segment(data, region, quick):
+    return from_dict({
+        "task": "segment",
+        "data": {"paths": [str(p) for p in data], "holdout_regions": [region],
+                 "val_fraction": 0.3},
+        "model": {"name": "unet_tiny", "weights": "none", "input_size": 32},
+        "phase1": {"epochs": 0}, "phase2": {"epochs": 2, "lr": 0.01, "unfreeze_layers": 99},
+        "batch_size": 8, "progress": False, "device": "cpu"})
+
+
+def add_bijie_dataset(data, n=4):
+    """A small ``datasets/bijie``: landslide images with masks, landslide-free ones, a test list."""
+    rng = np.random.default_rng(1)
+    root = data / "datasets" / "bijie"
+    for sub in ("landslide", "non_landslide", "masks", "splits"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
+        img[:20] = (200, 160, 120)
+        mask = np.zeros((40, 40), np.uint8)
+        mask[:20] = 255
+        Image.fromarray(img).save(root / "landslide" / f"ls_{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"ls_{i}.png")
+        Image.fromarray(rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)).save(
+            root / "non_landslide" / f"nls_{i}.png")
+    (root / "splits" / "test.txt").write_text("ls_0\nnls_0\nnls_1\n")
+    return root
+
+
 def test_leave_one_region_out_table(tmp_path):
     data = fake_regions(tmp_path / "data")
-    rows = run_demo(str(data), tmp_path / "run", regions=("sichuan", "nepal"), config=tiny,
-                    tile=32)
-    assert [r["region"] for r in rows] == ["sichuan", "nepal"]
+    add_bijie_dataset(data)
+    rows = run_demo(str(data), tmp_path / "run", regions=("sichuan", "nepal", "bijie"),
+                    config=tiny, seg_config=tiny_segment, tile=32)
+    assert [r["region"] for r in rows] == ["sichuan", "nepal", "bijie"]
     assert rows[0]["tiles"] == 24 and rows[0]["landslide_tiles"] == 12
     assert rows[1]["landslide_tiles"] == 0 and rows[1]["tp"] == 0
+    # bijie: its region tiles plus the dataset's test list (1 landslide, 2 landslide-free)
+    assert rows[2]["tiles"] == 24 + 3 and rows[2]["landslide_tiles"] == 12 + 1
+    seg = rows[0]["segment"]
+    assert seg["tiles"] == rows[0]["tiles"]  # the same tiles for both tasks
+    assert seg["pixel_iou"] is not None and 0 <= seg["pixel_iou"] <= 1
     table = format_table(rows)
-    assert "sichuan" in table and "n/a" in table
-    shown = {line.split()[0]: line.split() for line in table.splitlines()[2:-1]}
-    # F1 and the reference F1 are the run's and the demo's own, each in its column
-    assert shown["sichuan"][6] == f"{rows[0]['f1']:.3f}"
+    assert "sichuan" in table and "n/a" in table and "segmentation" in table
+    shown = {line.split()[0]: line.split() for line in table.splitlines()[3:-1]}
+    # each score in its column: classifier F1, segmentation F1 and pixel IoU, reference F1
+    assert shown["sichuan"][4] == f"{rows[0]['f1']:.3f}"
+    assert shown["sichuan"][8] == f"{seg['f1']:.3f}"
+    assert shown["sichuan"][11] == f"{seg['pixel_iou']:.3f}"
     assert shown["sichuan"][-1] == f"{demo.REFERENCE_F1['sichuan']:.2f}"
-    assert shown["nepal"][6] == "n/a" and shown["nepal"][-1] == "-"
+    assert shown["nepal"][4] == "n/a" and shown["nepal"][-1] == "-"
     # a second run reuses the finished folds
-    again = run_demo(str(data), tmp_path / "run", regions=("sichuan",), config=tiny, tile=32)
+    again = run_demo(str(data), tmp_path / "run", regions=("sichuan",), config=tiny,
+                     seg_config=tiny_segment, tile=32)
     assert again[0]["f1"] == rows[0]["f1"]
+    assert again[0]["segment"]["pixel_iou"] == seg["pixel_iou"]
 
 
 def test_data_lookup_order_and_offline_message(tmp_path, monkeypatch):

@@ -122,3 +122,16 @@ def test_fit_to_size_pads_small_and_shrinks_large():
     assert pi.shape == (3, 32, 32) and pm[:, :10, :20].all() and pm.sum() == 200
     ri, rm = fit_to_size(torch.ones(3, 50, 100), torch.ones(1, 50, 100), 32)
     assert ri.shape == (3, 32, 32) and rm[:, :16, :].all() and rm[:, 16:, :].sum() == 0
+
+
+def test_scene_windows_follow_the_reference_tiling_plus_edge_windows():
+    from slidewatch.data.masks import grid_starts
+    from slidewatch.data.tiling import tile_positions
+
+    assert grid_starts(100, 32) == ([0, 32, 64, 68], True)
+    assert grid_starts(96, 32) == ([0, 32, 64], False)
+    assert grid_starts(20, 32) == ([0], False)
+    # the regular part is the tiler's grid at stride = tile (`slidewatch data tiles`)
+    rows = sorted({r for r, _ in tile_positions(100, 70, 32, 32)})
+    cols = sorted({c for _, c in tile_positions(100, 70, 32, 32)})
+    assert rows == grid_starts(100, 32)[0][:-1] and cols == grid_starts(70, 32)[0][:-1]

@@ -168,6 +168,7 @@ def test_min_area_is_chosen_by_youden_on_validation():
     assert (k, source) == (4, "validation")
     assert table[4] == {"recall": 1.0, "specificity": 1.0}
     assert choose_min_area(top, np.ones(6, int), 0.5, 16)[1] == "default"
+    assert choose_min_area(np.zeros((6, 64)), labels, 0.5, 16)[1] == "default"  # no signal
 
 
 def test_segment_inputs_are_fitted_with_valid_pixels(tmp_path):
@@ -376,3 +377,19 @@ def test_report_of_a_segmentation_model(seg_model, blobs, tmp_path):
     (ev / "metrics.json").write_text(json.dumps(m))
     assert main(["report", str(seg_model), "--eval", str(ev), "--out",
                  str(tmp_path / "r2.html")]) == 2
+
+
+def test_training_draws_show_landslides_at_the_configured_share(blobs):
+    from slidewatch.data.masks import MaskedImages, masked_samples
+    from slidewatch.training.segment import balanced_sampler, shows_landslide
+
+    samples = masked_samples(blobs / "cls", ["landslide", "non_landslide"])
+    few = [s for s in samples if s.mask is not None][:3] + [s for s in samples
+                                                           if s.mask is None]
+    ds = MaskedImages(few, SIZE)
+    pos = shows_landslide(ds)
+    assert pos.sum() == 3 and len(pos) == 27
+    draws = list(balanced_sampler(ds, 0.5, torch.Generator().manual_seed(0)))
+    share = np.mean(pos[draws])
+    assert len(draws) == 27 and 0.25 < share < 0.8  # 3 of 27 without balancing
+    assert balanced_sampler(MaskedImages(few[:3], SIZE), 0.5, torch.Generator()) is None

@@ -40,7 +40,8 @@ def experiment_cmd(config_path, out, quiet, search_n):
 @click.option("--holdout", multiple=True, help="only these held-out regions (default: all four)")
 @click.option("--quick", is_flag=True, help="a few steps only (a smoke run, not the result)")
 def demo_cmd(data_dir, out, holdout, quick):
-    """Tile the sample regions, train EfficientNet-Lite0 leave-one-region-out, print a table."""
+    """Leave-one-region-out on the sample regions: an EfficientNet-Lite0 tile classifier and a
+    U-Net segmentation model per fold, scored on the region each never saw; prints a table."""
     from slidewatch.experiments.demo import REGIONS, format_table, run_demo
 
     for region in holdout:

@@ -114,8 +114,10 @@ class SegmentConfig:
     landslide pixels in the BCE part, ``auto`` = sqrt(background / landslide pixels) of the
     training masks (capped at 10), or a number, or ``none``. Scene folders give
     ``crops_per_image`` random crops per epoch, a share ``positive_share`` of them centred on a
-    landslide pixel. ``min_area``: pixels a tile needs above the threshold to be a landslide
-    tile; ``auto`` chooses it on the validation split (Youden's J), else a whole number."""
+    landslide pixel; with landslide-free images in the data (class folders), the same share of
+    the training draws shows a landslide. ``min_area``: pixels a tile needs above the
+    threshold to be a landslide tile; ``auto`` chooses it on the validation split (Youden's J),
+    else a whole number."""
 
     loss: Literal["bce_dice", "focal_dice", "bce", "dice"] = "bce_dice"
     pos_weight: Union[str, float] = "auto"

@@ -1,7 +1,14 @@
-"""The demo: leave-one-region-out training of EfficientNet-Lite0 on the sample regions.
+"""The demo: leave-one-region-out on the sample regions, both tasks.
 
-For each region: train on the other three (validation split by source image), then measure
-tile precision, recall, specificity and F1 on the held-out region, which the model never saw.
+For each region: train on the other three (validation split by source image) an
+EfficientNet-Lite0 tile classifier and a U-Net over EfficientNet-Lite0 that maps landslide
+pixels, then score both on the held-out region, which neither model saw: tile precision,
+recall, specificity, F1 and ROC-AUC for both (the same tiles: the reference tiling, 224 px,
+stride 224, 5% rule), pixel IoU and F1 for the segmentation model.
+
+The full Bijie dataset (``datasets/bijie`` beside ``regions/`` in the sample data, when present)
+counts as region bijie: it trains the folds that hold out another region, and is held out with
+``regions/bijie``; its test list (``splits/test.txt``) is scored with the bijie tiles.
 """
 
 from __future__ import annotations
@@ -17,36 +24,42 @@ import torch
 from torch.utils.data import DataLoader
 
 from slidewatch.config.train import TrainConfig, from_dict, to_dict
-from slidewatch.data.folders import scan_class_folders
+from slidewatch.data.folders import Sample, scan_class_folders
 from slidewatch.data.inputs import image_dataset
+from slidewatch.data.masks import MaskedSample, class_folder_samples, scene_samples
 from slidewatch.data.sampledata import REGIONS, locate
 from slidewatch.data.tiling import tile_scenes
 from slidewatch.evaluation.evaluate import score_block
+from slidewatch.evaluation.pixels import PixelCounts, pixel_counts, pixel_scores
 from slidewatch.inference.forward import predict_probs
 from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import no_progress, resolve_device
 from slidewatch.training.loop import train
 
+TASKS = ("classify", "segment")
 # Reference F1 published with the sample data: frozen Lite0 features + logistic regression.
 REFERENCE_F1 = {"sichuan": 0.73, "bijie": 0.37}
+BIJIE_DATASET = ("datasets", "bijie")
 
 
-def demo_config(tiles: Path, holdout: str, quick: bool = False) -> TrainConfig:
-    """The demo's training recipe, sized for 2 CPU cores.
+def demo_config(tiles: Path, holdout: str, quick: bool = False,
+                extra: tuple[Path, ...] = ()) -> TrainConfig:
+    """The demo's classifier recipe, sized for 2 CPU cores.
 
-    Training tiles overlap (stride = half a tile, four times the examples; the split stays by
-    source image); epochs are capped at 24 batches so that every fold fits the time budget.
-    Phase 1 is a linear probe on frozen ImageNet features; phase 2 gently fine-tunes the top
-    20 weighted layers (Keras counting).
+    The reference tiles of the training regions and ``extra`` class-folder datasets (the Bijie
+    set), split by source image; images read when drawn (no cache); epochs capped at 24
+    batches of 32 so that every fold fits the time budget. Phase 1 (one epoch) is a linear
+    probe on frozen ImageNet features; phase 2 (two) gently fine-tunes the top 20 weighted
+    layers (Keras counting).
     """
     cfg = {
-        "data": {"paths": [str(tiles)], "holdout_regions": [holdout], "split_by": "image",
-                 "val_fraction": 0.2},
+        "data": {"paths": [str(tiles), *map(str, extra)], "holdout_regions": [holdout],
+                 "split_by": "image", "val_fraction": 0.1, "cache": False},
         "model": {"name": "efficientnet_lite0", "weights": "imagenet", "input_size": 224,
                   "drop_rate": 0.3},
         "augment": {"resize": 256, "crop": 224, "translate": 0.05, "brightness": 0.2,
                     "contrast": 0.2, "saturation": 0.3, "rotate90": True},
-        "phase1": {"epochs": 2, "lr": 2e-3},
+        "phase1": {"epochs": 1, "lr": 2e-3},
         "phase2": {"epochs": 2, "lr": 2e-4, "unfreeze_layers": 20},
         "optim": {"optimizer": "adamw", "weight_decay": 1e-4, "schedule": "cosine"},
         "batch_size": 32, "steps_per_epoch": 24, "class_weights": "balanced",
@@ -57,10 +70,34 @@ def demo_config(tiles: Path, holdout: str, quick: bool = False) -> TrainConfig:
     return from_dict(cfg)
 
 
+def segment_config(data: list[Path], holdout: str, quick: bool = False) -> TrainConfig:
+    """The demo's segmentation recipe: U-Net over EfficientNet-Lite0 (packaged ImageNet
+    weights), 224 px crops of the scenes (half centred on landslides) and the Bijie images;
+    BCE + Dice; one epoch on the frozen encoder, two with its top 3 stages unfrozen; epochs of
+    16 batches of 8."""
+    cfg = {
+        "task": "segment",
+        "data": {"paths": [str(p) for p in data], "holdout_regions": [holdout],
+                 "split_by": "image", "val_fraction": 0.1},
+        "model": {"name": "unet/efficientnet_lite0", "weights": "imagenet", "input_size": 224},
+        "augment": {"translate": 0.05, "brightness": 0.2, "contrast": 0.2, "saturation": 0.3,
+                    "rotate90": True},
+        "segment": {"loss": "bce_dice", "crops_per_image": 4, "positive_share": 0.5},
+        "phase1": {"epochs": 1, "lr": 3e-3},
+        "phase2": {"epochs": 2, "lr": 5e-4, "unfreeze_blocks": 3},
+        "optim": {"optimizer": "adamw", "weight_decay": 1e-4, "schedule": "cosine"},
+        "batch_size": 8, "steps_per_epoch": 16, "early_stopping_metric": "val_iou",
+        "patience": 3, "seed": 0, "progress": True,
+    }
+    if quick:
+        cfg["phase1"]["epochs"], cfg["phase2"]["epochs"], cfg["steps_per_epoch"] = 1, 1, 2
+    return from_dict(cfg)
+
+
 def ensure_tiles(data_root: Path, out: Path, log: Callable, tile: int = 224,
                  stride: int | None = None, name: str = "tiles") -> Path:
     """Tiles of the four regions (5% rule), made once. The default (stride = tile) is the
-    reference tiling that the held-out scores use."""
+    reference tiling that the classifier trains on and both tasks are scored on."""
     tiles = out / name
     if (tiles / "tiles.csv").is_file():
         return tiles
@@ -71,16 +108,71 @@ def ensure_tiles(data_root: Path, out: Path, log: Callable, tile: int = 224,
     return tiles
 
 
-def evaluate_region(model_dir: Path, tiles: Path, region: str) -> dict:
-    """Tile-level scores of a model on one region's tiles."""
+def bijie_dataset(root: Path) -> Path | None:
+    """The full Bijie dataset beside the regions, if the sample data has it."""
+    path = root.joinpath(*BIJIE_DATASET)
+    return path if (path / "landslide").is_dir() and (path / "masks").is_dir() else None
+
+
+def test_stems(dataset: Path) -> set[str] | None:
+    """The stems of the dataset's test list (``splits/test.txt``), or None (all images)."""
+    path = dataset / "splits" / "test.txt"
+    if not path.is_file():
+        return None
+    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+def held_out_images(root: Path, region: str, classes: list[str]) -> list[MaskedSample]:
+    """What a held-out region adds to its tiles: the Bijie dataset's test images for bijie."""
+    dataset = bijie_dataset(root)
+    if region != "bijie" or dataset is None:
+        return []
+    stems = test_stems(dataset)
+    return [s for s in class_folder_samples(dataset, classes, region="bijie")
+            if stems is None or s.image.stem in stems]
+
+
+def evaluate_region(model_dir: Path, tiles: Path, region: str,
+                    extra: list[MaskedSample] = ()) -> dict:
+    """Tile-level scores of a classifier on one region's tiles (and ``extra`` images)."""
     model, meta = load_model(model_dir, resolve_device("auto"))
     samples = [s for s in scan_class_folders(tiles) if s.region == region]
+    samples += [Sample(path=s.image, label=0 if s.mask is not None else 1, group=s.group,
+                       region=region) for s in extra]
     ds = image_dataset(meta, samples)
     prob = predict_probs(model, meta, DataLoader(ds, batch_size=64), resolve_device("auto"))
     y = np.array([s.label == meta.positive_index for s in samples])
-    block = score_block(y, prob, meta.threshold, [meta.classes[s.label] for s in samples])
-    return {**block, **block["confusion"], "region": region, "tiles": len(samples),
+    return _tile_row(y, prob, meta.threshold, meta, region)
+
+
+def _tile_row(y: np.ndarray, prob: np.ndarray, threshold: float, meta, region: str) -> dict:
+    names = [meta.positive_class if v else meta.negative_label for v in y]
+    block = score_block(y, prob, threshold, names)
+    return {**block, **block["confusion"], "region": region, "tiles": int(len(y)),
             "landslide_tiles": int(y.sum())}
+
+
+def evaluate_segmenter(model_dir: Path, root: Path, region: str,
+                       extra: list[MaskedSample] = ()) -> dict:
+    """A segmentation model on one held-out region: tile scores on the windows of the
+    reference tiling (the classifier's tiles) and the ``extra`` images, pixel IoU and F1 over
+    the region's scenes and those images."""
+    from slidewatch.evaluation.segment import score_images
+
+    model, meta = load_model(model_dir, resolve_device("auto"))
+    samples = scene_samples(root / "regions" / region) + list(extra)
+    items, tiles = score_images(model, meta, samples, batch_size=16,
+                                device=resolve_device("auto"), progress=no_progress)
+    kept = [t for t in tiles if t["label"] >= 0]
+    y = np.array([t["label"] == 1 for t in kept])
+    prob = np.array([t["score"] for t in kept])
+    row = _tile_row(y, prob, meta.threshold, meta, region)
+    counts = sum((pixel_counts(it.prob >= meta.threshold, it.truth, it.valid) for it in items),
+                 PixelCounts())
+    px = pixel_scores(counts)
+    row.update({"pixel_iou": px["iou"], "pixel_f1": px["f1"],
+                "pixel_precision": px["precision"], "pixel_recall": px["recall"]})
+    return row
 
 
 def _finished(run_dir: Path, cfg: TrainConfig) -> bool:
@@ -91,43 +183,66 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> bool:
     return json.loads(meta.read_text()).get("training") == to_dict(cfg)
 
 
+def _fold(run_dir: Path, cfg: TrainConfig, log: Callable, progress: Callable,
+          what: str) -> None:
+    if _finished(run_dir, cfg):
+        log(f"== reusing {run_dir} (same recipe) ==")
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log(f"== {what} ==")
+    train(cfg, run_dir, progress=progress, log=log)
+
+
 def run_demo(data_dir: str | None, out: Path, *, quick: bool = False,
              log: Callable[[str], None] = lambda m: None, progress: Callable = no_progress,
              regions: tuple[str, ...] = REGIONS,
-             config: Callable[[Path, str, bool], TrainConfig] | None = None,
-             tile: int = 224) -> list[dict]:
-    """Leave-one-region-out over ``regions``; returns one score row per held-out region.
+             config: Callable[..., TrainConfig] | None = None,
+             seg_config: Callable[..., TrainConfig] | None = None,
+             tasks: tuple[str, ...] = TASKS, tile: int = 224) -> list[dict]:
+    """Leave-one-region-out over ``regions``; one row per held-out region with the
+    classifier's scores and, under ``"segment"``, the segmentation model's.
 
-    ``config(tiles, region, quick)`` gives each fold's recipe (default :func:`demo_config`).
+    ``config(tiles, region, quick, extra)`` and ``seg_config(data, region, quick)`` give each
+    fold's recipes (default :func:`demo_config`, :func:`segment_config`).
     """
     config = config or demo_config
+    seg_config = seg_config or segment_config
     torch.set_num_threads(max(1, torch.get_num_threads()))
     root = locate(data_dir, log=log)
     out.mkdir(parents=True, exist_ok=True)
     tiles = ensure_tiles(root, out, log, tile)
-    train_tiles = ensure_tiles(root, out, log, tile, stride=tile // 2, name="train-tiles")
+    bijie = bijie_dataset(root)
+    extra = (bijie,) if bijie is not None else ()
     rows = []
     for region in regions:
         t0 = time.perf_counter()
-        run_dir = out / f"holdout-{region}"
-        cfg = config(train_tiles, region, quick)
-        if not _finished(run_dir, cfg):
-            shutil.rmtree(run_dir, ignore_errors=True)
-            log(f"== training without {region} ==")
-            train(cfg, run_dir, progress=progress, log=log)
-        else:
-            log(f"== reusing {run_dir} (same recipe) ==")
-        row = evaluate_region(run_dir, tiles, region)
+        held = held_out_images(root, region, ["landslide", "non_landslide"])
+        row: dict = {}
+        if "classify" in tasks:
+            run_dir = out / f"holdout-{region}"
+            _fold(run_dir, config(tiles, region, quick, extra), log, progress,
+                  f"classifier without {region}")
+            row = evaluate_region(run_dir, tiles, region, held)
+            log(f"held-out {region}, classifier: F1 {_fmt(_shown_f1(row))}, ROC-AUC "
+                f"{_fmt(row['roc_auc'])}, specificity {_fmt(row['specificity'])}")
+        if "segment" in tasks:
+            seg_dir = out / f"segment-holdout-{region}"
+            data = [root / "regions" / r for r in REGIONS] + list(extra)
+            _fold(seg_dir, seg_config(data, region, quick), log, progress,
+                  f"segmentation without {region}")
+            seg = evaluate_segmenter(seg_dir, root, region, held)
+            row = {**(row or {k: seg[k] for k in ("region", "tiles", "landslide_tiles")}),
+                   "segment": seg}
+            log(f"held-out {region}, segmentation: tile F1 {_fmt(_shown_f1(seg))}, pixel IoU "
+                f"{_fmt(seg['pixel_iou'])}")
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        log(f"held-out {region}: F1 {_fmt(_shown_f1(row))}, recall {_fmt(row['recall'])} "
-            f"({row['seconds']:.0f}s)")
     return rows
 
 
 def _shown_f1(row: dict) -> float | None:
     """F1 of a held-out region; None (n/a) for a region without landslide tiles."""
-    return row["f1"] if row["landslide_tiles"] else None
+    return row["f1"] if row.get("landslide_tiles") else None
 
 
 def _fmt(value: float | None) -> str:
@@ -135,23 +250,31 @@ def _fmt(value: float | None) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'held-out region':16} {'tiles':>5} {'slides':>6} {'precision':>9} {'recall':>6} "
-            f"{'specificity':>11} {'F1':>5} {'F1 95% CI':>11} {'ROC-AUC':>7} {'ref F1':>6}")
-    lines = [head, "-" * len(head)]
+    """Per held-out region: tiles, then F1, ROC-AUC and specificity of the classifier and of
+    the segmentation model (with its pixel IoU and F1), and the reference F1."""
+    head = (f"{'held-out region':16} {'tiles':>5} {'slides':>6} | {'F1':>5} {'ROC-AUC':>7} "
+            f"{'spec.':>5} | {'F1':>5} {'ROC-AUC':>7} {'spec.':>5} {'px IoU':>6} "
+            f"{'px F1':>5} | {'ref F1':>6}")
+    top = (f"{'':30} | {'classifier':^19} | {'segmentation':^33} |")
+    lines = [top, head, "-" * len(head)]
+
+    def scores(r: dict | None) -> list[str]:
+        if r is None or "f1" not in r:
+            return ["-", "-", "-"]
+        spec = _fmt(r["specificity"]) if r.get("tn", 0) + r.get("fp", 0) else "n/a"
+        return [_fmt(_shown_f1(r)), _fmt(r.get("roc_auc")), spec]
+
     for r in rows:
         ref = REFERENCE_F1.get(r["region"])
-        has_pos = r["landslide_tiles"] > 0
-        prec = f"{r['precision']:.3f}" if r["tp"] + r["fp"] else "n/a"
-        rec = f"{r['recall']:.3f}" if has_pos else "n/a"
-        f1 = _fmt(_shown_f1(r))
-        ci = r["ci95"]["f1"]
-        ci_s = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci and has_pos else "n/a"
-        auc = f"{r['roc_auc']:.3f}" if r["roc_auc"] is not None else "n/a"
-        spec = f"{r['specificity']:.3f}" if r["tn"] + r["fp"] else "n/a"
-        lines.append(f"{r['region']:16} {r['tiles']:>5} {r['landslide_tiles']:>6} {prec:>9} "
-                     f"{rec:>6} {spec:>11} {f1:>5} {ci_s:>11} {auc:>7} "
-                     f"{(f'{ref:.2f}' if ref else '-'):>6}")
-    lines.append("Tile scores on each region held out of training (threshold from the model). "
+        seg = r.get("segment")
+        c, s = scores(r if "f1" in r else None), scores(seg)
+        px = [_fmt(seg.get("pixel_iou")), _fmt(seg.get("pixel_f1"))] if seg else ["-", "-"]
+        lines.append(f"{r['region']:16} {r['tiles']:>5} {r['landslide_tiles']:>6} | "
+                     f"{c[0]:>5} {c[1]:>7} {c[2]:>5} | {s[0]:>5} {s[1]:>7} {s[2]:>5} "
+                     f"{px[0]:>6} {px[1]:>5} | {(f'{ref:.2f}' if ref else '-'):>6}")
+    lines.append("Tile scores on each region held out of training (threshold from each model; "
+                 "the same tiles for both: 224 px, stride 224, 5% rule; bijie adds the Bijie "
+                 "dataset's test list). px: pixels of the held-out scenes and images. "
                  "ref F1: frozen EfficientNet-Lite0 features + logistic regression "
                  "(published with the sample data).")
     return "\n".join(lines)

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 
 from slidewatch.config.train import TrainConfig
 from slidewatch.data.folders import Sample
@@ -128,11 +128,42 @@ def datasets(cfg: TrainConfig, size: int, train_s: list[MaskedSample],
     return build(train_s, True), build(val_s, False)
 
 
+def shows_landslide(ds: Dataset) -> np.ndarray:
+    """For each training item: does it come from an image with a landslide (a class-folder
+    image with a mask, or a crop of a scene, which all have landslides)."""
+    parts = ds.datasets if isinstance(ds, ConcatDataset) else [ds]
+    out = []
+    for part in parts:
+        if isinstance(part, MaskedImages):
+            out += [s.mask is not None for s in part.samples]
+        else:
+            out += [True] * len(part)
+    return np.array(out, bool)
+
+
+def balanced_sampler(ds: Dataset, share: float, gen: torch.Generator
+                     ) -> WeightedRandomSampler | None:
+    """Draws items so that a share ``share`` of them shows a landslide (with replacement, one
+    epoch = len(ds) draws), when the data has both kinds; None otherwise (plain shuffling).
+    A dataset like Bijie's, two thirds landslide-free images, would otherwise leave the
+    landslide pixels at a few percent of what the model sees."""
+    pos = shows_landslide(ds)
+    if pos.all() or not pos.any():
+        return None
+    w = np.where(pos, share / pos.sum(), (1 - share) / (~pos).sum())
+    return WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(ds),
+                                 replacement=True, generator=gen)
+
+
 def loader(ds: Dataset, cfg: TrainConfig, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    """Batches of ``ds``; training batches (``shuffle``) balanced by
+    :func:`balanced_sampler` with ``segment.positive_share``."""
     gen = torch.Generator().manual_seed(cfg.seed)
     nw = cfg.data.num_workers
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=gen,
-                      num_workers=nw, worker_init_fn=worker_init, persistent_workers=nw > 0,
+    sampler = balanced_sampler(ds, cfg.segment.positive_share, gen) if shuffle else None
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, generator=gen, num_workers=nw, worker_init_fn=worker_init,
+                      persistent_workers=nw > 0,
                       drop_last=drop_last and len(ds) > cfg.batch_size)
 
 
@@ -299,7 +330,7 @@ def choose_min_area(top: np.ndarray, labels: np.ndarray, threshold: float, size:
     """The tile rule's minimum area from validation tiles: ``top`` holds each tile's largest
     pixel probabilities in descending order (N x K). Youden's J = recall + specificity - 1 of
     the tiles, ties to the smaller area; the default share of the input when the validation
-    tiles lack a class."""
+    tiles lack a class or no area separates them at all (J <= 0)."""
     keep = labels >= 0
     y = labels[keep] == 1
     default = max(1, round(DEFAULT_MIN_AREA * size * size))
@@ -316,6 +347,8 @@ def choose_min_area(top: np.ndarray, labels: np.ndarray, threshold: float, size:
         table[k] = {"recall": round(rec, 4), "specificity": round(spec, 4)}
         if best is None or j > best[1] + 1e-12:
             best = (k, j)
+    if best is None or best[1] <= 0:
+        return default, "default", table
     return best[0], "validation", table
 
 
@@ -349,11 +382,11 @@ def tile_rule(s, log: Callable) -> SegmentationSpec:
     cands = area_candidates(size)
     _, top = validate(s, max_k=cands[-1] if cands else 1)
     k, source, table = choose_min_area(top, s.segment.val_labels, s.meta.threshold, size)
-    if table:
+    if source == "validation":
         r = table[k]
         log(f"tile rule: landslide when >= {k} pixels reach {s.meta.threshold:g} "
             f"(validation tiles: recall {r['recall']:.3f}, specificity {r['specificity']:.3f})")
     else:
-        log(f"tile rule: landslide when >= {k} pixels reach {s.meta.threshold:g} (default: the "
-            "validation split lacks landslide or landslide-free tiles)")
+        log(f"tile rule: landslide when >= {k} pixels reach {s.meta.threshold:g} (default: no "
+            "area separates the validation split's landslide and landslide-free tiles)")
     return SegmentationSpec(k, source)
