@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("region", help="a scene folder with images/ and masks/")
     ap.add_argument("--stride", type=int, default=112)
     ap.add_argument("--blend", default="mean", choices=["mean", "hann"])
+    ap.add_argument("--tta", action="store_true", help="average over flips and rotations")
     args = ap.parse_args()
     region = Path(args.region)
     threshold = read_meta(args.model_dir).threshold
@@ -55,7 +56,7 @@ def main() -> None:
         scenes = wrap_scenes(region, Path(tmp) / "scenes")
         t0 = time.perf_counter()
         summary = scan(args.model_dir, scenes, Path(tmp) / "out", stride=args.stride,
-                       blend=args.blend)
+                       blend=args.blend, tta=args.tta)
         seconds = time.perf_counter() - t0
         c = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn
         hits = 0
@@ -68,7 +69,7 @@ def main() -> None:
             hits += bool(np.any(pred & mask))
     tp, fp, fn, tn = (int(v) for v in c)
     row = {"benchmark": "scan_quality", "model": str(args.model_dir), "region": region.name,
-           "scenes": len(scenes), "stride": args.stride, "blend": args.blend,
+           "scenes": len(scenes), "stride": args.stride, "blend": args.blend, "tta": args.tta,
            "threshold": threshold, "windows": summary.windows, "seconds": round(seconds, 1),
            "pixel_recall": round(tp / max(1, tp + fn), 4),
            "pixel_precision": round(tp / max(1, tp + fp), 4),

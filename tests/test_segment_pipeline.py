@@ -393,3 +393,16 @@ def test_training_draws_show_landslides_at_the_configured_share(blobs):
     share = np.mean(pos[draws])
     assert len(draws) == 27 and 0.25 < share < 0.8  # 3 of 27 without balancing
     assert balanced_sampler(MaskedImages(few[:3], SIZE), 0.5, torch.Generator()) is None
+
+
+def test_split_keys_of_segmentation_samples_match_the_classifiers(blobs):
+    from slidewatch.data.folders import scan_class_folders
+    from slidewatch.data.masks import masked_samples
+    from slidewatch.training.segment import as_split_samples
+
+    seg = {s.key for s in as_split_samples(masked_samples(blobs / "cls",
+                                                          ["landslide", "non_landslide"]))}
+    cls = {s.key for s in scan_class_folders(blobs / "cls")}
+    assert seg == cls and "cls/landslide/ls0.png" in seg
+    scene = as_split_samples(masked_samples(blobs / "scene", ["landslide"]))
+    assert scene[0].key == "scene/images/s0.png"

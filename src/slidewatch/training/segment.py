@@ -83,9 +83,11 @@ def _from_class_folder(s: MaskedSample) -> bool:
 
 
 def as_split_samples(samples: list[MaskedSample]) -> list[Sample]:
-    """The samples as the splitter sees them: label 0 (landslide) with a mask, else 1."""
+    """The samples as the splitter sees them: label 0 (landslide) with a mask, else 1; keyed
+    in split files as ``<dataset or scene folder>/<class or images>/<file>``, as a
+    classifier's class-folder samples are."""
     return [Sample(path=s.image, label=0 if s.mask is not None else 1, group=s.group,
-                   region=s.region) for s in samples]
+                   region=s.region, root=s.image.parent.parent) for s in samples]
 
 
 def split(cfg: TrainConfig, samples: list[MaskedSample]) -> Split:
