@@ -128,3 +128,41 @@ def test_a_cluster_address_that_does_not_answer_fails_fast():
 
     with pytest.raises(ConfigError, match="--ray-address 127.0.0.1:1: no Ray cluster answers"):
         check_reachable("127.0.0.1:1")  # instead of minutes of Ray's retries
+
+
+@pytest.fixture(scope="module")
+def segment_model_dir(tmp_path_factory):
+    """A tiny U-Net folder (random weights: the maps only need to be the same everywhere)."""
+    from slidewatch.meta import ModelMeta, SegmentationSpec
+    from slidewatch.models.checkpoint import save_model
+    from slidewatch.models.segmentation import build_segmenter
+
+    torch.manual_seed(3)
+    model = build_segmenter("unet_tiny", in_chans=3).eval()
+    meta = ModelMeta(architecture="unet_tiny", classes=["landslide", "non_landslide"],
+                     in_chans=3, input_size=32, mean=[0.4] * 3, std=[0.2] * 3, task="segment",
+                     segmentation=SegmentationSpec(8))
+    out = tmp_path_factory.mktemp("seg") / "m"
+    save_model(out, model, meta)
+    return out
+
+
+def test_ray_blends_segmentation_maps_as_the_local_backend(tmp_path, ray_instance,
+                                                           segment_model_dir, scenes):
+    kw = {**KW, "blend": "hann"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(RAY.worker_cpus)
+    try:
+        local = scan(segment_model_dir, scenes, tmp_path / "local", **kw)
+    finally:
+        torch.set_num_threads(threads)
+    far = scan(segment_model_dir, scenes, tmp_path / "ray", backend=RAY, **kw)
+    assert (far.windows, far.skipped_windows) == (local.windows, local.skipped_windows)
+    for stem in ("a", "b"):
+        prob_local, feats_local = outputs(tmp_path / "local", stem)
+        prob_ray, feats_ray = outputs(tmp_path / "ray", stem)
+        np.testing.assert_array_equal(prob_ray, prob_local)
+        assert feats_ray == feats_local
+    prob_b = outputs(tmp_path / "local", "b")[0]
+    assert (prob_b[:80, :70] == mosaic.NODATA).all()  # the nodata corner stays unscanned
+    assert (prob_b[100:, 80:] >= 0).all()
