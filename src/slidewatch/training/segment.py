@@ -179,11 +179,18 @@ def band_count(samples: list[MaskedSample]) -> int:
     return next(iter(seen))
 
 
-def pixel_statistics(ds: Dataset, limit: int = 256, seed: int = 0
-                     ) -> tuple[list[float], list[float], float]:
+def pixel_statistics(ds: Dataset, limit: int = 256, seed: int = 0,
+                     share: float | None = None) -> tuple[list[float], list[float], float]:
     """Per-band mean and std of valid pixels (unit scale) and the landslide share, over up to
-    ``limit`` items of ``ds``."""
-    pick = np.random.default_rng(seed).permutation(len(ds))[:limit]
+    ``limit`` items of ``ds``, drawn as training draws them (``share``: the balanced draws of
+    :func:`balanced_sampler`), so that ``pos_weight: auto`` fits what the model sees."""
+    rng = np.random.default_rng(seed)
+    pos = shows_landslide(ds)
+    if share is not None and pos.any() and not pos.all():
+        w = np.where(pos, share / pos.sum(), (1 - share) / (~pos).sum())
+        pick = rng.choice(len(ds), size=min(limit, len(ds)), replace=False, p=w / w.sum())
+    else:
+        pick = rng.permutation(len(ds))[:limit]
     s1 = s2 = None
     n = pos = 0
     for i in pick:

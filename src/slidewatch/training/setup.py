@@ -379,7 +379,8 @@ def _prepare_segment(cfg: TrainConfig, out_dir: Path, roots: list[Path], device:
     val_s = [samples[i] for i in split.val]
     model, meta = sg.build(cfg, sg.band_count(train_s + val_s), log)
     train_ds, val_ds = sg.datasets(cfg, meta.input_size, train_s, val_s, cfg.data.scale)
-    mean, std, share = sg.pixel_statistics(train_ds, seed=cfg.seed)
+    mean, std, share = sg.pixel_statistics(train_ds, seed=cfg.seed,
+                                           share=cfg.segment.positive_share)
     pretrained = model.slidewatch_weights != "none"
     if not (meta.in_chans == 3 and pretrained):
         meta.mean, meta.std = mean, std
