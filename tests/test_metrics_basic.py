@@ -31,3 +31,17 @@ def test_threshold_for_recall_reaches_target():
     t = metrics.threshold_for_recall(y, p, 0.75)
     assert t == pytest.approx(0.4)
     assert metrics.binary_report(y, p, t)["recall"] >= 0.75
+
+
+def test_operating_points_of_the_roc_curve_match_scikit_learn():
+    from sklearn.metrics import roc_curve as sk_roc
+
+    from slidewatch.evaluation.metrics import fpr_at_recall, recall_at_fpr
+
+    rng = np.random.default_rng(4)
+    y = rng.random(300) < 0.4
+    prob = np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1)
+    fpr, tpr, _ = sk_roc(y, prob)
+    assert recall_at_fpr(y, prob, 0.1) == pytest.approx(tpr[fpr <= 0.1].max())
+    assert fpr_at_recall(y, prob, 0.9) == pytest.approx(fpr[tpr >= 0.9].min())
+    assert recall_at_fpr(y, y.astype(float), 0.0) == 1.0  # perfect ranking

@@ -119,6 +119,20 @@ def roc_auc(y_true, prob) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
+def recall_at_fpr(y_true, prob, fpr: float) -> float:
+    """The highest recall of any threshold whose false-positive rate is at most ``fpr`` (the
+    ROC curve's operating points, no interpolation); needs both classes."""
+    f, t, _ = roc_curve(y_true, prob)
+    return float(t[f <= fpr + 1e-12].max())
+
+
+def fpr_at_recall(y_true, prob, recall: float) -> float:
+    """The lowest false-positive rate of any threshold whose recall is at least ``recall``;
+    needs both classes."""
+    f, t, _ = roc_curve(y_true, prob)
+    return float(f[t >= recall - 1e-12].min())
+
+
 def pr_curve(y_true, prob) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(precision, recall, thresholds), highest threshold first; needs a positive example."""
     tps, fps, thr = _ranked_counts(y_true, prob)

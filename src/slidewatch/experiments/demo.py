@@ -29,6 +29,7 @@ from slidewatch.data.inputs import image_dataset
 from slidewatch.data.masks import MaskedSample, class_folder_samples, scene_samples
 from slidewatch.data.sampledata import REGIONS, locate
 from slidewatch.data.tiling import tile_scenes
+from slidewatch.evaluation import metrics
 from slidewatch.evaluation.evaluate import score_block
 from slidewatch.evaluation.pixels import PixelCounts, pixel_counts, pixel_scores
 from slidewatch.inference.forward import predict_probs
@@ -146,10 +147,17 @@ def evaluate_region(model_dir: Path, tiles: Path, region: str,
 
 
 def _tile_row(y: np.ndarray, prob: np.ndarray, threshold: float, meta, region: str) -> dict:
+    """Tile scores of one region; with both classes also the operating points of the ROC
+    curve: recall at a false-positive rate of 0.1 and the false-positive rate at recall 0.9;
+    ``flagged``: the share of tiles at or above the threshold."""
     names = [meta.positive_class if v else meta.negative_label for v in y]
     block = score_block(y, prob, threshold, names)
+    both = bool(y.any() and not y.all())
     return {**block, **block["confusion"], "region": region, "tiles": int(len(y)),
-            "landslide_tiles": int(y.sum())}
+            "landslide_tiles": int(y.sum()),
+            "flagged": float(np.mean(prob >= threshold)) if len(y) else None,
+            "recall_at_fpr_0.1": metrics.recall_at_fpr(y, prob, 0.1) if both else None,
+            "fpr_at_recall_0.9": metrics.fpr_at_recall(y, prob, 0.9) if both else None}
 
 
 def evaluate_segmenter(model_dir: Path, root: Path, region: str,
