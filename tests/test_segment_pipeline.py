@@ -11,6 +11,7 @@ import pytest
 import torch
 from _badinput import run_bad
 from conftest import make_scene, write_image
+from test_scan import StopAfter
 
 from slidewatch.cli.main import main
 from slidewatch.config.train import from_dict
@@ -300,17 +301,6 @@ def test_scan_blends_pixel_maps_into_the_blob_polygon(tmp_path):
     scan_with_model(model, meta, [scene], tmp_path / "tta", tta, model_id="t")
     with rasterio.open(tmp_path / "tta" / "s_probability.tif") as ds:
         np.testing.assert_allclose(ds.read(1), prob, atol=1e-6)
-
-
-class StopAfter:
-    def __init__(self, n):
-        self.n = n
-
-    def __call__(self, iterable, desc="", total=None):
-        for k, item in enumerate(iterable):
-            if k == self.n:
-                raise KeyboardInterrupt
-            yield item
 
 
 def test_interrupted_segmentation_scan_resumes_to_the_same_map(seg_model, tmp_path):

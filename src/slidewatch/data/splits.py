@@ -211,3 +211,17 @@ def load_split(path, samples: Sequence[Sample]) -> Split:
         seen.update(data[part])
         out[part] = sorted(index[k] for k in data[part])
     return Split(out["train"], out["val"], out["test"])
+
+
+def split_for(d, seed: int, samples: Sequence[Sample]) -> Split:
+    """The split a training config asks for (``d``: its ``DataConfig``): the split file when
+    given, else :func:`split_samples` by ``d.split_by`` with ``d.holdout_regions``; a split
+    without training images is a DataError naming the data."""
+    if d.split_file:
+        split = load_split(d.split_file, samples)
+    else:
+        split = split_samples(samples, by=d.split_by, val_fraction=d.val_fraction, seed=seed,
+                              holdout_regions=tuple(d.holdout_regions))
+    if not split.train:
+        raise DataError(f"{', '.join(d.paths)}: the split leaves no training images")
+    return split

@@ -305,9 +305,7 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
     items, tiles = sg.score_images(model, meta, sg.samples_of(roots, meta),
                                    batch_size=batch_size, device=dev, progress=progress,
                                    tta=tta, source=model_dir)
-    kept = [t for t in tiles if t["label"] >= 0]
-    y = np.array([t["label"] == 1 for t in kept])
-    prob = np.array([t["score"] for t in kept])
+    kept, y, prob = sg.scored_tiles(tiles)
     names = [meta.positive_class if t["label"] == 1 else meta.negative_label for t in kept]
     regions: dict[str, list[int]] = {}
     for i, t in enumerate(kept):

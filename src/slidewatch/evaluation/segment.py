@@ -149,6 +149,14 @@ def score_images(model, meta: ModelMeta, samples: list[MaskedSample], *, batch_s
     return scored, tiles
 
 
+def scored_tiles(tiles: list[dict]) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """The tile rows that count (label 0 or 1: not ambiguous, not an edge window), their truth
+    (landslide or not) and their tile scores."""
+    kept = [t for t in tiles if t["label"] >= 0]
+    return (kept, np.array([t["label"] == 1 for t in kept], bool),
+            np.array([t["score"] for t in kept], float))
+
+
 def pixel_block(items: list[_Scored], threshold: float, objects: bool = True) -> dict:
     """Pooled pixel scores with bootstrap intervals (over images) and object scores."""
     per = [pixel_counts(it.prob >= threshold, it.truth, it.valid) for it in items]

@@ -31,7 +31,6 @@ from slidewatch.data.sampledata import REGIONS, locate
 from slidewatch.data.tiling import tile_scenes
 from slidewatch.evaluation import metrics
 from slidewatch.evaluation.evaluate import score_block
-from slidewatch.evaluation.pixels import PixelCounts, pixel_counts, pixel_scores
 from slidewatch.inference.forward import predict_probs
 from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import no_progress, resolve_device
@@ -165,19 +164,15 @@ def evaluate_segmenter(model_dir: Path, root: Path, region: str,
     """A segmentation model on one held-out region: tile scores on the windows of the
     reference tiling (the classifier's tiles) and the ``extra`` images, pixel IoU and F1 over
     the region's scenes and those images."""
-    from slidewatch.evaluation.segment import score_images
+    from slidewatch.evaluation.segment import pixel_block, score_images, scored_tiles
 
     model, meta = load_model(model_dir, resolve_device("auto"))
     samples = scene_samples(root / "regions" / region) + list(extra)
     items, tiles = score_images(model, meta, samples, batch_size=16,
                                 device=resolve_device("auto"), progress=no_progress)
-    kept = [t for t in tiles if t["label"] >= 0]
-    y = np.array([t["label"] == 1 for t in kept])
-    prob = np.array([t["score"] for t in kept])
+    _, y, prob = scored_tiles(tiles)
     row = _tile_row(y, prob, meta.threshold, meta, region)
-    counts = sum((pixel_counts(it.prob >= meta.threshold, it.truth, it.valid) for it in items),
-                 PixelCounts())
-    px = pixel_scores(counts)
+    px = pixel_block(items, meta.threshold, objects=False)
     row.update({"pixel_iou": px["iou"], "pixel_f1": px["f1"],
                 "pixel_precision": px["precision"], "pixel_recall": px["recall"]})
     return row

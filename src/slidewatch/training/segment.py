@@ -40,7 +40,7 @@ from slidewatch.data.masks import (
     masked_samples,
 )
 from slidewatch.data.readers import probe
-from slidewatch.data.splits import Split, load_split, split_samples
+from slidewatch.data.splits import Split, split_for
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.evaluation.pixels import PixelCounts, pixel_counts, pixel_scores
 from slidewatch.inference.forward import forward_logits
@@ -91,18 +91,10 @@ def as_split_samples(samples: list[MaskedSample]) -> list[Sample]:
 
 
 def split(cfg: TrainConfig, samples: list[MaskedSample]) -> Split:
-    d, flat = cfg.data, as_split_samples(samples)
-    if d.split_by == "tile":
+    if cfg.data.split_by == "tile":
         raise ConfigError("data.split_by: tile does not apply to --task segment (images are "
                           "not tiled); use image or region")
-    if d.split_file:
-        result = load_split(d.split_file, flat)
-    else:
-        result = split_samples(flat, by=d.split_by, val_fraction=d.val_fraction, seed=cfg.seed,
-                               holdout_regions=tuple(d.holdout_regions))
-    if not result.train:
-        raise DataError(f"{', '.join(d.paths)}: the split leaves no training images")
-    return result
+    return split_for(cfg.data, cfg.seed, as_split_samples(samples))
 
 
 def datasets(cfg: TrainConfig, size: int, train_s: list[MaskedSample],
@@ -143,16 +135,23 @@ def shows_landslide(ds: Dataset) -> np.ndarray:
     return np.array(out, bool)
 
 
+def draw_weights(pos: np.ndarray, share: float) -> np.ndarray | None:
+    """Per-item draw probabilities giving items that show a landslide (``pos``) the total
+    ``share``; None when the data has only one kind (draw uniformly)."""
+    if pos.all() or not pos.any():
+        return None
+    return np.where(pos, share / pos.sum(), (1 - share) / (~pos).sum())
+
+
 def balanced_sampler(ds: Dataset, share: float, gen: torch.Generator
                      ) -> WeightedRandomSampler | None:
     """Draws items so that a share ``share`` of them shows a landslide (with replacement, one
     epoch = len(ds) draws), when the data has both kinds; None otherwise (plain shuffling).
     A dataset like Bijie's, two thirds landslide-free images, would otherwise leave the
     landslide pixels at a few percent of what the model sees."""
-    pos = shows_landslide(ds)
-    if pos.all() or not pos.any():
+    w = draw_weights(shows_landslide(ds), share)
+    if w is None:
         return None
-    w = np.where(pos, share / pos.sum(), (1 - share) / (~pos).sum())
     return WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(ds),
                                  replacement=True, generator=gen)
 
@@ -185,9 +184,8 @@ def pixel_statistics(ds: Dataset, limit: int = 256, seed: int = 0,
     ``limit`` items of ``ds``, drawn as training draws them (``share``: the balanced draws of
     :func:`balanced_sampler`), so that ``pos_weight: auto`` fits what the model sees."""
     rng = np.random.default_rng(seed)
-    pos = shows_landslide(ds)
-    if share is not None and pos.any() and not pos.all():
-        w = np.where(pos, share / pos.sum(), (1 - share) / (~pos).sum())
+    w = None if share is None else draw_weights(shows_landslide(ds), share)
+    if w is not None:
         pick = rng.choice(len(ds), size=min(limit, len(ds)), replace=False, p=w / w.sum())
     else:
         pick = rng.permutation(len(ds))[:limit]

@@ -21,7 +21,7 @@ from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import Sample, load_datasets
 from slidewatch.data.inputs import image_dataset
 from slidewatch.data.readers import probe
-from slidewatch.data.splits import Split, load_split, save_split, split_samples
+from slidewatch.data.splits import Split, save_split, split_for
 from slidewatch.data.tiling import is_scene_folder, tile_scenes
 from slidewatch.data.transforms import EvalTransform, TrainTransform
 from slidewatch.errors import ConfigError, DataError, WeightsError
@@ -242,18 +242,6 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
     return model, meta
 
 
-def _split(cfg: TrainConfig, samples: list[Sample]) -> Split:
-    d = cfg.data
-    if d.split_file:
-        split = load_split(d.split_file, samples)
-    else:
-        split = split_samples(samples, by=d.split_by, val_fraction=d.val_fraction, seed=cfg.seed,
-                              holdout_regions=tuple(d.holdout_regions))
-    if not split.train:
-        raise DataError(f"{', '.join(d.paths)}: the split leaves no training images")
-    return split
-
-
 def _summary(cfg: TrainConfig, samples: list[Sample], split: Split) -> dict:
     def counts(idx):
         c = Counter(cfg.data.classes[samples[i].label] for i in idx)
@@ -336,7 +324,7 @@ def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.d
     if cfg.task == "segment":
         return _prepare_segment(cfg, out_dir, roots, device, log, ctx)
     samples = load_datasets(roots, tuple(cfg.data.classes))
-    split = _split(cfg, samples)
+    split = split_for(cfg.data, cfg.seed, samples)
     train_s = [samples[i] for i in split.train]
     val_s = [samples[i] for i in split.val]
     mm = prepare_multimodal(cfg, train_s, val_s, log)  # None for a plain image run
