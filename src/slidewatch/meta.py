@@ -380,6 +380,9 @@ class ModelMeta:
     scale: float | None = None
     grayscale: bool = False
     threshold: float = 0.5
+    # logits are divided by it before softmax / sigmoid (temperature scaling fitted on
+    # validation data); 1.0 = none, and then not written, as 0.1.0 wrote folders
+    temperature: float = 1.0
     positive_index: int = 0
     drop_rate: float = 0.0
     weights_source: str = "none"
@@ -404,6 +407,8 @@ class ModelMeta:
                   if k not in ("extra", "inputs", "segmentation")})
         if self.task == "classify":  # classifiers' folders stay as 0.1.0 wrote them
             del d["task"]
+        if self.temperature == 1.0:
+            del d["temperature"]
         d["positive_class"] = self.positive_class
         if self.segmentation is not None:
             d["segmentation"] = self.segmentation.to_json()
@@ -484,6 +489,8 @@ def validate_meta(m: ModelMeta, where: str) -> None:
     need(isinstance(m.grayscale, bool), "grayscale", "true or false", m.grayscale)
     need(_is_number(m.threshold) and 0 < m.threshold < 1, "threshold",
          "a number between 0 and 1 (exclusive)", m.threshold)
+    need(_is_number(m.temperature) and 0.05 <= m.temperature <= 20, "temperature",
+         "a number from 0.05 to 20", m.temperature)
     need(_is_int(m.positive_index) and 0 <= m.positive_index < len(m.classes),
          "positive_index", f"a class index from 0 to {len(m.classes) - 1}", m.positive_index)
     need(_is_number(m.drop_rate) and 0 <= m.drop_rate < 1, "drop_rate",

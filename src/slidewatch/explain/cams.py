@@ -172,7 +172,7 @@ def predicted_region(model: nn.Module, meta: ModelMeta, x: torch.Tensor,
     from slidewatch.inference.forward import tile_scores
 
     with torch.no_grad():
-        prob = torch.sigmoid(model(x).float())[0, 0]
+        prob = torch.sigmoid(model(x).float() / meta.temperature)[0, 0]
     v = torch.ones_like(prob) if valid is None else valid.reshape(prob.shape).to(prob.device)
     k = meta.segmentation.min_area_pixels
     score = float(tile_scores(prob[None], v[None], k)[0])
@@ -223,7 +223,7 @@ def compute_cam_raw(model: nn.Module, meta: ModelMeta, x: torch.Tensor, method: 
         if meta.task == "segment":
             prob = score
         else:
-            prob = float(torch.softmax(cam.outputs.detach().float(), dim=1)[0,
+            prob = float(torch.softmax(cam.outputs.detach().float() / meta.temperature, dim=1)[0,
                                                                              meta.positive_index])
         result = (np.clip(maps[0].astype(np.float32), 0.0, 1.0), float(prob))
     if result is None:  # the library's context manager swallows IndexError

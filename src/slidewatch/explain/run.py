@@ -296,7 +296,8 @@ def _tabular_only_row(model, meta, item: dict, path: Path, device) -> dict:
     num = torch.as_tensor(item["numeric"])[None].to(device)
     cat = torch.as_tensor(item["categorical"])[None].to(device)
     with torch.no_grad():
-        prob = float(torch.softmax(model(None, num, cat)["logits"], 1)[0, meta.positive_index])
+        prob = float(torch.softmax(model(None, num, cat)["logits"] / meta.temperature, 1)
+                     [0, meta.positive_index])
     truth = true_class(path, meta.classes)
     positive = prob >= meta.threshold
     return {"path": str(path), "probability": round(prob, 6),

@@ -79,10 +79,11 @@ def batch_probabilities(model: torch.nn.Module, batch: dict, meta: ModelMeta,
         b = batch if (k, flip) == (0, False) else {**batch, "image": _view(batch["image"], k,
                                                                            flip)}
         out = forward_outputs(model, b, meta, device)
+        z = out["logits"] / meta.temperature
         if meta.task == "segment":
-            p = _unview(torch.sigmoid(out["logits"][:, 0]), k, flip)
+            p = _unview(torch.sigmoid(z[:, 0]), k, flip)
         else:
-            p = torch.softmax(out["logits"], dim=1)[:, meta.positive_index]
+            p = torch.softmax(z, dim=1)[:, meta.positive_index]
         prob = p if prob is None else prob + p
         if "size_logits" in out:
             sp = torch.softmax(out["size_logits"], dim=1)
