@@ -12,6 +12,10 @@ alarm), and pixel IoU and F1 for segmentation models. CONFIG's ``data.paths`` an
 region in benchmarks/results/generalisation.jsonl, and a table.
 
     python benchmarks/generalisation.py configs/segment-unet-lite0-cpu.yaml --data $SLIDEWATCH_DATA
+
+Variants of a recipe without a new file: ``--set augment.gain=0.2 --set
+'augment={jpeg: 0.3, noise: 0.02}'`` (YAML values; mappings merge), named by ``--tag``;
+``--seeds 0,1,2`` trains each fold once per seed (the recipes vary from seed to seed).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import copy
 import time
 from pathlib import Path
 
+import yaml
 from scan_common import RESULTS, emit, load, machine
 
 from slidewatch.config.train import from_dict, load_yaml
@@ -53,6 +58,25 @@ def fold_config(recipe: dict, root: Path, tiles: Path, region: str):
     return from_dict(cfg)
 
 
+def apply_set(recipe: dict, assignments: list[str]) -> dict:
+    """``key.sub=VALUE`` (VALUE read as YAML; a mapping merges into the mapping there)."""
+    out = copy.deepcopy(recipe)
+    for text in assignments:
+        key, sep, raw = text.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {text}: expected KEY=VALUE")
+        value = yaml.safe_load(raw)
+        *parents, last = key.strip().split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            node[last] = {**node[last], **value}
+        else:
+            node[last] = value
+    return out
+
+
 def fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
@@ -63,35 +87,46 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="sample data folder (else $SLIDEWATCH_DATA)")
     ap.add_argument("--out", type=Path, default=Path("runs/generalisation"))
     ap.add_argument("--regions", default=",".join(REGIONS))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change the recipe (YAML value), repeatable")
+    ap.add_argument("--tag", default=None, help="name of the variant (default: the config's)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the "
+                    "recipe's)")
     args = ap.parse_args()
-    recipe = load_yaml(args.config)
+    recipe = apply_set(load_yaml(args.config), args.set)
+    tag = args.tag or args.config.stem
+    seeds = ([int(v) for v in args.seeds.split(",")] if args.seeds
+             else [recipe.get("seed", 0)])
     task = recipe.get("task", "classify")
     root = locate(args.data, download=False)
-    out = args.out / args.config.stem
+    out = args.out / tag
     out.mkdir(parents=True, exist_ok=True)
     tiles = ensure_tiles(root, args.out, print)
     rows, t_all = [], time.perf_counter()
-    for region in args.regions.split(","):
-        t0 = time.perf_counter()
-        cfg = fold_config(recipe, root, tiles, region)
-        run_dir = out / f"holdout-{region}"
-        _fold(run_dir, cfg, print, no_progress, f"{args.config.name} without {region}")
-        held = held_out_images(root, region, list(cfg.data.classes))
-        row = (evaluate_segmenter(run_dir, root, region, held) if task == "segment"
-               else evaluate_region(run_dir, tiles, region, held))
-        record = {"benchmark": "generalisation", "config": str(args.config), "task": task,
-                  "region": region, "tiles": row["tiles"],
-                  "landslide_tiles": row["landslide_tiles"],
-                  **{k: row.get(k) for k in KEYS},
-                  "steps_per_epoch": cfg.steps_per_epoch,
-                  "seconds": round(time.perf_counter() - t0, 1),
-                  "machine": machine("cpu"), "load": load()}
-        emit(record, RESULTS_FILE)
-        rows.append(record)
-    print(f"\n{args.config} ({task}), {time.perf_counter() - t_all:.0f} s")
-    print(f"{'held-out':10} {'tiles':>5} {'slides':>6} " + " ".join(f"{k:>9.9}" for k in KEYS))
+    for seed in seeds:
+        for region in args.regions.split(","):
+            t0 = time.perf_counter()
+            cfg = fold_config({**recipe, "seed": seed}, root, tiles, region)
+            run_dir = out / f"seed{seed}" / f"holdout-{region}"
+            _fold(run_dir, cfg, print, no_progress, f"{tag} (seed {seed}) without {region}")
+            held = held_out_images(root, region, list(cfg.data.classes))
+            row = (evaluate_segmenter(run_dir, root, region, held) if task == "segment"
+                   else evaluate_region(run_dir, tiles, region, held))
+            record = {"benchmark": "generalisation", "config": str(args.config), "tag": tag,
+                      "set": args.set, "seed": seed, "task": task,
+                      "region": region, "tiles": row["tiles"],
+                      "landslide_tiles": row["landslide_tiles"],
+                      **{k: row.get(k) for k in KEYS},
+                      "steps_per_epoch": cfg.steps_per_epoch,
+                      "seconds": round(time.perf_counter() - t0, 1),
+                      "machine": machine("cpu"), "load": load()}
+            emit(record, RESULTS_FILE)
+            rows.append(record)
+    print(f"\n{tag} ({task}), {time.perf_counter() - t_all:.0f} s")
+    print(f"{'held-out':10} {'seed':>4} {'tiles':>5} {'slides':>6} "
+          + " ".join(f"{k:>9.9}" for k in KEYS))
     for r in rows:
-        print(f"{r['region']:10} {r['tiles']:>5} {r['landslide_tiles']:>6} "
+        print(f"{r['region']:10} {r['seed']:>4} {r['tiles']:>5} {r['landslide_tiles']:>6} "
               + " ".join(f"{fmt(r[k]):>9}" for k in KEYS))
 
 

@@ -77,7 +77,20 @@ class AugmentConfig:
     study (resize to 350, random crop 300); ``crop`` defaults to the model's input size.
     ``random_grayscale`` and ``channel_shuffle`` are probabilities per image (robustness to
     other sensors and band composites); ``grayscale`` turns every image grey, at training and
-    at prediction time."""
+    at prediction time.
+
+    Sensor and radiometry changes (all off by default; on the image bands only, never the
+    mask): ``gain`` / ``offset`` draw a factor in [1 - gain, 1 + gain] and a shift in
+    [-offset, offset] per band; ``gamma`` a gamma in [1 / (1 + gamma), 1 + gamma]
+    (log-uniform); ``hue`` rotates hue by up to that fraction of the colour circle;
+    ``false_colour`` is the probability of a simulated near-infrared false-colour composite
+    (NIR-R-G as GeoEye or Landsat colour-infrared, or R-NIR-G with vegetation green);
+    ``blur`` / ``sharpen`` probabilities of a Gaussian blur (sigma 0.5-1.5 px) or an unsharp
+    mask; ``noise`` the largest standard deviation of Gaussian noise; ``jpeg`` the
+    probability of JPEG re-encoding at quality 30-90; ``resolution`` [low, high]: the ground
+    resolution changes by a factor drawn log-uniformly in that range (2 = pixels twice as
+    coarse: the scene shrinks to half size and is reflected at the border), image and mask
+    together."""
 
     enabled: bool = True
     resize: Optional[int] = None
@@ -92,6 +105,16 @@ class AugmentConfig:
     random_grayscale: float = 0.0
     channel_shuffle: float = 0.0
     grayscale: bool = False
+    gain: float = 0.0
+    offset: float = 0.0
+    gamma: float = 0.0
+    hue: float = 0.0
+    false_colour: float = 0.0
+    blur: float = 0.0
+    sharpen: float = 0.0
+    noise: float = 0.0
+    jpeg: float = 0.0
+    resolution: Optional[list[float]] = None
 
 
 @dataclass
@@ -390,8 +413,14 @@ def validate(cfg: TrainConfig) -> None:
         _check(v is None or 8 <= v <= MAX_INPUT_SIZE, f"augment.{key}",
                f"must be from 8 to {MAX_INPUT_SIZE} pixels, got {v}")
     _check(0.0 <= a.translate < 0.5, "augment.translate", "must be in [0, 0.5)")
-    for key in ("brightness", "contrast", "saturation", "random_grayscale", "channel_shuffle"):
+    for key in ("brightness", "contrast", "saturation", "random_grayscale", "channel_shuffle",
+                "gain", "false_colour", "blur", "sharpen", "jpeg"):
         _check(0.0 <= getattr(a, key) < 1.0, f"augment.{key}", "must be in [0, 1)")
+    for key, top in (("offset", 0.5), ("noise", 0.5), ("hue", 0.5), ("gamma", 2.0)):
+        _check(0.0 <= getattr(a, key) <= top, f"augment.{key}", f"must be in [0, {top}]")
+    r = a.resolution
+    _check(r is None or (len(r) == 2 and 0.25 <= r[0] <= r[1] <= 4.0), "augment.resolution",
+           f"must be [low, high] with 0.25 <= low <= high <= 4, got {r}")
     for name in ("phase1", "phase2"):
         p = getattr(cfg, name)
         _check(p.epochs >= 0, f"{name}.epochs", "must be >= 0")

@@ -32,7 +32,12 @@ from torch.utils.data import Dataset
 from slidewatch.config.train import AugmentConfig
 from slidewatch.data.dataset import declared_valid, unit_pixels
 from slidewatch.data.readers import IMAGE_SUFFIXES, probe, read_image
-from slidewatch.data.transforms import color_jitter
+from slidewatch.data.transforms import (
+    change_resolution,
+    color_jitter,
+    draw_resolution,
+    radiometry,
+)
 from slidewatch.errors import DataError
 
 MASKS_DIR = "masks"
@@ -159,8 +164,10 @@ def fit_to_size(image: torch.Tensor, mask: torch.Tensor,
 
 class JointTransform:
     """Augmentation for segmentation: every geometric change (flips, 90-degree rotations,
-    translation with reflected borders) is applied to image and mask together; brightness,
-    contrast and saturation to the image only. Randomness from torch's global generator."""
+    resolution change, translation with reflected borders) is applied to image and mask
+    together; brightness, contrast, saturation and the sensor changes of
+    :func:`~slidewatch.data.transforms.radiometry` to the image only. Randomness from torch's
+    global generator."""
 
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
@@ -177,6 +184,10 @@ class JointTransform:
             both = both.flip(-2)
         if cfg.rotate90:
             both = torch.rot90(both, int(torch.randint(0, 4, (), generator=gen)), dims=(-2, -1))
+        c = image.shape[0]
+        if cfg.resolution is not None:
+            both = change_resolution(both, draw_resolution(cfg.resolution, gen), gen,
+                                     binary_from=c)
         if cfg.translate > 0:
             h, w = both.shape[-2:]
             dy = round((2 * float(torch.rand((), generator=gen)) - 1) * cfg.translate * h)
@@ -187,8 +198,7 @@ class JointTransform:
                 both = F.pad(both[None], pad, mode=mode)[0]
                 top, left = max(-dy, 0), max(-dx, 0)
                 both = both[:, top:top + h, left:left + w]
-        c = image.shape[0]
-        return color_jitter(both[:c], cfg, gen), both[c:]
+        return radiometry(color_jitter(both[:c], cfg, gen), cfg, gen), both[c:]
 
 
 class MaskedImages(Dataset):
