@@ -47,6 +47,14 @@ def tabular_inputs(fn):
     return fn
 
 
+def ensemble_option(fn):
+    """``--ensemble DIR`` (repeatable): more model folders whose probabilities are averaged
+    with MODEL_DIR's."""
+    return click.option("--ensemble", "ensemble", multiple=True, metavar="DIR",
+                        help="average probabilities with this model folder too; repeatable "
+                             "(same task, classes, bands, input size and scale)")(fn)
+
+
 def parse_classes(value: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     if len(names) < 2:

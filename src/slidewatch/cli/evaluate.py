@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from slidewatch.cli.common import echo, progress, tabular_inputs
+from slidewatch.cli.common import echo, ensemble_option, progress, tabular_inputs
 
 
 @click.command("evaluate")
@@ -21,10 +21,11 @@ from slidewatch.cli.common import echo, progress, tabular_inputs
 @click.option("--overwrite", is_flag=True, help="replace an earlier evaluation in --out")
 @click.option("--tta", is_flag=True,
               help="test-time augmentation: average over flips and 90-degree rotations")
+@ensemble_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @tabular_inputs
 def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size, device,
-                 overwrite, tta, quiet, tabular, aux, missing, unknown):
+                 overwrite, tta, ensemble, quiet, tabular, aux, missing, unknown):
     """Score MODEL_DIR on labelled data: metrics with 95% CIs, overall and per region."""
     from slidewatch.evaluation.evaluate import evaluate, format_table
     from slidewatch.evaluation.sizes import format_size
@@ -32,7 +33,8 @@ def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size
     result = evaluate(model_dir, list(data_dirs), out, threshold=threshold,
                       target_recall=target_recall, batch_size=batch_size, device=device,
                       overwrite=overwrite, progress=progress(not quiet), tabular=tabular,
-                      aux=aux, missing=missing, unknown=unknown, tta=tta)
+                      aux=aux, missing=missing, unknown=unknown, tta=tta,
+                      ensemble=list(ensemble))
     click.echo(format_table(result))
     if result.get("task") == "segment":
         from slidewatch.evaluation.evaluate import format_pixels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from slidewatch.cli.common import echo, progress, tabular_inputs
+from slidewatch.cli.common import echo, ensemble_option, progress, tabular_inputs
 
 
 @click.command("predict")
@@ -16,10 +16,11 @@ from slidewatch.cli.common import echo, progress, tabular_inputs
 @click.option("--device", default="auto", show_default=True)
 @click.option("--tta", is_flag=True,
               help="test-time augmentation: average over flips and 90-degree rotations")
+@ensemble_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @tabular_inputs
-def predict_cmd(model_dir, paths, out, threshold, batch_size, device, tta, quiet, tabular, aux,
-                missing, unknown):
+def predict_cmd(model_dir, paths, out, threshold, batch_size, device, tta, ensemble, quiet,
+                tabular, aux, missing, unknown):
     """Landslide probability for every image in PATHS (files or folders)."""
     from slidewatch.inference.predict import collect_images, predict_paths, write_predictions
     from slidewatch.io_utils import check_output_file
@@ -29,7 +30,8 @@ def predict_cmd(model_dir, paths, out, threshold, batch_size, device, tta, quiet
                       inputs=[*collect_images(list(paths)), tabular, aux])
     preds = predict_paths(model_dir, list(paths), threshold=threshold, batch_size=batch_size,
                           device=device, progress=progress(not quiet), tabular=tabular,
-                          aux=aux, missing=missing, unknown=unknown, tta=tta)
+                          aux=aux, missing=missing, unknown=unknown, tta=tta,
+                          ensemble=list(ensemble))
     write_predictions(out, preds)
     positives = sum(p.positive for p in preds)
     echo(f"{len(preds)} images, {positives} predicted landslide -> {out}")

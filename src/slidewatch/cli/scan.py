@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from slidewatch.cli.common import echo, progress
+from slidewatch.cli.common import echo, ensemble_option, progress
 
 
 def _bands(value: str | None) -> list[int] | None:
@@ -39,6 +39,7 @@ def _bands(value: str | None) -> list[int] | None:
               help="probability for a detection  [default: the model's threshold]")
 @click.option("--tta", is_flag=True,
               help="test-time augmentation: each window the mean over flips and rotations")
+@ensemble_option
 @click.option("--max-pixels", type=int, default=None,
               help="refuse scenes with more pixels (width x height); 0: no limit  [default: "
               "2**30 = 1073741824, e.g. 32768 x 32768]")
@@ -57,8 +58,9 @@ def _bands(value: str | None) -> list[int] | None:
 @click.option("--worker-cpus", type=int, default=None,
               help="CPUs (torch threads) per Ray worker  [default: 1 on a local instance, 4 on a "
               "cluster]")
-def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, tta, max_pixels,
-         device, overwrite, no_progress, backend, ray_address, workers, worker_cpus) -> None:
+def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, tta, ensemble,
+         max_pixels, device, overwrite, no_progress, backend, ray_address, workers,
+         worker_cpus) -> None:
     """Scan whole SCENES (GeoTIFF, PNG, JPEG) window by window into probability maps and
     detection polygons (a classifier's window probabilities or a segmentation model's pixel
     maps, blended where windows overlap)."""
@@ -71,7 +73,7 @@ def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, t
     summary = run_scan(model_dir, list(scenes), out, tile=tile, stride=stride, batch=batch,
                        bands=_bands(bands), blend=blend, threshold=threshold, device=device,
                        overwrite=overwrite, progress=progress(not no_progress), backend=where,
-                       max_pixels=limit, tta=tta)
+                       max_pixels=limit, tta=tta, ensemble=list(ensemble))
     for w in summary.warnings:
         echo(f"warning: {w}")
     for r in summary.scenes:

@@ -14,6 +14,7 @@ import io
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -26,10 +27,11 @@ from slidewatch.data.inputs import model_dataset
 from slidewatch.data.tiling import is_scene_folder
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.evaluation import metrics
+from slidewatch.evaluation.calibration import reliability
+from slidewatch.inference.ensemble import describe, load_models
 from slidewatch.inference.forward import predict_outputs
 from slidewatch.io_utils import atomic_dir, atomic_write_text, holding
 from slidewatch.meta import ModelMeta, library_versions, now_iso, read_meta, write_meta
-from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import no_progress, resolve_device
 
 METRICS_FILE = "metrics.json"
@@ -239,7 +241,8 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
              batch_size: int = 64, device: str = "auto", overwrite: bool = False,
              progress: Callable = no_progress, tabular: str | Path | None = None,
              aux: str | Path | None = None, missing: str | None = None,
-             unknown: str | None = None, tta: bool = False) -> dict:
+             unknown: str | None = None, tta: bool = False,
+             ensemble: Sequence[str | Path] = ()) -> dict:
     """Evaluate the model of ``model_dir`` on the class-folder datasets ``roots``; write
     ``metrics.json`` (returned), ``predictions.csv`` and the figures into ``out``.
 
@@ -251,29 +254,38 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
     encoded with the statistics stored in the model; a size head adds the ``size`` block.
     A segmentation model is scored on images with masks (:mod:`slidewatch.evaluation.segment`):
     pixel and object scores beside the tile scores. ``tta``: average over flips and rotations.
+    ``ensemble``: more model folders whose probabilities are averaged with the model's
+    (:mod:`slidewatch.inference.ensemble`; the threshold is the mean of theirs unless given).
     """
     from slidewatch.data.inputs import model_inputs
     from slidewatch.evaluation import sizes as mm
 
     _check_options(threshold, target_recall, batch_size)
     model_dir, out, roots = Path(model_dir), Path(out), [Path(r) for r in roots]
-    _check_out(out, overwrite, [model_dir, *roots, tabular, aux])
+    members = [Path(d) for d in ensemble]
+    if members and target_recall is not None:
+        raise ConfigError("--target-recall: stores a threshold in one model folder; with "
+                          "--ensemble give --threshold (or set each member's threshold first)")
+    _check_out(out, overwrite, [model_dir, *members, *roots, tabular, aux])
     dev = resolve_device(device)
-    model, meta = load_model(model_dir, dev)
+    model, meta = load_models([model_dir, *members], dev)
+    source = model_dir if not members else describe([model_dir, *members])
     if meta.task == "segment":
         return _evaluate_segment(model, meta, model_dir, roots, out, threshold, target_recall,
-                                 batch_size, dev, overwrite, progress, tta, tabular or aux)
+                                 batch_size, dev, overwrite, progress, tta, tabular or aux,
+                                 source)
     inputs = model_inputs(meta, tabular, aux, missing, unknown)
     samples = load_datasets(roots, tuple(meta.classes))
     if any(holding(r, [out]) for r in roots):
         _check_holds(out, [s.path for s in samples])  # --out inside a dataset: not a class folder
     truth = mm.size_truth(inputs, samples, meta)
-    thr, source, source_info = _threshold(model, meta, model_dir, roots, threshold,
-                                          target_recall, batch_size, dev, progress, inputs)
+    thr, threshold_source, source_info = _threshold(model, meta, model_dir, roots, threshold,
+                                                    target_recall, batch_size, dev, progress,
+                                                    inputs)
     outputs = _outputs(model, meta, samples, batch_size, dev, progress, "evaluate", inputs,
-                       model_dir, tta)
+                       source, tta)
     prob, size_probs = outputs["probability"], outputs.get("size_probs")
-    result = _report(model_dir, meta, roots, samples, prob, thr, source, source_info)
+    result = _report(model_dir, meta, roots, samples, prob, thr, threshold_source, source_info)
     size = mm.size_block(meta, truth, size_probs)
     if size is not None:
         result["size"] = size
@@ -290,7 +302,7 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
 
 def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path], out: Path,
                       threshold, target_recall, batch_size: int, dev, overwrite: bool,
-                      progress: Callable, tta: bool, tabular) -> dict:
+                      progress: Callable, tta: bool, tabular, name: Path | str) -> dict:
     """Pixel, object and tile scores of a segmentation model (see
     :mod:`slidewatch.evaluation.segment`); the same folder contract as a classifier's."""
     from slidewatch.evaluation import segment as sg
@@ -304,7 +316,7 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
     source = SOURCE_MODEL if threshold is None else SOURCE_FLAG
     items, tiles = sg.score_images(model, meta, sg.samples_of(roots, meta),
                                    batch_size=batch_size, device=dev, progress=progress,
-                                   tta=tta, source=model_dir)
+                                   tta=tta, source=name)
     kept, y, prob = sg.scored_tiles(tiles)
     names = [meta.positive_class if t["label"] == 1 else meta.negative_label for t in kept]
     regions: dict[str, list[int]] = {}
@@ -315,7 +327,7 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
         "model_dir": str(model_dir), "architecture": meta.architecture,
         "classes": list(meta.classes), "positive_class": meta.positive_class,
         "data": [str(r) for r in roots], "threshold": thr, "threshold_source": source,
-        "threshold_detail": None, "tta": tta,
+        "threshold_detail": None, "tta": tta, **_members(meta),
         "tile_rule": {**meta.segmentation.to_json(), "scene_window_rule":
                       f"the windows of the reference tiling (stride = input size); landslide "
                       f"when its mask share >= {sg.TILE_MIN_SHARE:g}, landslide-free without "
@@ -377,6 +389,11 @@ def _plots(out: Path, samples, prob, thr: float, meta: ModelMeta) -> dict:
     return plots
 
 
+def _members(meta: ModelMeta) -> dict:
+    """``{"ensemble": [member folders]}`` for an ensemble's metrics, else nothing."""
+    return {"ensemble": list(meta.extra["ensemble"])} if "ensemble" in meta.extra else {}
+
+
 def _report(model_dir, meta, roots, samples, prob, thr, source, source_info) -> dict:
     y = np.array([s.label == meta.positive_index for s in samples])
     labels = [meta.classes[s.label] for s in samples]
@@ -389,11 +406,13 @@ def _report(model_dir, meta, roots, samples, prob, thr, source, source_info) -> 
         "classes": list(meta.classes), "positive_class": meta.positive_class,
         "data": [str(r) for r in roots],
         "threshold": thr, "threshold_source": source, "threshold_detail": source_info,
+        **_members(meta),
         "confidence_intervals": {
             "level": 0.95, "accuracy": "Wilson score", "recall": "Wilson score",
             "f1": f"percentile bootstrap over tiles, {BOOTSTRAP_RESAMPLES} resamples, "
                   f"seed {BOOTSTRAP_SEED}"},
         "overall": score_block(y, prob, thr, labels),
+        "calibration": reliability(y, prob),
         "regions": {r: score_block(y[idx], prob[idx], thr, [labels[i] for i in idx])
                     for r, idx in sorted(regions.items())},
         "created": now_iso(), "versions": library_versions(),

@@ -1,5 +1,6 @@
 """Running a trained model: ``forward`` (the one forward pass: normalise, autocast, logits or
-probabilities, plain and multi-modal batches) and ``predict`` (probabilities and labels for files).
+probabilities, plain and multi-modal batches), ``predict`` (probabilities and labels for files)
+and ``ensemble`` (several model folders whose probabilities are averaged).
 
 May import: leaves, config, data and models.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,9 +14,9 @@ from torch.utils.data import DataLoader
 
 from slidewatch.data.readers import IMAGE_SUFFIXES, file_problem
 from slidewatch.errors import ConfigError, DataError
+from slidewatch.inference.ensemble import describe, load_models
 from slidewatch.inference.forward import predict_outputs
 from slidewatch.io_utils import atomic_write_text
-from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import no_progress, resolve_device
 
 
@@ -96,11 +97,14 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
                   batch_size: int = 32, device: str = "auto", num_workers: int = 0,
                   progress: Callable = no_progress, tabular: str | Path | None = None,
                   aux: str | Path | None = None, missing: str | None = None,
-                  unknown: str | None = None, tta: bool = False) -> list[Prediction]:
+                  unknown: str | None = None, tta: bool = False,
+                  ensemble: Sequence[str | Path] = ()) -> list[Prediction]:
     """One prediction per image; the label uses the model's threshold unless one is given.
     A multi-modal model takes each image's row from ``tabular`` and its terrain from ``aux``.
     A segmentation model labels an image by its tile rule (enough pixels at or above the
-    threshold) and reports the landslide pixels. ``tta``: average over flips and rotations."""
+    threshold) and reports the landslide pixels. ``tta``: average over flips and rotations.
+    ``ensemble``: more model folders; the probabilities of all are averaged
+    (:mod:`slidewatch.inference.ensemble`)."""
     from slidewatch.data.inputs import model_dataset, model_inputs
 
     if threshold is not None and not 0.0 < threshold < 1.0:
@@ -109,13 +113,15 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
         raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
     files = collect_images(paths)
     dev = resolve_device(device)
-    model, meta = load_model(model_dir, dev)
+    dirs = [model_dir, *ensemble]
+    model, meta = load_models(dirs, dev)
     inputs = model_inputs(meta, tabular, aux, missing, unknown)
     thr = meta.threshold if threshold is None else threshold
     ds = model_dataset(meta, image_samples(paths, files, meta.classes), inputs=inputs)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
     batches = progress(loader, desc="predict", total=len(loader))
-    out = predict_outputs(model, meta, batches, dev, source=model_dir, names=files, tta=tta,
+    source = model_dir if not ensemble else describe(dirs)
+    out = predict_outputs(model, meta, batches, dev, source=source, names=files, tta=tta,
                           threshold=thr)
     other = meta.negative_label
     preds = [Prediction(str(f), float(p), meta.positive_class if p >= thr else other,

@@ -122,6 +122,16 @@ def model_identity(model_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def models_identity(model_dirs: Sequence) -> str:
+    """:func:`model_identity` of one folder; for an ensemble, a digest of its member folders
+    (resolved paths, in order) and their identities, so that a scan is resumed only with the
+    same members, unchanged."""
+    if len(model_dirs) == 1:
+        return model_identity(model_dirs[0])
+    members = [[str(Path(d).resolve()), model_identity(d)] for d in model_dirs]
+    return "ensemble-" + hashlib.sha256(json.dumps(members).encode()).hexdigest()[:16]
+
+
 def fingerprint(info: SceneInfo, s: ScanSettings, model_id: str, device: torch.device) -> dict:
     """What the output depends on. The backend is not part of it: local and Ray give the same
     numbers, so a scan started with one can be resumed with the other."""

@@ -1,0 +1,167 @@
+"""Model ensembles: several model folders whose landslide probabilities are averaged.
+
+:func:`load_models` returns, for one folder, exactly :func:`~slidewatch.models.checkpoint.
+load_model`; for several, an :class:`Ensemble` and one metadata for all of them, which every
+command then uses as it uses a single model (the forward pass, test-time augmentation, tile
+rules and thresholds are unchanged). The ensemble's "logits" are chosen so that the usual head
+gives the mean of the members' probabilities: ``log(mean_i softmax(z_i / T_i))`` for a
+classifier (softmax of a log-probability is the probability), ``logit(mean_i sigmoid(z_i /
+T_i))`` for a segmentation model, each member's logits divided by its own temperature ``T_i``.
+With test-time augmentation the mean over views is taken of these averaged probabilities.
+
+Members must agree on what they answer and on the pixels they take: task, classes and
+positive class, bands, input size, scale and greyscale, image inputs only (no tabular or
+terrain inputs). Their band statistics (mean/std) may differ: the batch arrives normalised with
+the first member's and each other member sees it re-normalised with its own. The ensemble's
+metadata is the first member's with temperature 1 (already applied per member), the mean of
+the members' thresholds and, for segmentation models, the median of their ``min_area_pixels``;
+``extra["ensemble"]`` lists the member folders.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from slidewatch.errors import ModelError
+from slidewatch.meta import ModelMeta, SegmentationSpec, read_meta
+from slidewatch.models.checkpoint import load_model
+from slidewatch.runtime import prepare_model
+
+EPS = 1e-6  # probabilities of a segmentation ensemble are kept in [EPS, 1 - EPS]
+TINY = 1e-12  # a classifier ensemble's class probabilities are kept above it (finite logs)
+
+
+class Ensemble(torch.nn.Module):
+    """Member models (in eval mode) and their metadata; ``forward`` takes a batch normalised
+    with ``metas[0]``'s statistics and returns logits whose softmax (classifier) or sigmoid
+    (segmentation) is the mean of the members' probabilities."""
+
+    def __init__(self, members: Sequence[torch.nn.Module], metas: Sequence[ModelMeta]):
+        super().__init__()
+        if not members or len(members) != len(metas):
+            raise ValueError("an ensemble needs one metadata per member, and a member")
+        self.members = torch.nn.ModuleList(members)
+        self.metas = [copy.deepcopy(m) for m in metas]
+        self.segment = metas[0].task == "segment"
+        first = metas[0]
+        self.renormalise: list[bool] = []
+        for i, m in enumerate(metas):
+            same = list(m.mean) == list(first.mean) and list(m.std) == list(first.std)
+            self.renormalise.append(not same)
+            if not same:  # x_i = (x * std_0 + mean_0 - mean_i) / std_i, per band
+                for name, values in (("mean0", first.mean), ("std0", first.std),
+                                     ("mean", m.mean), ("std", m.std)):
+                    self.register_buffer(f"_{name}_{i}", torch.tensor(
+                        values, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def _input(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        if not self.renormalise[i]:
+            return x
+        b = {k: getattr(self, f"_{k}_{i}") for k in ("mean0", "std0", "mean", "std")}
+        return (x * b["std0"] + b["mean0"] - b["mean"]) / b["std"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for i, (model, meta) in enumerate(zip(self.members, self.metas)):
+            z = model(self._input(x, i))
+            if isinstance(z, dict):  # a FusionModel is refused when the ensemble is made
+                z = z["logits"]
+            z = z.float() / meta.temperature
+            p = torch.sigmoid(z) if self.segment else torch.softmax(z, dim=1)
+            total = p if total is None else total + p
+        p = total / len(self.members)
+        if self.segment:
+            p = p.clamp(EPS, 1.0 - EPS)
+            return torch.log(p) - torch.log1p(-p)
+        return torch.log(p.clamp_min(TINY))
+
+
+def _described(meta: ModelMeta) -> dict[str, tuple[str, object]]:
+    """What members must share: ``{field: (how it is named in a message, value)}``."""
+    return {
+        "task": ("task", meta.task),
+        "classes": ("classes", list(meta.classes)),
+        "positive": ("positive class", meta.positive_class),
+        "in_chans": ("bands (in_chans)", meta.in_chans),
+        "input_size": ("input size (pixels)", meta.input_size),
+        "scale": ("scale", meta.scale),
+        "grayscale": ("grayscale", meta.grayscale),
+    }
+
+
+def _check_plain(model_dir: Path, meta: ModelMeta) -> None:
+    if not meta.inputs.plain:
+        what = "tabular/fusion" if meta.inputs.fusion is not None else "terrain"
+        raise ModelError(f"{model_dir}: takes {what} inputs; an ensemble takes image-only "
+                         "models")
+
+
+def check_members(model_dirs: Sequence[Path], metas: Sequence[ModelMeta]) -> None:
+    """One line naming the first folder that does not fit the first one, and what differs."""
+    first_dir, first = model_dirs[0], _described(metas[0])
+    _check_plain(first_dir, metas[0])
+    for d, m in zip(model_dirs[1:], metas[1:]):
+        _check_plain(d, m)
+        for key, (name, value) in _described(m).items():
+            if value != first[key][1]:
+                raise ModelError(f"{d}: {name} {_show(value)}, but {first_dir} has "
+                                 f"{_show(first[key][1])}; ensemble members need the same "
+                                 f"{name}")
+
+
+def _show(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def ensemble_meta(model_dirs: Sequence[str | Path]) -> ModelMeta:
+    """The metadata of the models in ``model_dirs`` read and checked as :func:`load_models`
+    does, without their weights: one folder's own, or the ensemble's (see the module doc)."""
+    dirs = [Path(d) for d in model_dirs]
+    if not dirs:
+        raise ModelError("no model folder given")
+    if len(dirs) == 1:
+        return read_meta(dirs[0])
+    return combine([read_meta(d) for d in dirs], dirs)
+
+
+def combine(metas: Sequence[ModelMeta], model_dirs: Sequence[Path]) -> ModelMeta:
+    """The ensemble's metadata from its members' (checked with :func:`check_members`)."""
+    check_members(model_dirs, metas)
+    meta = copy.deepcopy(metas[0])
+    meta.temperature = 1.0
+    thresholds = [float(m.threshold) for m in metas]
+    meta.threshold = sum(thresholds) / len(thresholds)
+    if meta.task == "segment":
+        areas = [m.segmentation.min_area_pixels for m in metas]
+        meta.segmentation = SegmentationSpec(max(1, round(statistics.median(areas))),
+                                             "ensemble")
+    meta.extra["ensemble"] = [str(d) for d in model_dirs]
+    meta.extra["threshold_source"] = {"rule": "mean of the ensemble members' thresholds",
+                                      "thresholds": thresholds}
+    return meta
+
+
+def load_models(model_dirs: Sequence[str | Path], device: str | torch.device = "cpu"
+                ) -> tuple[torch.nn.Module, ModelMeta]:
+    """``(model, meta)`` of one model folder (:func:`load_model`), or of several as an
+    :class:`Ensemble` with the ensemble's metadata; members are checked before any weights
+    are read."""
+    dirs = [Path(d) for d in model_dirs]
+    if len(dirs) == 1:
+        return load_model(dirs[0], device)
+    meta = ensemble_meta(dirs)
+    loaded = [load_model(d, device) for d in dirs]
+    model = Ensemble([m for m, _ in loaded], [mm for _, mm in loaded])
+    return prepare_model(model, torch.device(device)).eval(), meta
+
+
+def describe(model_dirs: Sequence[str | Path]) -> str:
+    """How errors name the model: its folder, or the members joined by ``+``."""
+    return " + ".join(str(d) for d in model_dirs)
