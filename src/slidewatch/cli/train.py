@@ -23,6 +23,7 @@ FLAG_KEYS = {
     "steps_per_epoch": "steps_per_epoch",
     "early_stopping_metric": "early_stopping_metric", "patience": "patience", "seed": "seed",
     "device": "device", "threshold": "threshold", "target_recall": "target_recall",
+    "calibration": "calibration",
     "split_by": "data.split_by",
     "val_fraction": "data.val_fraction", "split_file": "data.split_file",
     "num_workers": "data.num_workers", "scale": "data.scale",
@@ -56,6 +57,7 @@ def _nest(flat: dict) -> dict:
 
 # config key path -> the flag that sets it, for messages about a value given as a flag
 SPECIAL_FLAGS = {"data.paths": "--data", "data.holdout_regions": "--holdout-region",
+                 "data.val_regions": "--val-region",
                  "data.classes": "--classes", "augment.grayscale": "--grayscale",
                  "augment.enabled": "--no-augment", "class_weights": "--class-weights",
                  "progress": "--quiet"}
@@ -71,6 +73,8 @@ def flat_overrides(params: dict) -> dict:
         flat["data.paths"] = list(params["data"])
     if params.get("holdout_region"):
         flat["data.holdout_regions"] = list(params["holdout_region"])
+    if params.get("val_region"):
+        flat["data.val_regions"] = list(params["val_region"])
     if params.get("classes"):
         flat["data.classes"] = [c.strip() for c in params["classes"].split(",") if c.strip()]
     if params.get("grayscale"):
@@ -195,6 +199,11 @@ TRAIN_OPTIONS = [
     _opt("--split-by", type=click.Choice(["image", "region", "tile"])),
     _opt("--val-fraction", type=float),
     _opt("--holdout-region", multiple=True, help="region(s) kept out of training"),
+    _opt("--val-region", multiple=True,
+         help="region(s) used whole as the validation split (thresholds and calibration on "
+              "regions training never saw)"),
+    _opt("--calibration", type=click.Choice(["none", "temperature"]),
+         help="temperature scaling of the probabilities, fitted on the validation split"),
     _opt("--split-file", help="a split written by `slidewatch data split`"),
     _opt("--scale", type=float, help="divide pixel values by this (default: by dtype)"),
     _opt("--num-workers", type=int, help="DataLoader worker processes"),

@@ -51,6 +51,9 @@ class DataConfig:
     split_by: Literal["image", "region", "tile"] = "image"
     val_fraction: float = 0.2
     holdout_regions: list[str] = field(default_factory=list)
+    # regions used whole as the validation split (never trained on): early stopping, the
+    # temperature and the threshold are then chosen on regions the model did not see
+    val_regions: list[str] = field(default_factory=list)
     split_file: Optional[str] = None
     scale: Optional[float] = None
     cache: bool = True
@@ -191,6 +194,8 @@ class TrainConfig:
     patience: int = 5
     threshold: float = 0.5
     target_recall: Optional[float] = None
+    # "temperature": temperature scaling of the logits fitted on the validation split
+    calibration: Literal["none", "temperature"] = "none"
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -362,7 +367,23 @@ def to_dict(cfg: Any) -> dict:
                 del data[key]
         if cfg.task == "classify" and data.get("segment") == dataclasses.asdict(SegmentConfig()):
             del data["task"], data["segment"]
+        for path, default in LATER_KEYS.items():  # added after 0.1.0: left out when unused
+            *parents, leaf = path.split(".")
+            node = data
+            for p in parents:
+                node = node[p]
+            if node.get(leaf) == default:
+                del node[leaf]
     return data
+
+
+# keys added by later versions, with their defaults: a run that does not use them writes
+# config.yaml and its metadata as the versions before them did
+LATER_KEYS = {"calibration": "none", "data.val_regions": [],
+              **{f"augment.{k}": 0.0 for k in ("gain", "offset", "gamma", "hue",
+                                                "false_colour", "blur", "sharpen", "noise",
+                                                "jpeg")},
+              "augment.resolution": None}
 
 
 def dump_yaml(cfg: Any) -> str:
@@ -398,6 +419,9 @@ def validate(cfg: TrainConfig) -> None:
     _check(d.stride > 0, "data.stride", "must be > 0")
     _check(0.0 <= d.min_landslide <= 1.0, "data.min_landslide", "must be in [0, 1]")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+    both = sorted(set(d.val_regions) & set(d.holdout_regions))
+    _check(not both, "data.val_regions", f"{', '.join(both)} also held out (test); a region "
+           "is validation or test, not both")
     _check(len(d.classes) >= 2, "data.classes", "needs at least two class names")
     _check(len(set(d.classes)) == len(d.classes), "data.classes", "names must differ")
     _check(d.scale is None or d.scale > 0, "data.scale", "must be > 0")

@@ -149,11 +149,13 @@ def split_samples(
     test_fraction: float = 0.0,
     seed: int = 0,
     holdout_regions: Sequence[str] = (),
+    val_regions: Sequence[str] = (),
 ) -> Split:
     """Split samples into train / val / test index lists; no group is in two parts.
 
     With ``holdout_regions`` those regions are the test part and the rest is split into
-    train and val (``val_fraction`` is then a fraction of the rest).
+    train and val (``val_fraction`` is then a fraction of the rest). With ``val_regions``
+    those regions, whole, are the validation part (``val_fraction`` is not used).
     """
     _validate(by, val_fraction, test_fraction)
     if not samples:
@@ -161,7 +163,19 @@ def split_samples(
     test: list[int] = []
     if holdout_regions:
         test = _holdout(samples, holdout_regions, test_fraction)
-    rest = sorted(set(range(len(samples))) - set(test))
+    val: list[int] = []
+    if val_regions:
+        present = sorted({s.region for s in samples})
+        unknown = sorted(set(val_regions) - set(present))
+        if unknown:
+            raise ConfigError(f"--val-region: unknown region(s) {', '.join(unknown)}; "
+                              f"regions found: {', '.join(present)}")
+        val = [i for i, s in enumerate(samples) if s.region in set(val_regions)
+               and i not in set(test)]
+        val_fraction = 0.0
+    rest = sorted(set(range(len(samples))) - set(test) - set(val))
+    if val_regions and not rest:
+        raise ConfigError("--val-region: nothing is left to train on")
     groups = _Groups(samples, rest, by, seed)
     wanted = [p for p, f in (("val", val_fraction), ("test", test_fraction)) if f > 0]
     if len(groups.keys) < 1 + len(wanted):
@@ -173,7 +187,7 @@ def split_samples(
     _fill_empty(groups, parts, ["train", *wanted])
     _cover_classes(groups, parts, wanted)
     out = {p: sorted(i for g in parts[p] for i in groups.members[g]) for p in PARTS}
-    return Split(out["train"], out["val"], sorted(test + out["test"]))
+    return Split(out["train"], sorted(val + out["val"]), sorted(test + out["test"]))
 
 
 def save_split(path, samples: Sequence[Sample], split: Split) -> None:
@@ -221,7 +235,8 @@ def split_for(d, seed: int, samples: Sequence[Sample]) -> Split:
         split = load_split(d.split_file, samples)
     else:
         split = split_samples(samples, by=d.split_by, val_fraction=d.val_fraction, seed=seed,
-                              holdout_regions=tuple(d.holdout_regions))
+                              holdout_regions=tuple(d.holdout_regions),
+                              val_regions=tuple(d.val_regions))
     if not split.train:
         raise DataError(f"{', '.join(d.paths)}: the split leaves no training images")
     return split

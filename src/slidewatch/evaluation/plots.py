@@ -1,4 +1,5 @@
-"""Evaluation figures: confusion matrix, ROC and precision-recall curves (Agg, atomic PNGs)."""
+"""Evaluation figures: confusion matrix, ROC and precision-recall curves, reliability diagram
+(Agg, atomic PNGs)."""
 
 from __future__ import annotations
 
@@ -90,16 +91,22 @@ def plot_pr(y_true, prob, threshold: float, path: str | Path) -> None:
 
 def write_plots(out: str | Path, y_true, prob, threshold: float, positive: str,
                 negative: str) -> dict:
-    """All three figures into ``out``; ROC and PR skipped (with a note) when a class is absent.
+    """All four figures into ``out``; ROC and PR skipped (with a note) when a class is absent.
 
-    Returns ``{"confusion_matrix": name, "roc": name | None, "pr": name | None, "note": ...}``.
+    Returns ``{"confusion_matrix": name, "roc": name | None, "pr": name | None,
+    "reliability": name, "note": ...}``.
     """
+    from slidewatch.evaluation.calibration import reliability
+
     out = Path(out)
     y = np.asarray(y_true).astype(bool)
     prob = np.asarray(prob, dtype=float)
     plot_confusion(metrics.confusion(y, prob >= threshold), positive, negative,
                    out / "confusion_matrix.png")
-    written = {"confusion_matrix": "confusion_matrix.png", "roc": None, "pr": None, "note": None}
+    plot_reliability(reliability(y, prob), out / "reliability.png",
+                     f"reliability of P({positive})")
+    written = {"confusion_matrix": "confusion_matrix.png", "roc": None, "pr": None,
+               "reliability": "reliability.png", "note": None}
     if y.all() or not y.any():
         absent = negative if y.all() else positive
         written["note"] = f"roc.png and pr.png not written: no '{absent}' tiles"
@@ -128,4 +135,27 @@ def plot_size_confusion(counts: np.ndarray, names: list[str], path: str | Path,
     ax.set_ylabel("true size")
     score = "" if macro_f1 is None else f", macro-F1 {macro_f1:.3f}"
     ax.set_title(f"size classes (n = {int(counts.sum())}{score})")
+    _save(fig, Path(path))
+
+
+def plot_reliability(rel: dict, path: str | Path, title: str = "reliability") -> None:
+    """Reliability diagram of :func:`~slidewatch.evaluation.calibration.reliability`: observed
+    landslide frequency against mean probability per bin (marker area ~ count), the diagonal
+    of perfect calibration, ECE and Brier score in the legend."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    bins = [b for b in rel["bins"] if b["n"]]
+    if bins:
+        n = np.array([b["n"] for b in bins], dtype=float)
+        ax.plot([b["mean_probability"] for b in bins], [b["frequency"] for b in bins],
+                color="tab:blue", lw=1)
+        ax.scatter([b["mean_probability"] for b in bins], [b["frequency"] for b in bins],
+                   s=20 + 180 * n / n.max(), color="tab:blue", zorder=3,
+                   label=f"ECE {rel['ece']:.3f}, Brier {rel['brier']:.3f} (n {rel['n']})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed landslide frequency")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
     _save(fig, Path(path))

@@ -173,6 +173,12 @@ def _check_metrics(path: Path, m) -> None:
         if value is not None and not ok:
             raise _bad(path, f"plots.{key}", "null or a file name in the evaluation folder",
                        value)
+    cal = m.get("calibration") or {}
+    if not isinstance(cal, dict):
+        raise _bad(path, "calibration", "an object", cal)
+    for key in ("ece", "brier"):
+        if cal.get(key) is not None and not _is_rate(cal[key]):
+            raise _bad(path, f"calibration.{key}", "null or a number from 0 to 1", cal[key])
     if m.get("size"):
         mm.check_size_block(path, m["size"], _bad)
     if m.get("task", "classify") not in ("classify", "segment"):
@@ -432,8 +438,14 @@ def _pixels_section(m: dict, eval_dir: Path, cams: dict[str, dict],
 def _figures_section(m: dict, eval_dir: Path) -> str:
     plots = m.get("plots") or {"confusion_matrix": "confusion_matrix.png"}
     imgs = [_img_file(eval_dir / plots[k], k.replace("_", " "))
-            for k in ("confusion_matrix", "roc", "pr") if plots.get(k)]
+            for k in ("confusion_matrix", "roc", "pr", "reliability") if plots.get(k)]
     note = f'<p class="note">{_e(plots["note"])}</p>' if plots.get("note") else ""
+    cal = m.get("calibration") or {}
+    if cal.get("ece") is not None:
+        note += (f'<p class="note">Calibration of the probabilities: expected calibration '
+                 f'error {_num(cal["ece"])}, Brier score {_num(cal["brier"])} '
+                 f'({len(cal.get("bins", []))} equal-width bins, {cal.get("n")} tiles); '
+                 'the reliability diagram plots the observed landslide share per bin.</p>')
     return f'<h2>Figures</h2><div class="figs">{"".join(imgs)}</div>{note}'
 
 

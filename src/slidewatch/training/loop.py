@@ -25,6 +25,7 @@ from slidewatch.config.train import PhaseConfig, TrainConfig, dump_yaml
 from slidewatch.config.train import validate as validate_config
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.evaluation import metrics
+from slidewatch.evaluation.calibration import fit_temperature
 from slidewatch.evaluation.pixels import PixelCounts
 from slidewatch.inference.forward import forward_logits, forward_outputs
 from slidewatch.io_utils import atomic_write_text
@@ -417,22 +418,62 @@ def recall_threshold(s: Setup, target: float) -> float:
     if s.val_loader is None:
         raise ConfigError("target_recall: needs a validation split (val_fraction > 0)")
     z, y = val_outputs(s)
-    prob = torch.softmax(z, 1)[:, s.meta.positive_index].cpu().numpy()
+    prob = torch.softmax(z / s.meta.temperature, 1)[:, s.meta.positive_index].cpu().numpy()
     labels = (y == s.meta.positive_index).cpu().numpy()
     if not labels.any():
         raise ConfigError("target_recall: the validation split has no landslide images")
     return float(np.clip(metrics.threshold_for_recall(labels, prob, target), 1e-4, 0.9999))
 
 
+def _validation_regions(s: Setup) -> dict:
+    """Which regions the validation split holds, and whether training saw them."""
+    val = list(s.data_summary.get("val_regions", []))
+    seen = set(s.data_summary.get("train_regions", []))
+    return {"val_regions": val, "unseen_regions": bool(val) and not (set(val) & seen)}
+
+
+def calibrate(s: Setup, log: Callable[[str], None]) -> float:
+    """Temperature scaling fitted on the validation split (pixels for a segmentation model,
+    tiles for a classifier); the fit is recorded in the model's ``calibration``."""
+    if s.val_loader is None:
+        raise ConfigError("calibration temperature: needs a validation split (val_fraction "
+                          "> 0 or val_regions)")
+    if s.segment is not None:
+        z, y = segment.val_pixels(s)
+        unit = "pixels"
+    else:
+        logits, labels = val_outputs(s)
+        z, y = logits.cpu().double().numpy(), labels.cpu().numpy()
+        unit = "tiles"
+    t, fit = fit_temperature(z, y)
+    where = _validation_regions(s)
+    s.meta.extra["calibration"] = {"method": "temperature", "temperature": t,
+                                   "fitted_on": f"validation {unit}", "n": int(len(y)),
+                                   **{k: round(v, 6) for k, v in fit.items()}, **where}
+    log(f"calibration: temperature {t:.3f} on {len(y):,} validation {unit} (NLL "
+        f"{fit['nll_before']:.4f} -> {fit['nll_after']:.4f}; validation regions "
+        f"{', '.join(where['val_regions']) or 'none'})")
+    return t
+
+
 def finish(s: Setup, out_dir: Path, history: list[dict], best: dict, metric: str | None,
            log: Callable[[str], None] = lambda m: None) -> TrainResult:
-    """Restore the best epoch and write the model folder, history, curves and config."""
+    """Restore the best epoch, calibrate, set the tile rule and threshold, and write the model
+    folder, history, curves and config."""
     if best["state"] is not None:
         s.model.load_state_dict(best["state"])
+    if s.cfg.calibration == "temperature":
+        s.meta.temperature = calibrate(s, log)
     if s.segment is not None:  # the tile rule, chosen on validation with the best epoch
         s.meta.segmentation = segment.tile_rule(s, log)
     if s.cfg.target_recall is not None:
         s.meta.threshold = recall_threshold(s, s.cfg.target_recall)
+        s.meta.extra["threshold_source"] = {
+            "rule": f"highest threshold reaching recall {s.cfg.target_recall:g} on the "
+                    "validation split", "threshold": s.meta.threshold,
+            "temperature": s.meta.temperature, **_validation_regions(s)}
+        log(f"threshold {s.meta.threshold:.4f}: recall {s.cfg.target_recall:g} on the "
+            "validation split")
     s.meta.extra.update({
         "best_epoch": best["epoch"],
         "early_stopping_metric": metric,

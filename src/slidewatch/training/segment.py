@@ -264,6 +264,7 @@ def summary(cfg: TrainConfig, samples: list[MaskedSample], sp: Split) -> dict:
     return {"paths": list(cfg.data.paths), "split_by": cfg.data.split_by, "task": "segment",
             "train": counts(sp.train), "val": counts(sp.val), "test": counts(sp.test),
             "train_regions": sorted({samples[i].region for i in sp.train}),
+            "val_regions": sorted({samples[i].region for i in sp.val}),
             "holdout_regions": list(cfg.data.holdout_regions)}
 
 
@@ -370,6 +371,7 @@ def validate(s, max_k: int | None = None) -> tuple[dict, np.ndarray | None]:
         logits, loss = batch_loss(seg, s.model, batch, s.meta, s.device)
         total += float(loss) * len(logits)
         n += len(logits)
+        logits = logits / s.meta.temperature  # 1 until calibrated
         counts = counts + counts_of(logits, batch, s.meta.threshold)
         if max_k:
             prob = torch.sigmoid(logits).flatten(1).cpu()
@@ -377,6 +379,22 @@ def validate(s, max_k: int | None = None) -> tuple[dict, np.ndarray | None]:
             tops.append(prob.topk(min(max_k, prob.shape[1]), dim=1).values.numpy())
     row = pixel_row("val", total / max(n, 1), counts)
     return row, (np.concatenate(tops) if tops else None)
+
+
+@torch.no_grad()
+def val_pixels(s, limit: int = 400_000) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and 0/1 labels of the validation split's valid pixels (every k-th pixel when
+    there are more than ``limit``, so the temperature fit stays cheap and deterministic)."""
+    s.model.eval()
+    zs, ys = [], []
+    for batch in s.val_loader:
+        logits = forward_logits(s.model, batch["image"], s.meta, s.device)[:, 0].cpu()
+        keep = batch["valid"][:, 0] > 0.5
+        zs.append(logits[keep].numpy())
+        ys.append((batch["mask"][:, 0] > 0.5)[keep].numpy())
+    z, y = np.concatenate(zs), np.concatenate(ys)
+    step = max(1, len(z) // limit)
+    return z[::step], y[::step]
 
 
 def tile_rule(s, log: Callable) -> SegmentationSpec:

@@ -251,6 +251,7 @@ def _summary(cfg: TrainConfig, samples: list[Sample], split: Split) -> dict:
     return {"paths": list(cfg.data.paths), "split_by": cfg.data.split_by,
             "train": counts(split.train), "val": counts(split.val), "test": counts(split.test),
             "train_regions": sorted({r for r, _ in regions}),
+            "val_regions": sorted({samples[i].region for i in split.val}),
             "holdout_regions": list(cfg.data.holdout_regions)}
 
 
