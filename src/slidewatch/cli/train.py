@@ -23,7 +23,8 @@ FLAG_KEYS = {
     "steps_per_epoch": "steps_per_epoch",
     "early_stopping_metric": "early_stopping_metric", "patience": "patience", "seed": "seed",
     "device": "device", "threshold": "threshold", "target_recall": "target_recall",
-    "calibration": "calibration",
+    "calibration": "calibration", "hard_negatives": "hard_negatives",
+    "hard_negative_epochs": "hard_negative_epochs",
     "split_by": "data.split_by",
     "val_fraction": "data.val_fraction", "split_file": "data.split_file",
     "num_workers": "data.num_workers", "scale": "data.scale",
@@ -202,6 +203,10 @@ TRAIN_OPTIONS = [
     _opt("--val-region", multiple=True,
          help="region(s) used whole as the validation split (thresholds and calibration on "
               "regions training never saw)"),
+    _opt("--hard-negatives", type=int,
+         help="after the phases, oversample the N highest-scoring landslide-free training "
+              "items for --hard-negative-epochs more epochs"),
+    _opt("--hard-negative-epochs", type=int, help="epochs of the hard-negative pass (1)"),
     _opt("--calibration", type=click.Choice(["none", "temperature"]),
          help="temperature scaling of the probabilities, fitted on the validation split"),
     _opt("--split-file", help="a split written by `slidewatch data split`"),

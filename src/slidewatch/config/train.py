@@ -196,6 +196,12 @@ class TrainConfig:
     target_recall: Optional[float] = None
     # "temperature": temperature scaling of the logits fitted on the validation split
     calibration: Literal["none", "temperature"] = "none"
+    # the hard-negative pass: after the phases, the N highest-scoring landslide-free training
+    # items are drawn ``hard_negative_share`` of the time for ``hard_negative_epochs`` more
+    # epochs at phase 2's settings (0: no pass)
+    hard_negatives: int = 0
+    hard_negative_epochs: int = 1
+    hard_negative_share: float = 0.25
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -379,7 +385,8 @@ def to_dict(cfg: Any) -> dict:
 
 # keys added by later versions, with their defaults: a run that does not use them writes
 # config.yaml and its metadata as the versions before them did
-LATER_KEYS = {"calibration": "none", "data.val_regions": [],
+LATER_KEYS = {"calibration": "none", "data.val_regions": [], "hard_negatives": 0,
+              "hard_negative_epochs": 1, "hard_negative_share": 0.25,
               **{f"augment.{k}": 0.0 for k in ("gain", "offset", "gamma", "hue",
                                                 "false_colour", "blur", "sharpen", "noise",
                                                 "jpeg")},
@@ -461,6 +468,9 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, "steps_per_epoch",
            "must be >= 1")
     _check(cfg.patience >= 1, "patience", "must be >= 1")
+    _check(cfg.hard_negatives >= 0, "hard_negatives", "must be >= 0")
+    _check(cfg.hard_negative_epochs >= 1, "hard_negative_epochs", "must be >= 1")
+    _check(0.0 < cfg.hard_negative_share < 1.0, "hard_negative_share", "must be in (0, 1)")
     _check(0.0 < cfg.threshold < 1.0, "threshold", f"must be in (0, 1), got {cfg.threshold}")
     _check(0 <= cfg.seed < 2**63, "seed", f"must be from 0 to 2**63 - 1, got {cfg.seed}")
     _check(cfg.target_recall is None or 0.0 < cfg.target_recall <= 1.0, "target_recall",

@@ -38,7 +38,7 @@ from slidewatch.models.freezing import (
     unfreeze_top_layers,
 )
 from slidewatch.runtime import no_progress
-from slidewatch.training import distributed, segment
+from slidewatch.training import distributed, hard_negatives, segment
 from slidewatch.training.curves import plot_curves
 from slidewatch.training.setup import RESUME_FILE, Setup, prepare, save_resume
 
@@ -272,9 +272,15 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
     best = state["best"] if state else {"score": -math.inf, "epoch": 0, "row": {}, "state": None}
     start_phase, start_epoch = (state["phase"], state["phase_epoch"] + 1) if state else (1, 1)
     metric = cfg.early_stopping_metric if s.val_loader is not None else None
-    for phase, p in ((1, cfg.phase1), (2, cfg.phase2)):
+    hard_negatives.check(cfg, s.multimodal is not None, ctx.enabled)
+    for phase, p in _phases(cfg):
         if phase < start_phase or p.epochs == 0:
             continue
+        if phase == 3:  # the hard-negative pass starts from the best model so far
+            resumed = state is not None and phase == start_phase  # weights of the pass
+            if best["state"] is not None and not resumed:
+                s.model.load_state_dict(best["state"])
+            s.meta.extra["hard_negatives"] = hard_negatives.mine(s, log)
         bn_eval = phase == 1 or s.freeze_bn
         unfrozen = configure_phase(s.model, phase, p)
         _wrap_for_phase(s, bn_eval)
@@ -309,9 +315,29 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
                                 phase_epoch=epoch, best=best, bad_epochs=bad,
                                 optimizer=optimizer)
         state = None
+    if "hard_negatives" in s.meta.extra:  # did the pass improve the validation score?
+        kept = best["row"].get("phase") == 3
+        s.meta.extra["hard_negatives"]["kept"] = kept
+        if not kept:
+            log("hard negatives: no epoch of the pass beat the best earlier epoch on "
+                f"{metric or 'the last epoch'}; the model is the earlier one")
     result = finish(s, out_dir, history, best, metric, log)
     distributed.debug_dump(ctx, s.model)
     return result
+
+
+def _phases(cfg: TrainConfig) -> list[tuple[int, PhaseConfig]]:
+    """Phase 1 (frozen backbone), phase 2 (fine-tuning) and, with ``hard_negatives``, phase 3:
+    the hard-negative pass at phase 2's settings (phase 1's learning rate when phase 2 has no
+    epochs)."""
+    phases = [(1, cfg.phase1), (2, cfg.phase2)]
+    if cfg.hard_negatives > 0:
+        base = cfg.phase2 if cfg.phase2.epochs > 0 else cfg.phase1
+        phases.append((3, PhaseConfig(epochs=cfg.hard_negative_epochs, lr=base.lr,
+                                      unfreeze_layers=cfg.phase2.unfreeze_layers,
+                                      unfreeze_blocks=cfg.phase2.unfreeze_blocks,
+                                      patience=cfg.hard_negative_epochs + 1)))
+    return phases
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, out_dir: Path) -> None:

@@ -75,6 +75,7 @@ class Setup:
     resume_state: dict | None = None  # the resume.pt of --resume, checked and applied
     split_record: tuple | None = None  # (samples, split): split.json, written once all is checked
     segment: SegmentSetup | None = None  # task segment: loss settings, validation tile labels
+    train_samples: list | None = None  # the training split's samples (the hard-negative pool)
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -106,7 +107,7 @@ def _resume_problem(state) -> str | None:
     for key, kind in RESUME_KEYS.items():
         if not isinstance(state.get(key), kind):
             return f"no valid '{key}'"
-    if state["phase"] not in (1, 2):
+    if state["phase"] not in (1, 2, 3):  # 3: the hard-negative pass
         return f"phase {state['phase']}"
     if not {"score", "epoch", "row", "state"} <= set(state["best"]):
         return "no valid 'best'"
@@ -354,7 +355,7 @@ def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.d
                  out_dir=out_dir, freeze_bn=pretrained, dist=ctx, multimodal=mm,
                  size_weights=None if size_weights is None else
                  torch.tensor(size_weights, dtype=torch.float32, device=device),
-                 split_record=(samples, split))
+                 split_record=(samples, split), train_samples=train_s)
 
 
 def _prepare_segment(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.device,
@@ -388,7 +389,7 @@ def _prepare_segment(cfg: TrainConfig, out_dir: Path, roots: list[Path], device:
                  val_loader=sg.loader(val_ds, cfg, False) if val_ds is not None else None,
                  loss_fn=torch.nn.Identity(), config_dict=to_dict(cfg), data_summary=summary,
                  out_dir=out_dir, freeze_bn=pretrained, dist=ctx, segment=seg,
-                 split_record=(sg.as_split_samples(samples), split))
+                 split_record=(sg.as_split_samples(samples), split), train_samples=train_s)
 
 
 def _datasets(cfg: TrainConfig, meta: ModelMeta, train_s: list[Sample], val_s: list[Sample],
