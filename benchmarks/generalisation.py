@@ -15,7 +15,10 @@ region in benchmarks/results/generalisation.jsonl, and a table.
 
 Variants of a recipe without a new file: ``--set augment.gain=0.2 --set
 'augment={jpeg: 0.3, noise: 0.02}'`` (YAML values; mappings merge), named by ``--tag``;
-``--seeds 0,1,2`` trains each fold once per seed (the recipes vary from seed to seed).
+``--seeds 0,1,2`` trains each fold once per seed (the recipes vary from seed to seed);
+``--ensemble`` also scores, per region, the ensemble of those seeds' models (probabilities
+averaged), and ``--tta`` each model with test-time augmentation (8 flips and rotations).
+Folds trained earlier with the same recipe and seed are reused.
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ def main() -> None:
     ap.add_argument("--tag", default=None, help="name of the variant (default: the config's)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the "
                     "recipe's)")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="also score the ensemble of the seeds' models per region")
+    ap.add_argument("--tta", action="store_true",
+                    help="also score each model with test-time augmentation")
     args = ap.parse_args()
     recipe = apply_set(load_yaml(args.config), args.set)
     tag = args.tag or args.config.stem
@@ -103,31 +110,46 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tiles = ensure_tiles(root, args.out, print)
     rows, t_all = [], time.perf_counter()
-    for seed in seeds:
-        for region in args.regions.split(","):
+    def score(dirs, region, held, tta=False):
+        return (evaluate_segmenter(dirs, root, region, held, tta=tta) if task == "segment"
+                else evaluate_region(dirs, tiles, region, held, tta=tta))
+
+    def record(row, region, seed, name, t0, cfg):
+        rec = {"benchmark": "generalisation", "config": str(args.config), "tag": name,
+               "set": args.set, "seed": seed, "task": task,
+               "region": region, "tiles": row["tiles"],
+               "landslide_tiles": row["landslide_tiles"],
+               **{k: row.get(k) for k in KEYS},
+               "steps_per_epoch": cfg.steps_per_epoch,
+               "seconds": round(time.perf_counter() - t0, 1),
+               "machine": machine("cpu"), "load": load()}
+        emit(rec, RESULTS_FILE)
+        rows.append(rec)
+
+    for region in args.regions.split(","):
+        members = []
+        for seed in seeds:
             t0 = time.perf_counter()
             cfg = fold_config({**recipe, "seed": seed}, root, tiles, region)
             run_dir = out / f"seed{seed}" / f"holdout-{region}"
             _fold(run_dir, cfg, print, no_progress, f"{tag} (seed {seed}) without {region}")
+            members.append(run_dir)
             held = held_out_images(root, region, list(cfg.data.classes))
-            row = (evaluate_segmenter(run_dir, root, region, held) if task == "segment"
-                   else evaluate_region(run_dir, tiles, region, held))
-            record = {"benchmark": "generalisation", "config": str(args.config), "tag": tag,
-                      "set": args.set, "seed": seed, "task": task,
-                      "region": region, "tiles": row["tiles"],
-                      "landslide_tiles": row["landslide_tiles"],
-                      **{k: row.get(k) for k in KEYS},
-                      "steps_per_epoch": cfg.steps_per_epoch,
-                      "seconds": round(time.perf_counter() - t0, 1),
-                      "machine": machine("cpu"), "load": load()}
-            emit(record, RESULTS_FILE)
-            rows.append(record)
+            record(score(run_dir, region, held), region, seed, tag, t0, cfg)
+            if args.tta:
+                t0 = time.perf_counter()
+                record(score(run_dir, region, held, tta=True), region, seed, tag + "+tta", t0,
+                       cfg)
+        if args.ensemble and len(members) > 1:
+            t0 = time.perf_counter()
+            record(score(members, region, held), region, "+".join(map(str, seeds)),
+                   f"{tag}+ensemble", t0, cfg)
     print(f"\n{tag} ({task}), {time.perf_counter() - t_all:.0f} s")
-    print(f"{'held-out':10} {'seed':>4} {'tiles':>5} {'slides':>6} "
+    print(f"{'variant':22} {'held-out':10} {'seed':>5} {'tiles':>5} {'slides':>6} "
           + " ".join(f"{k:>9.9}" for k in KEYS))
     for r in rows:
-        print(f"{r['region']:10} {r['seed']:>4} {r['tiles']:>5} {r['landslide_tiles']:>6} "
-              + " ".join(f"{fmt(r[k]):>9}" for k in KEYS))
+        print(f"{r['tag'][:22]:22} {r['region']:10} {str(r['seed']):>5} {r['tiles']:>5} "
+              f"{r['landslide_tiles']:>6} " + " ".join(f"{fmt(r[k]):>9}" for k in KEYS))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from slidewatch.data.sampledata import REGIONS, locate
 from slidewatch.data.tiling import tile_scenes
 from slidewatch.evaluation import metrics
 from slidewatch.evaluation.evaluate import score_block
-from slidewatch.inference.forward import predict_probs
-from slidewatch.models.checkpoint import load_model
+from slidewatch.inference.ensemble import load_models
+from slidewatch.inference.forward import predict_outputs
 from slidewatch.runtime import no_progress, resolve_device
 from slidewatch.training.loop import train
 
@@ -132,15 +132,23 @@ def held_out_images(root: Path, region: str, classes: list[str]) -> list[MaskedS
             if stems is None or s.image.stem in stems]
 
 
-def evaluate_region(model_dir: Path, tiles: Path, region: str,
-                    extra: list[MaskedSample] = ()) -> dict:
-    """Tile-level scores of a classifier on one region's tiles (and ``extra`` images)."""
-    model, meta = load_model(model_dir, resolve_device("auto"))
+def _load(model_dirs) -> tuple:
+    """One model folder, or several as an ensemble (their probabilities averaged)."""
+    dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
+    return load_models(dirs, resolve_device("auto"))
+
+
+def evaluate_region(model_dir, tiles: Path, region: str,
+                    extra: list[MaskedSample] = (), tta: bool = False) -> dict:
+    """Tile-level scores of a classifier (a model folder, or a list of them: an ensemble) on
+    one region's tiles (and ``extra`` images); ``tta``: test-time augmentation."""
+    model, meta = _load(model_dir)
     samples = [s for s in scan_class_folders(tiles) if s.region == region]
     samples += [Sample(path=s.image, label=0 if s.mask is not None else 1, group=s.group,
                        region=region) for s in extra]
     ds = image_dataset(meta, samples)
-    prob = predict_probs(model, meta, DataLoader(ds, batch_size=64), resolve_device("auto"))
+    prob = predict_outputs(model, meta, DataLoader(ds, batch_size=64), resolve_device("auto"),
+                           tta=tta)["probability"]
     y = np.array([s.label == meta.positive_index for s in samples])
     return _tile_row(y, prob, meta.threshold, meta, region)
 
@@ -159,17 +167,17 @@ def _tile_row(y: np.ndarray, prob: np.ndarray, threshold: float, meta, region: s
             "fpr_at_recall_0.9": metrics.fpr_at_recall(y, prob, 0.9) if both else None}
 
 
-def evaluate_segmenter(model_dir: Path, root: Path, region: str,
-                       extra: list[MaskedSample] = ()) -> dict:
+def evaluate_segmenter(model_dir, root: Path, region: str,
+                       extra: list[MaskedSample] = (), tta: bool = False) -> dict:
     """A segmentation model on one held-out region: tile scores on the windows of the
     reference tiling (the classifier's tiles) and the ``extra`` images, pixel IoU and F1 over
     the region's scenes and those images."""
     from slidewatch.evaluation.segment import pixel_block, score_images, scored_tiles
 
-    model, meta = load_model(model_dir, resolve_device("auto"))
+    model, meta = _load(model_dir)
     samples = scene_samples(root / "regions" / region) + list(extra)
     items, tiles = score_images(model, meta, samples, batch_size=16,
-                                device=resolve_device("auto"), progress=no_progress)
+                                device=resolve_device("auto"), progress=no_progress, tta=tta)
     _, y, prob = scored_tiles(tiles)
     row = _tile_row(y, prob, meta.threshold, meta, region)
     px = pixel_block(items, meta.threshold, objects=False)
