@@ -55,6 +55,15 @@ def ensemble_option(fn):
                              "(same task, classes, bands, input size and scale)")(fn)
 
 
+def runtime_option(fn):
+    """``--runtime torch|onnx``: what runs the model (default: PyTorch for a model folder, ONNX
+    Runtime for an ``.onnx`` file from ``slidewatch export``)."""
+    return click.option("--runtime", type=click.Choice(["torch", "onnx"]), default=None,
+                        help="run the model with PyTorch or ONNX Runtime (a folder is exported "
+                             "in memory)  [default: torch for a model folder, onnx for an "
+                             ".onnx file]")(fn)
+
+
 def parse_classes(value: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     if len(names) < 2:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from slidewatch.cli.common import echo, ensemble_option, progress, tabular_inputs
+from slidewatch.cli.common import echo, ensemble_option, progress, runtime_option, tabular_inputs
 
 
 @click.command("evaluate")
-@click.argument("model_dir")
+@click.argument("model_dir", metavar="MODEL")
 @click.option("--data", "data_dirs", multiple=True, required=True,
               help="labelled class-folder dataset, or for a segmentation model images with "
                    "masks (scene folders or class folders with masks/); repeat for several")
@@ -22,11 +22,13 @@ from slidewatch.cli.common import echo, ensemble_option, progress, tabular_input
 @click.option("--tta", is_flag=True,
               help="test-time augmentation: average over flips and 90-degree rotations")
 @ensemble_option
+@runtime_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @tabular_inputs
 def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size, device,
-                 overwrite, tta, ensemble, quiet, tabular, aux, missing, unknown):
-    """Score MODEL_DIR on labelled data: metrics with 95% CIs, overall and per region."""
+                 overwrite, tta, ensemble, runtime, quiet, tabular, aux, missing, unknown):
+    """Score MODEL (a model folder, or an .onnx file from `slidewatch export`) on labelled
+    data: metrics with 95% CIs, overall and per region."""
     from slidewatch.evaluation.evaluate import evaluate, format_table
     from slidewatch.evaluation.sizes import format_size
 
@@ -34,7 +36,7 @@ def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size
                       target_recall=target_recall, batch_size=batch_size, device=device,
                       overwrite=overwrite, progress=progress(not quiet), tabular=tabular,
                       aux=aux, missing=missing, unknown=unknown, tta=tta,
-                      ensemble=list(ensemble))
+                      ensemble=list(ensemble), runtime=runtime)
     click.echo(format_table(result))
     if result.get("task") == "segment":
         from slidewatch.evaluation.evaluate import format_pixels

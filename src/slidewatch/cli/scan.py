@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from slidewatch.cli.common import echo, ensemble_option, progress
+from slidewatch.cli.common import echo, ensemble_option, progress, runtime_option
 
 
 def _bands(value: str | None) -> list[int] | None:
@@ -21,7 +21,7 @@ def _bands(value: str | None) -> list[int] | None:
 
 
 @click.command("scan")
-@click.argument("model_dir")
+@click.argument("model_dir", metavar="MODEL")
 @click.argument("scenes", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="folder for <stem>_probability.tif, _detections.geojson, "
@@ -40,6 +40,7 @@ def _bands(value: str | None) -> list[int] | None:
 @click.option("--tta", is_flag=True,
               help="test-time augmentation: each window the mean over flips and rotations")
 @ensemble_option
+@runtime_option
 @click.option("--max-pixels", type=int, default=None,
               help="refuse scenes with more pixels (width x height); 0: no limit  [default: "
               "2**30 = 1073741824, e.g. 32768 x 32768]")
@@ -59,11 +60,12 @@ def _bands(value: str | None) -> list[int] | None:
               help="CPUs (torch threads) per Ray worker  [default: 1 on a local instance, 4 on a "
               "cluster]")
 def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, tta, ensemble,
-         max_pixels, device, overwrite, no_progress, backend, ray_address, workers,
+         runtime, max_pixels, device, overwrite, no_progress, backend, ray_address, workers,
          worker_cpus) -> None:
     """Scan whole SCENES (GeoTIFF, PNG, JPEG) window by window into probability maps and
     detection polygons (a classifier's window probabilities or a segmentation model's pixel
-    maps, blended where windows overlap)."""
+    maps, blended where windows overlap). MODEL: a model folder, or an .onnx file from
+    `slidewatch export`."""
     from slidewatch.scan.plan import MAX_PIXELS
     from slidewatch.scan.run import Backend
     from slidewatch.scan.run import scan as run_scan
@@ -73,7 +75,7 @@ def scan(model_dir, scenes, out, tile, stride, batch, bands, blend, threshold, t
     summary = run_scan(model_dir, list(scenes), out, tile=tile, stride=stride, batch=batch,
                        bands=_bands(bands), blend=blend, threshold=threshold, device=device,
                        overwrite=overwrite, progress=progress(not no_progress), backend=where,
-                       max_pixels=limit, tta=tta, ensemble=list(ensemble))
+                       max_pixels=limit, tta=tta, ensemble=list(ensemble), runtime=runtime)
     for w in summary.warnings:
         echo(f"warning: {w}")
     for r in summary.scenes:

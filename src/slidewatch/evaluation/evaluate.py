@@ -28,7 +28,7 @@ from slidewatch.data.tiling import is_scene_folder
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.evaluation import metrics
 from slidewatch.evaluation.calibration import reliability
-from slidewatch.inference.ensemble import describe, load_models
+from slidewatch.inference.ensemble import describe, is_onnx_path, load_models
 from slidewatch.inference.forward import predict_outputs
 from slidewatch.io_utils import atomic_dir, atomic_write_text, holding
 from slidewatch.meta import ModelMeta, library_versions, now_iso, read_meta, write_meta
@@ -242,7 +242,7 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
              progress: Callable = no_progress, tabular: str | Path | None = None,
              aux: str | Path | None = None, missing: str | None = None,
              unknown: str | None = None, tta: bool = False,
-             ensemble: Sequence[str | Path] = ()) -> dict:
+             ensemble: Sequence[str | Path] = (), runtime: str | None = None) -> dict:
     """Evaluate the model of ``model_dir`` on the class-folder datasets ``roots``; write
     ``metrics.json`` (returned), ``predictions.csv`` and the figures into ``out``.
 
@@ -256,6 +256,8 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
     pixel and object scores beside the tile scores. ``tta``: average over flips and rotations.
     ``ensemble``: more model folders whose probabilities are averaged with the model's
     (:mod:`slidewatch.inference.ensemble`; the threshold is the mean of theirs unless given).
+    ``model_dir`` may be an ONNX file (``slidewatch export``); ``runtime`` ``torch`` or ``onnx``
+    (default: torch for a folder, onnx for an ONNX file).
     """
     from slidewatch.data.inputs import model_inputs
     from slidewatch.evaluation import sizes as mm
@@ -266,9 +268,13 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
     if members and target_recall is not None:
         raise ConfigError("--target-recall: stores a threshold in one model folder; with "
                           "--ensemble give --threshold (or set each member's threshold first)")
+    if target_recall is not None and is_onnx_path(model_dir):
+        raise ConfigError(f"--target-recall: stores a threshold in a model folder, and "
+                          f"{model_dir} is an ONNX file; give --threshold, or set it on the "
+                          "folder and export again")
     _check_out(out, overwrite, [model_dir, *members, *roots, tabular, aux])
     dev = resolve_device(device)
-    model, meta = load_models([model_dir, *members], dev)
+    model, meta = load_models([model_dir, *members], dev, runtime)
     source = model_dir if not members else describe([model_dir, *members])
     if meta.task == "segment":
         return _evaluate_segment(model, meta, model_dir, roots, out, threshold, target_recall,

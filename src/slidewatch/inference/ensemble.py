@@ -16,6 +16,12 @@ the first member's and each other member sees it re-normalised with its own. The
 metadata is the first member's with temperature 1 (already applied per member), the mean of
 the members' thresholds and, for segmentation models, the median of their ``min_area_pixels``;
 ``extra["ensemble"]`` lists the member folders.
+
+The loader of every command: :func:`load_models` and :func:`ensemble_meta` also open ONNX files
+exported by ``slidewatch export`` and, with ``--runtime onnx``, run model folders on ONNX
+Runtime (:func:`runtimes`; :mod:`slidewatch.export.runtime`). An ONNX model's metadata has mean
+0, std 1 and temperature 1 (its graph holds them), so it mixes with PyTorch members as members
+with other band statistics do.
 """
 
 from __future__ import annotations
@@ -27,10 +33,15 @@ from pathlib import Path
 
 import torch
 
-from slidewatch.errors import ModelError
+from slidewatch.errors import ConfigError, ModelError
+from slidewatch.export.runtime import is_onnx_path
 from slidewatch.meta import ModelMeta, SegmentationSpec, read_meta
 from slidewatch.models.checkpoint import load_model
 from slidewatch.runtime import prepare_model
+
+RUNTIMES = ("torch", "onnx")
+__all__ = ["RUNTIMES", "Ensemble", "combine", "describe", "ensemble_meta", "is_onnx_path",
+           "load_models", "load_one", "model_meta", "runtime_label", "runtimes"]
 
 EPS = 1e-6  # probabilities of a segmentation ensemble are kept in [EPS, 1 - EPS]
 TINY = 1e-12  # a classifier ensemble's class probabilities are kept above it (finite logs)
@@ -120,15 +131,62 @@ def _show(value) -> str:
     return str(value)
 
 
-def ensemble_meta(model_dirs: Sequence[str | Path]) -> ModelMeta:
+def runtimes(model_dirs: Sequence[str | Path], runtime: str | None = None) -> list[str]:
+    """The runtime of each model: ``runtime`` (``--runtime``) when given, else ``torch`` for a
+    model folder and ``onnx`` for an ``.onnx`` file. An ONNX file runs only with ONNX Runtime:
+    ``--runtime torch`` with one is a ConfigError."""
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime: must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    out = []
+    for d in model_dirs:
+        if is_onnx_path(d):
+            if runtime == "torch":
+                raise ConfigError(f"--runtime torch: {d} is an ONNX file; it runs with "
+                                  "--runtime onnx (the default for .onnx files)")
+            out.append("onnx")
+        else:
+            out.append(runtime or "torch")
+    return out
+
+
+def runtime_label(model_dirs: Sequence[str | Path], runtime: str | None = None) -> str:
+    """``onnx`` when any of the models runs on ONNX Runtime, else ``torch``."""
+    return "onnx" if "onnx" in runtimes(model_dirs, runtime) else "torch"
+
+
+def model_meta(model_dir: str | Path, runtime: str = "torch") -> ModelMeta:
+    """The metadata one model runs with: a folder's own (``torch``), or for ONNX Runtime the
+    card's with the normalisation and temperature that the graph holds
+    (:func:`slidewatch.export.runtime.runtime_meta`)."""
+    if runtime == "torch":
+        return read_meta(model_dir)
+    from slidewatch.export.runtime import folder_meta, onnx_meta
+
+    return onnx_meta(model_dir) if is_onnx_path(model_dir) else folder_meta(model_dir)
+
+
+def load_one(model_dir: str | Path, device: str | torch.device = "cpu",
+             runtime: str = "torch") -> tuple[torch.nn.Module, ModelMeta]:
+    """``(model, meta)`` of one model folder or ONNX file on ``runtime``."""
+    if runtime == "torch":
+        return load_model(model_dir, device)
+    from slidewatch.export.runtime import load_folder, load_onnx
+
+    if is_onnx_path(model_dir):
+        return load_onnx(model_dir, device)
+    return load_folder(model_dir, device)
+
+
+def ensemble_meta(model_dirs: Sequence[str | Path], runtime: str | None = None) -> ModelMeta:
     """The metadata of the models in ``model_dirs`` read and checked as :func:`load_models`
     does, without their weights: one folder's own, or the ensemble's (see the module doc)."""
     dirs = [Path(d) for d in model_dirs]
     if not dirs:
         raise ModelError("no model folder given")
+    kinds = runtimes(dirs, runtime)
     if len(dirs) == 1:
-        return read_meta(dirs[0])
-    return combine([read_meta(d) for d in dirs], dirs)
+        return model_meta(dirs[0], kinds[0])
+    return combine([model_meta(d, k) for d, k in zip(dirs, kinds)], dirs)
 
 
 def combine(metas: Sequence[ModelMeta], model_dirs: Sequence[Path]) -> ModelMeta:
@@ -148,16 +206,18 @@ def combine(metas: Sequence[ModelMeta], model_dirs: Sequence[Path]) -> ModelMeta
     return meta
 
 
-def load_models(model_dirs: Sequence[str | Path], device: str | torch.device = "cpu"
-                ) -> tuple[torch.nn.Module, ModelMeta]:
+def load_models(model_dirs: Sequence[str | Path], device: str | torch.device = "cpu",
+                runtime: str | None = None) -> tuple[torch.nn.Module, ModelMeta]:
     """``(model, meta)`` of one model folder (:func:`load_model`), or of several as an
     :class:`Ensemble` with the ensemble's metadata; members are checked before any weights
-    are read."""
+    are read. ``runtime`` (:func:`runtimes`): ``onnx`` runs ``.onnx`` files, and folders
+    exported in memory, on ONNX Runtime (:class:`slidewatch.export.runtime.OnnxModel`)."""
     dirs = [Path(d) for d in model_dirs]
+    kinds = runtimes(dirs, runtime)
     if len(dirs) == 1:
-        return load_model(dirs[0], device)
-    meta = ensemble_meta(dirs)
-    loaded = [load_model(d, device) for d in dirs]
+        return load_one(dirs[0], device, kinds[0])
+    meta = ensemble_meta(dirs, runtime)
+    loaded = [load_one(d, device, k) for d, k in zip(dirs, kinds)]
     model = Ensemble([m for m, _ in loaded], [mm for _, mm in loaded])
     return prepare_model(model, torch.device(device)).eval(), meta
 

@@ -98,13 +98,16 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
                   progress: Callable = no_progress, tabular: str | Path | None = None,
                   aux: str | Path | None = None, missing: str | None = None,
                   unknown: str | None = None, tta: bool = False,
-                  ensemble: Sequence[str | Path] = ()) -> list[Prediction]:
+                  ensemble: Sequence[str | Path] = (),
+                  runtime: str | None = None) -> list[Prediction]:
     """One prediction per image; the label uses the model's threshold unless one is given.
     A multi-modal model takes each image's row from ``tabular`` and its terrain from ``aux``.
     A segmentation model labels an image by its tile rule (enough pixels at or above the
     threshold) and reports the landslide pixels. ``tta``: average over flips and rotations.
     ``ensemble``: more model folders; the probabilities of all are averaged
-    (:mod:`slidewatch.inference.ensemble`)."""
+    (:mod:`slidewatch.inference.ensemble`). ``model_dir`` may be an ONNX file
+    (``slidewatch export``); ``runtime`` ``torch`` or ``onnx`` (default: torch for a folder,
+    onnx for an ONNX file)."""
     from slidewatch.data.inputs import model_dataset, model_inputs
 
     if threshold is not None and not 0.0 < threshold < 1.0:
@@ -114,7 +117,7 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
     files = collect_images(paths)
     dev = resolve_device(device)
     dirs = [model_dir, *ensemble]
-    model, meta = load_models(dirs, dev)
+    model, meta = load_models(dirs, dev, runtime)
     inputs = model_inputs(meta, tabular, aux, missing, unknown)
     thr = meta.threshold if threshold is None else threshold
     ds = model_dataset(meta, image_samples(paths, files, meta.classes), inputs=inputs)

@@ -54,14 +54,17 @@ class ScanSettings:
     threshold: float = 0.5
     max_pixels: int | None = MAX_PIXELS  # scenes larger than this are refused; None: no limit
     tta: bool = False  # test-time augmentation: the mean over flips and 90-degree rotations
+    runtime: str = "torch"  # "onnx": ONNX Runtime scores the windows (an .onnx file, --runtime)
 
 
 def resolve_settings(meta: ModelMeta, *, tile: int | None = None, stride: int | None = None,
                      batch: int = 32, bands: Sequence[int] | None = None, blend: str = "mean",
                      threshold: float | None = None,
-                     max_pixels: int | None = MAX_PIXELS, tta: bool = False) -> ScanSettings:
+                     max_pixels: int | None = MAX_PIXELS, tta: bool = False,
+                     runtime: str = "torch") -> ScanSettings:
     """Fill defaults from the model (tile = input size, stride = tile // 2, its threshold).
-    ``max_pixels``: the scene size limit (None or 0: no limit)."""
+    ``max_pixels``: the scene size limit (None or 0: no limit). ``runtime``: ``torch`` or
+    ``onnx`` (part of the resume fingerprint: the two differ in the last bits)."""
     tile = meta.input_size if tile is None else tile
     if tile < 1:
         raise ConfigError(f"--tile: must be >= 1, got {tile}")
@@ -80,7 +83,7 @@ def resolve_settings(meta: ModelMeta, *, tile: int | None = None, stride: int | 
     if max_pixels is not None and max_pixels < 0:
         raise ConfigError(f"--max-pixels: must be >= 0 (0: no limit), got {max_pixels}")
     return ScanSettings(tile, stride, batch, None if bands is None else tuple(bands), blend,
-                        float(threshold), max_pixels or None, bool(tta))
+                        float(threshold), max_pixels or None, bool(tta), runtime)
 
 
 @dataclass
@@ -112,8 +115,15 @@ class Job:
 
 
 def model_identity(model_dir: str | Path) -> str:
-    """Changes when the model folder's metadata or weights change."""
+    """Changes when the model folder's metadata or weights change (for an ONNX file: when any
+    of its bytes change)."""
     model_dir = Path(model_dir)
+    if model_dir.suffix.lower() == ".onnx" and model_dir.is_file():
+        h = hashlib.sha256(b"onnx:")
+        with open(model_dir, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return "onnx-" + h.hexdigest()[:16]
     if not (model_dir / WEIGHTS_FILE).is_file():
         raise WeightsError(f"{model_dir}: weights file {WEIGHTS_FILE} is missing")
     st = (model_dir / WEIGHTS_FILE).stat()
@@ -141,6 +151,8 @@ def fingerprint(info: SceneInfo, s: ScanSettings, model_id: str, device: torch.d
           "batch": s.batch, "bands": info.bands, "blend": s.blend, "device": device.type}
     if s.tta:  # only when on, so that scans without it resume across versions
         fp["tta"] = True
+    if s.runtime != "torch":  # the same
+        fp["runtime"] = s.runtime
     return json.loads(json.dumps(fp))
 
 

@@ -30,7 +30,7 @@ import torch
 from slidewatch.data import raster
 from slidewatch.data.raster import Grid
 from slidewatch.errors import ConfigError, ModelError, SlidewatchError
-from slidewatch.inference.ensemble import describe, ensemble_meta, load_models
+from slidewatch.inference.ensemble import describe, ensemble_meta, load_models, runtime_label
 from slidewatch.io_utils import remove_stale_temporaries, writing
 from slidewatch.meta import ModelMeta
 from slidewatch.runtime import no_progress, prepare_model, resolve_device
@@ -164,17 +164,20 @@ def scan(model_dir: str | Path, scenes: Sequence, out: str | Path, *, tile: int 
          overwrite: bool = False, progress: Callable = no_progress,
          backend: str | Backend = "local",
          max_pixels: int | None = scan_plan.MAX_PIXELS, tta: bool = False,
-         ensemble: Sequence[str | Path] = ()) -> ScanSummary:
+         ensemble: Sequence[str | Path] = (), runtime: str | None = None) -> ScanSummary:
     """Scan ``scenes`` with the model in ``model_dir``; outputs go to ``out`` (see module doc).
     ``max_pixels``: scenes with more pixels are refused before anything is written (None or
     0: no limit). ``tta``: each window the mean over its flips and 90-degree rotations. A
     segmentation model's pixel maps are blended as window probabilities are. ``ensemble``:
     more model folders whose probabilities are averaged with the model's
     (:mod:`slidewatch.inference.ensemble`); the folders and their contents are part of the
-    resume fingerprint. Ray workers receive the whole ensemble as they receive one model."""
+    resume fingerprint. Ray workers receive the whole ensemble as they receive one model.
+    ``model_dir`` may be an ONNX file (``slidewatch export``); ``runtime`` ``torch`` or
+    ``onnx`` (default: torch for a folder, onnx for an ONNX file) scores the windows, with the
+    same batches, memory bounds and resume."""
     backend = _backend(backend)
     dirs = [model_dir, *ensemble]
-    meta = ensemble_meta(dirs)
+    meta = ensemble_meta(dirs, runtime)
     fusion = meta.inputs.fusion
     if fusion is not None and fusion.mode != "image":
         raise ModelError(f"{model_dir}: a multi-modal model ({fusion.mode} mode) needs "
@@ -184,10 +187,10 @@ def scan(model_dir: str | Path, scenes: Sequence, out: str | Path, *, tile: int 
         batch = CPU_BATCH if dev.type == "cpu" else GPU_BATCH
     settings = resolve_settings(meta, tile=tile, stride=stride, batch=batch, bands=bands,
                                 blend=blend, threshold=threshold, max_pixels=max_pixels,
-                                tta=tta)
+                                tta=tta, runtime=runtime_label(dirs, runtime))
     model_id = scan_plan.models_identity(dirs)
     jobs = scan_plan.plan(scenes, Path(out), meta, settings, model_id, dev, overwrite)
-    model, meta = load_models(dirs, dev if backend.name == "local" else "cpu")
+    model, meta = load_models(dirs, dev if backend.name == "local" else "cpu", runtime)
     return _run(model, meta, settings, dev, backend, jobs, Path(out), overwrite, progress,
                 source=model_dir if not ensemble else describe(dirs))
 
