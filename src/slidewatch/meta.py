@@ -343,6 +343,7 @@ class InputSpec:
 
 
 TASKS = ("classify", "segment")
+STANDARDIZE_RULES = ("none", "image")  # see slidewatch.data.standardize
 
 
 @dataclass(frozen=True)
@@ -383,6 +384,9 @@ class ModelMeta:
     # logits are divided by it before softmax / sigmoid (temperature scaling fitted on
     # validation data); 1.0 = none, and then not written, as 0.1.0 wrote folders
     temperature: float = 1.0
+    # per-image radiometric standardisation (slidewatch.data.standardize): "none", or "image"
+    # (each band by the whole source image's mean and std); "none" is not written
+    standardize: str = "none"
     positive_index: int = 0
     drop_rate: float = 0.0
     weights_source: str = "none"
@@ -409,6 +413,8 @@ class ModelMeta:
             del d["task"]
         if self.temperature == 1.0:
             del d["temperature"]
+        if self.standardize == "none":
+            del d["standardize"]
         d["positive_class"] = self.positive_class
         if self.segmentation is not None:
             d["segmentation"] = self.segmentation.to_json()
@@ -491,6 +497,8 @@ def validate_meta(m: ModelMeta, where: str) -> None:
          "a number between 0 and 1 (exclusive)", m.threshold)
     need(_is_number(m.temperature) and 0.05 <= m.temperature <= 20, "temperature",
          "a number from 0.05 to 20", m.temperature)
+    need(m.standardize in STANDARDIZE_RULES, "standardize",
+         " or ".join(STANDARDIZE_RULES), m.standardize)
     need(_is_int(m.positive_index) and 0 <= m.positive_index < len(m.classes),
          "positive_index", f"a class index from 0 to {len(m.classes) - 1}", m.positive_index)
     need(_is_number(m.drop_rate) and 0 <= m.drop_rate < 1, "drop_rate",
@@ -504,6 +512,9 @@ def validate_meta(m: ModelMeta, where: str) -> None:
         if not m.inputs.plain:
             raise WeightsError(f"{where}: a segment model takes image bands only (no fusion, "
                                "tabular or terrain inputs)")
+    if m.standardize != "none" and not m.inputs.plain:
+        raise WeightsError(f"{where}: field standardize {m.standardize} applies to image-only "
+                           "models (no fusion, tabular or terrain inputs)")
     _check_inputs(m, where)
 
 

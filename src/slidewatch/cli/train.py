@@ -28,6 +28,7 @@ FLAG_KEYS = {
     "split_by": "data.split_by",
     "val_fraction": "data.val_fraction", "split_file": "data.split_file",
     "num_workers": "data.num_workers", "scale": "data.scale",
+    "standardize": "data.standardize",
     "tabular": "tabular.path", "tabular_key": "tabular.key",
     "tabular_key_column": "tabular.key_column", "tabular_missing": "tabular.missing",
     "tabular_unknown": "tabular.unknown", "aux": "aux.dem", "aux_as": "aux.use",
@@ -211,6 +212,9 @@ TRAIN_OPTIONS = [
          help="temperature scaling of the probabilities, fitted on the validation split"),
     _opt("--split-file", help="a split written by `slidewatch data split`"),
     _opt("--scale", type=float, help="divide pixel values by this (default: by dtype)"),
+    _opt("--standardize", type=click.Choice(["none", "image"]),
+         help="image: standardise each band by the whole source image's mean and std "
+              "(stored in the model, applied in predict and scan)"),
     _opt("--num-workers", type=int, help="DataLoader worker processes"),
     _opt("--seed", type=int),
     _opt("--device", help="auto, cpu, cuda or cuda:N"),

@@ -22,6 +22,7 @@ from slidewatch.config.multimodal import (
     FusionConfig,
     SizesConfig,
     TabularConfig,
+    is_multimodal,
     validate_multimodal,
 )
 from slidewatch.errors import ConfigError
@@ -56,6 +57,9 @@ class DataConfig:
     val_regions: list[str] = field(default_factory=list)
     split_file: Optional[str] = None
     scale: Optional[float] = None
+    # per-image radiometric standardisation: "image" = each band by the whole source image's
+    # mean and std (slidewatch.data.standardize), stored in the model and applied everywhere
+    standardize: Literal["none", "image"] = "none"
     cache: bool = True
     num_workers: int = 0
 
@@ -385,7 +389,8 @@ def to_dict(cfg: Any) -> dict:
 
 # keys added by later versions, with their defaults: a run that does not use them writes
 # config.yaml and its metadata as the versions before them did
-LATER_KEYS = {"calibration": "none", "data.val_regions": [], "hard_negatives": 0,
+LATER_KEYS = {"calibration": "none", "data.val_regions": [], "data.standardize": "none",
+              "hard_negatives": 0,
               "hard_negative_epochs": 1, "hard_negative_share": 0.25,
               **{f"augment.{k}": 0.0 for k in ("gain", "offset", "gamma", "hue",
                                                 "false_colour", "blur", "sharpen", "noise",
@@ -433,6 +438,9 @@ def validate(cfg: TrainConfig) -> None:
     _check(len(set(d.classes)) == len(d.classes), "data.classes", "names must differ")
     _check(d.scale is None or d.scale > 0, "data.scale", "must be > 0")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _check(d.standardize == "none" or not (is_multimodal(cfg) or cfg.aux.dem),
+           "data.standardize", "image applies to image-only models; leave out tabular, aux "
+           "(terrain), sizes and fusion inputs")
     _check(cfg.model.input_size is None or 8 <= cfg.model.input_size <= MAX_INPUT_SIZE,
            "model.input_size", f"must be from 8 to {MAX_INPUT_SIZE} pixels, got "
            f"{cfg.model.input_size}")

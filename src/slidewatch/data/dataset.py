@@ -32,6 +32,13 @@ def unit_pixels(arr: np.ndarray, scale: float | None = None, valid: np.ndarray |
     (NaN, inf); nodata pixels are 0 in every band after scaling, before normalisation. Training
     tiles, evaluation and prediction images, scan windows and inventory chips all follow it.
     """
+    return unit_and_valid(arr, scale, valid, channel_axis)[0]
+
+
+def unit_and_valid(arr: np.ndarray, scale: float | None = None, valid: np.ndarray | None = None,
+                   channel_axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`unit_pixels` and the H x W bool mask of the pixels the nodata rule keeps (what
+    :mod:`slidewatch.data.standardize` takes its image statistics over)."""
     unit = scale_to_unit(arr, scale)
     bad = ~np.isfinite(unit).all(axis=channel_axis)
     if valid is not None:
@@ -42,7 +49,7 @@ def unit_pixels(arr: np.ndarray, scale: float | None = None, valid: np.ndarray |
             unit[bad] = 0.0
         else:
             np.moveaxis(unit, channel_axis, -1)[bad] = 0.0
-    return unit
+    return unit, ~bad
 
 
 def declared_valid(path: str | Path) -> np.ndarray | None:
@@ -65,7 +72,10 @@ class TileDataset(Dataset):
     DataLoader worker holds its own copy). ``transform`` is called on the CxHxW tensor.
     ``bands``: the band count the model takes (a one-line DataError for other images). ``dem``:
     a DEM whose elevation, slope and aspect (metres and degrees, on the image's grid) are
-    appended after the image's unit-scale bands, before any transform.
+    appended after the image's unit-scale bands, before any transform. ``standardize``: the
+    model's per-image standardisation (:class:`slidewatch.data.standardize.Standardizer`,
+    called with the whole unit-scale image and its valid mask), applied to the image bands
+    before the terrain and the transform.
     """
 
     def __init__(
@@ -78,6 +88,7 @@ class TileDataset(Dataset):
         bands: int | None = None,
         dem: str | Path | None = None,
         pixel_size: float | None = None,
+        standardize: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable or None, got {type(transform).__name__}")
@@ -89,6 +100,7 @@ class TileDataset(Dataset):
         self.max_pixels = max_pixels
         self.scale = scale
         self.bands, self.dem, self.pixel_size = bands, dem, pixel_size
+        self.standardize = standardize
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self._terrain: dict[int, np.ndarray] = {}
 
@@ -134,11 +146,13 @@ class TileDataset(Dataset):
         """Image ``i`` as HxWxC float32 in unit scale (plus terrain channels), before any
         transform."""
         arr, valid = self._array(i)
-        unit = unit_pixels(arr, self.scale, valid)
+        unit, ok = unit_and_valid(arr, self.scale, valid)
         if self.bands is not None and unit.shape[2] != self.bands:
             extra = " image bands (plus 3 terrain channels)" if self.dem is not None else ""
             raise DataError(f"{self.samples[i].path}: has {unit.shape[2]} bands; the model "
                             f"takes {self.bands}{extra}")
+        if self.standardize is not None:  # the whole image's statistics
+            unit = self.standardize(unit, ok)
         if self.dem is None:
             return unit
         return np.concatenate([unit, self.terrain(i)], axis=2)

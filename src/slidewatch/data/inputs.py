@@ -3,8 +3,9 @@
 :func:`image_dataset` and :func:`model_dataset` turn samples (files) into model-ready items for
 the model of a :class:`~slidewatch.meta.ModelMeta`: read (every format), the model's band count,
 unit scale (its ``scale``), the nodata rule (:func:`slidewatch.data.dataset.unit_pixels`),
-terrain channels from a DEM, the transform (evaluation's unless given) and, for a fused model,
-each image's encoded tabular row. Training, evaluation, prediction, explanation and the demo
+its standardisation rule (:mod:`slidewatch.data.standardize`), terrain channels from a DEM,
+the transform (evaluation's unless given) and, for a fused model, each image's encoded
+tabular row. Training, evaluation, prediction, explanation and the demo
 build their datasets here; scan windows go through :func:`window_tensor`. Normalisation with the
 model's statistics happens in :mod:`slidewatch.inference.forward`, the one forward pass.
 
@@ -32,9 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from slidewatch.data.dataset import TileDataset, unit_pixels
+from slidewatch.data.dataset import TileDataset, unit_and_valid
 from slidewatch.data.masks import fit_to_size
 from slidewatch.data.sizes import IGNORE_INDEX, SizeClasses, SizeColumn, size_label_for_sample
+from slidewatch.data.standardize import ImageStats, standardizer
 from slidewatch.data.tabular import (
     TabularEncoder,
     TabularSpec,
@@ -276,18 +278,23 @@ class FittedImages(Dataset):
 def image_dataset(meta: ModelMeta, samples: Sequence, *, inputs: ModelInputs | None = None,
                   transform: Callable | None = None, cache: bool = False) -> Dataset:
     """The pixels of ``samples`` as the model of ``meta`` takes them: its band count, its unit
-    scale, the nodata rule, terrain channels when ``inputs`` has them, then ``transform``
-    (default: evaluation's, :class:`~slidewatch.data.transforms.EvalTransform` at the model's
-    input size; for a segmentation model :class:`FittedImages`). Items: ``{"image", "label",
-    "index"}`` (and ``"valid"`` for a segmentation model)."""
+    scale, the nodata rule, its standardisation rule (each file by its own whole-image
+    statistics, :mod:`slidewatch.data.standardize`), terrain channels when ``inputs`` has them,
+    then ``transform`` (default: evaluation's, :class:`~slidewatch.data.transforms.
+    EvalTransform` at the model's input size; for a segmentation model :class:`FittedImages`).
+    Items: ``{"image", "label", "index"}`` (and ``"valid"`` for a segmentation model)."""
+    rule = standardizer(meta)
     if meta.task == "segment" and transform is None:
         tiles = TileDataset(samples, transform=None, cache=cache, scale=meta.scale,
-                            bands=meta.in_chans)
+                            bands=meta.in_chans, standardize=rule)
         return FittedImages(tiles, meta.input_size, meta.grayscale)
     transform = transform or EvalTransform(meta.input_size, grayscale=meta.grayscale)
     if inputs is None:
         return TileDataset(samples, transform=transform, cache=cache, scale=meta.scale,
-                           bands=meta.in_chans)
+                           bands=meta.in_chans, standardize=rule)
+    if rule is not None:  # validate_meta refuses the rule for these models
+        raise ConfigError(f"{meta.architecture}: standardize {meta.standardize} applies to "
+                          "image-only models (no tabular or terrain inputs)")
     return inputs.image_dataset(samples, transform, cache=cache, scale=meta.scale,
                                 bands=meta.in_chans - inputs.extra_channels)
 
@@ -302,15 +309,24 @@ def model_dataset(meta: ModelMeta, samples: Sequence, *, inputs: ModelInputs | N
     return inputs.wrap(ds, inputs.rows(samples))
 
 
-def window_tensor(meta: ModelMeta, raw: np.ndarray, valid: np.ndarray | None) -> torch.Tensor:
+def window_tensor(meta: ModelMeta, raw: np.ndarray, valid: np.ndarray | None,
+                  stats: ImageStats | None = None) -> torch.Tensor:
     """Scan windows as read (N x C x H x W, native dtype; ``valid`` N x H x W or None) -> the
     float32 batch the model takes: :func:`~slidewatch.data.dataset.unit_pixels` window by
-    window (no batch-sized temporaries), then evaluation's transform when the window size or
-    greyscale rule asks for it; the same pixels give the same tensor as :func:`image_dataset`."""
+    window (no batch-sized temporaries), the model's standardisation rule with ``stats``, the
+    statistics of the whole scene (:func:`slidewatch.data.standardize.raster_statistics`;
+    required with rule ``image``, never the window's own), then evaluation's transform when
+    the window size or greyscale rule asks for it; the same pixels give the same tensor as
+    :func:`image_dataset`."""
+    rule = standardizer(meta)
+    if rule is not None and stats is None:
+        raise ValueError("window_tensor: a model with standardize image needs the scene's "
+                         "statistics (raster_statistics)")
     x = np.empty(raw.shape, np.float32)
     for k, out in enumerate(x):
-        out[:] = unit_pixels(raw[k], meta.scale, None if valid is None else valid[k],
-                             channel_axis=0)
+        unit, ok = unit_and_valid(raw[k], meta.scale, None if valid is None else valid[k],
+                                  channel_axis=0)
+        out[:] = unit if rule is None else rule(unit, ok, stats, channel_axis=0)
     t = torch.from_numpy(x)
     size = meta.input_size
     if meta.grayscale or t.shape[-2:] != (size, size):

@@ -14,13 +14,16 @@ Two layouts are read:
 A mask is single-band or RGB, 0 / 255 (or 0 / 1): :func:`read_binary_mask` refuses other
 values, naming what it found, and masks of another size than their image. Items are
 ``{"image": float32 C x H x W in unit scale, "mask": float32 1 x H x W (0 or 1), "index": i}``;
-pixels follow the one nodata rule (:func:`slidewatch.data.dataset.unit_pixels`).
+pixels follow the one nodata rule (:func:`slidewatch.data.dataset.unit_pixels`). With
+``standardize`` (a model's ``image`` rule, :mod:`slidewatch.data.standardize`) every dataset
+standardises the whole image or scene with its own statistics before crops, windows or
+fitting are taken, so a crop never uses statistics of its own.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from slidewatch.config.train import AugmentConfig
-from slidewatch.data.dataset import declared_valid, unit_pixels
+from slidewatch.data.dataset import declared_valid, unit_and_valid
 from slidewatch.data.readers import IMAGE_SUFFIXES, probe, read_image
 from slidewatch.data.transforms import (
     change_resolution,
@@ -133,9 +136,14 @@ def read_binary_mask(path: str | Path, shape: tuple[int, int] | None = None) -> 
     return mask
 
 
-def _load(sample: MaskedSample, scale: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-scale H x W x C image and bool H x W mask of ``sample``."""
-    image = unit_pixels(read_image(sample.image), scale, declared_valid(sample.image))
+def _load(sample: MaskedSample, scale: float | None,
+          standardize: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-scale H x W x C image and bool H x W mask of ``sample``; ``standardize`` (the
+    model's :class:`~slidewatch.data.standardize.Standardizer`) with the statistics of the
+    whole image, before any crop or window is taken."""
+    image, ok = unit_and_valid(read_image(sample.image), scale, declared_valid(sample.image))
+    if standardize is not None:
+        image = standardize(image, ok)
     if sample.mask is None:
         return image, np.zeros(image.shape[:2], bool)
     return image, read_binary_mask(sample.mask, image.shape[:2])
@@ -207,9 +215,9 @@ class MaskedImages(Dataset):
 
     def __init__(self, samples: Sequence[MaskedSample], size: int, *,
                  transform: JointTransform | None = None, scale: float | None = None,
-                 cache: bool = True):
+                 cache: bool = True, standardize: Callable | None = None):
         self.samples, self.size, self.transform = list(samples), size, transform
-        self.scale, self.cache = scale, cache
+        self.scale, self.cache, self.standardize = scale, cache, standardize
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -219,7 +227,7 @@ class MaskedImages(Dataset):
         """Image and (mask, valid) as a 2-channel tensor, fitted to the size."""
         item = self._cache.get(i)
         if item is None:
-            image, mask = _tensors(*_load(self.samples[i], self.scale))
+            image, mask = _tensors(*_load(self.samples[i], self.scale, self.standardize))
             item = fit_to_size(image, torch.cat([mask, torch.ones_like(mask)]), self.size)
             if self.cache:
                 self._cache[i] = item
@@ -253,8 +261,9 @@ class SceneTiles(Dataset):
     count, their tile does not). Scenes smaller than ``size`` are padded (``valid`` 0)."""
 
     def __init__(self, samples: Sequence[MaskedSample], size: int, *,
-                 scale: float | None = None):
+                 scale: float | None = None, standardize: Callable | None = None):
         self.samples, self.size, self.scale = list(samples), size, scale
+        self.standardize = standardize
         self.windows: list[tuple[int, int, int]] = []
         self.edge: list[bool] = []
         for k, s in enumerate(self.samples):
@@ -274,7 +283,7 @@ class SceneTiles(Dataset):
     def __getitem__(self, i: int) -> dict:
         k, r, c = self.windows[i]
         if self._scene is None or self._scene[0] != k:
-            image, mask = _tensors(*_load(self.samples[k], self.scale))
+            image, mask = _tensors(*_load(self.samples[k], self.scale, self.standardize))
             self._scene = (k, image, torch.cat([mask, torch.ones_like(mask)]))
         _, image, both = self._scene
         win = (slice(None), slice(r, r + self.size), slice(c, c + self.size))
@@ -288,14 +297,14 @@ class SceneCrops(Dataset):
 
     def __init__(self, samples: Sequence[MaskedSample], size: int, *, crops_per_image: int = 8,
                  positive_share: float = 0.5, transform: JointTransform | None = None,
-                 scale: float | None = None):
+                 scale: float | None = None, standardize: Callable | None = None):
         if not 0.0 <= positive_share <= 1.0:
             raise ValueError(f"positive_share must be in [0, 1], got {positive_share}")
         if crops_per_image < 1:
             raise ValueError(f"crops_per_image must be >= 1, got {crops_per_image}")
         self.samples, self.size = list(samples), size
         self.crops, self.share, self.transform = crops_per_image, positive_share, transform
-        self.scale = scale
+        self.scale, self.standardize = scale, standardize
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -304,7 +313,7 @@ class SceneCrops(Dataset):
     def scene(self, k: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         item = self._cache.get(k)
         if item is None:
-            image, mask = _tensors(*_load(self.samples[k], self.scale))
+            image, mask = _tensors(*_load(self.samples[k], self.scale, self.standardize))
             mask = torch.cat([mask, torch.ones_like(mask)])  # (mask, valid)
             if min(image.shape[-2:]) < self.size:
                 image, mask = fit_to_size(image, mask, max(self.size, *image.shape[-2:]))

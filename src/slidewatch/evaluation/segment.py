@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from slidewatch.data.masks import MaskedImages, MaskedSample, SceneTiles, masked_samples
 from slidewatch.data.readers import probe
+from slidewatch.data.standardize import standardizer
 from slidewatch.data.transforms import to_grayscale
 from slidewatch.errors import DataError
 from slidewatch.evaluation.pixels import (
@@ -92,10 +93,13 @@ def score_images(model, meta: ModelMeta, samples: list[MaskedSample], *, batch_s
     scored: list[_Scored] = []
     tiles: list[dict] = []
     parts: list[tuple[Dataset, list[MaskedSample], bool]] = []
+    rule = standardizer(meta)  # each image or scene by its own whole statistics
     if whole:
-        parts.append((MaskedImages(whole, size, scale=meta.scale, cache=False), whole, False))
+        parts.append((MaskedImages(whole, size, scale=meta.scale, cache=False,
+                                   standardize=rule), whole, False))
     if scenes:
-        parts.append((SceneTiles(scenes, size, scale=meta.scale), scenes, True))
+        parts.append((SceneTiles(scenes, size, scale=meta.scale, standardize=rule), scenes,
+                      True))
     model.eval()
     for ds, group, is_scene in parts:
         if is_scene:

@@ -11,11 +11,13 @@ With test-time augmentation the mean over views is taken of these averaged proba
 
 Members must agree on what they answer and on the pixels they take: task, classes and
 positive class, bands, input size, scale and greyscale, image inputs only (no tabular or
-terrain inputs). Their band statistics (mean/std) may differ: the batch arrives normalised with
-the first member's and each other member sees it re-normalised with its own. The ensemble's
-metadata is the first member's with temperature 1 (already applied per member), the mean of
-the members' thresholds and, for segmentation models, the median of their ``min_area_pixels``;
-``extra["ensemble"]`` lists the member folders.
+terrain inputs), and standardisation rule. Their band statistics (mean/std) may differ: the
+batch arrives normalised with the first member's and each other member sees it re-normalised
+with its own (members with the ``image`` standardisation rule take the normalised batch as it
+is: it is the standardised image whatever the statistics; greyscale ones must share them).
+The ensemble's metadata is the first member's with temperature 1 (already applied per
+member), the mean of the members' thresholds and, for segmentation models, the median of
+their ``min_area_pixels``; ``extra["ensemble"]`` lists the member folders.
 
 The loader of every command: :func:`load_models` and :func:`ensemble_meta` also open ONNX files
 exported by ``slidewatch export`` and, with ``--runtime onnx``, run model folders on ONNX
@@ -63,6 +65,9 @@ class Ensemble(torch.nn.Module):
         self.renormalise: list[bool] = []
         for i, m in enumerate(metas):
             same = list(m.mean) == list(first.mean) and list(m.std) == list(first.std)
+            # standardised members: the normalised batch is already each member's input,
+            # (x - image mean) / image std, whatever its mean/std
+            same = same or (m.standardize == "image" and not m.grayscale)
             self.renormalise.append(not same)
             if not same:  # x_i = (x * std_0 + mean_0 - mean_i) / std_i, per band
                 for name, values in (("mean0", first.mean), ("std0", first.std),
@@ -102,6 +107,7 @@ def _described(meta: ModelMeta) -> dict[str, tuple[str, object]]:
         "input_size": ("input size (pixels)", meta.input_size),
         "scale": ("scale", meta.scale),
         "grayscale": ("grayscale", meta.grayscale),
+        "standardize": ("standardize rule", meta.standardize),
     }
 
 
@@ -123,6 +129,10 @@ def check_members(model_dirs: Sequence[Path], metas: Sequence[ModelMeta]) -> Non
                 raise ModelError(f"{d}: {name} {_show(value)}, but {first_dir} has "
                                  f"{_show(first[key][1])}; ensemble members need the same "
                                  f"{name}")
+        f = metas[0]
+        if m.standardize == "image" and m.grayscale and (m.mean, m.std) != (f.mean, f.std):
+            raise ModelError(f"{d}: band statistics (mean/std) differ from {first_dir}'s; "
+                             "greyscale members with standardize image need the same ones")
 
 
 def _show(value) -> str:

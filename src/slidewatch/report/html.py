@@ -557,6 +557,9 @@ def _model_card(meta: dict, m: dict) -> str:
             ("threshold (this evaluation)", f"{m.get('threshold')} ({m.get('threshold_source')})"),
             ("weight source", meta.get("weights_source")),
             ("best epoch", meta.get("best_epoch")), ("created", meta.get("created"))]
+    if meta.get("standardize"):  # written only when a rule is set
+        rows.insert(6, ("standardisation", f"{meta['standardize']} (per band: the whole "
+                                           "source image's mean and std)"))
     rows += [(f"version {k}", v) for k, v in (meta.get("versions") or {}).items()]
     rows += [(f"training.{k}", v) for k, v in _flatten(meta.get("training") or {})]
     return "<h2>Model card</h2>" + _table(["field", "value"], [[_e(k), _e(v)] for k, v in rows], 2)

@@ -142,9 +142,11 @@ def models_identity(model_dirs: Sequence) -> str:
     return "ensemble-" + hashlib.sha256(json.dumps(members).encode()).hexdigest()[:16]
 
 
-def fingerprint(info: SceneInfo, s: ScanSettings, model_id: str, device: torch.device) -> dict:
+def fingerprint(info: SceneInfo, s: ScanSettings, model_id: str, device: torch.device,
+                standardize: str = "none") -> dict:
     """What the output depends on. The backend is not part of it: local and Ray give the same
-    numbers, so a scan started with one can be resumed with the other."""
+    numbers, so a scan started with one can be resumed with the other. ``standardize``: the
+    model's standardisation rule (written only when not ``none``)."""
     st = info.path.stat()
     fp = {"version": STATE_VERSION, "scene": str(info.path.resolve()), "bytes": st.st_size,
           "mtime_ns": st.st_mtime_ns, "model": model_id, "tile": s.tile, "stride": s.stride,
@@ -153,6 +155,8 @@ def fingerprint(info: SceneInfo, s: ScanSettings, model_id: str, device: torch.d
         fp["tta"] = True
     if s.runtime != "torch":  # the same
         fp["runtime"] = s.runtime
+    if standardize != "none":  # the same: scans without a rule resume across versions
+        fp["standardize"] = standardize
     return json.loads(json.dumps(fp))
 
 
@@ -196,7 +200,7 @@ def plan(scenes: Sequence, out: Path, meta: ModelMeta, s: ScanSettings, model_id
                               f"scan them into different --out folders")
         stems[scene.stem] = scene
         paths = Paths.of(out, scene.stem)
-        fp = fingerprint(info, s, model_id, device)
+        fp = fingerprint(info, s, model_id, device, meta.standardize)
         jobs.append(Job(info, paths, fp, _earlier_result(paths, info, fp, s.threshold,
                                                          overwrite)))
     return jobs

@@ -62,9 +62,9 @@ class _Worker:
         self.meta, self.source, self.tta = meta, source, tta
 
     def score(self, k: int, scene: str, windows: list, bands: list[int],
-              batch: int) -> tuple[int, np.ndarray]:
+              batch: int, stats=None) -> tuple[int, np.ndarray]:
         return k, score_windows(self.model, self.meta, Path(scene), windows, bands, batch,
-                                self.device, source=self.source, tta=self.tta)
+                                self.device, source=self.source, tta=self.tta, stats=stats)
 
 
 def check_reachable(address: str) -> None:
@@ -161,10 +161,12 @@ class RayScorer:
             ray.shutdown()
             self.started = False
 
-    def scores(self, path: Path, ds, bands: Sequence[int],
-               chunks: Iterable[list]) -> Iterator[np.ndarray]:
+    def scores(self, path: Path, ds, bands: Sequence[int], chunks: Iterable[list],
+               stats=None) -> Iterator[np.ndarray]:
         """P(positive) per window for each list of windows of ``chunks``, in order; ``ds``
-        (the driver's open scene) is not used: the workers open ``path`` themselves."""
+        (the driver's open scene) is not used: the workers open ``path`` themselves.
+        ``stats``: the scene's statistics (computed once by the driver) for a model that
+        standardises."""
         todo = enumerate(chunks)
         free = [a for a in self.actors for _ in range(QUEUED_PER_WORKER)]
         running: dict = {}  # ObjectRef -> actor
@@ -178,7 +180,8 @@ class RayScorer:
                         exhausted = True
                         break
                     actor = free.pop(0)
-                    ref = actor.score.remote(item[0], str(path), item[1], list(bands), self.batch)
+                    ref = actor.score.remote(item[0], str(path), item[1], list(bands), self.batch,
+                                             stats)
                     running[ref] = actor
                 if nxt in done:
                     yield done.pop(nxt)

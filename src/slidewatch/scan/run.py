@@ -3,9 +3,12 @@
 Each window goes through the pixel path of training and prediction (``scale_to_unit`` ->
 ``EvalTransform`` -> ``inference.forward_logits`` -> softmax of the positive class); the window
 probabilities are blended into a per-pixel map (``sum(w * p) / sum(w)``) row strip by row strip
-(:mod:`slidewatch.raster`). Per scene, ``--out`` receives ``<stem>_probability.tif``,
-``<stem>_detections.geojson`` (scene CRS), ``<stem>_detections_wgs84.geojson`` (EPSG:4326, only
-for scenes with a CRS) and ``<stem>_quicklook.png`` (:mod:`slidewatch.scan_outputs`). Work in
+(:mod:`slidewatch.raster`). A model with the ``image`` standardisation rule takes every window
+standardised with the whole scene's band statistics, computed once per scene (strip by strip,
+:func:`slidewatch.scan.score.scene_statistics`) before its windows are scored. Per scene,
+``--out`` receives ``<stem>_probability.tif``, ``<stem>_detections.geojson`` (scene CRS),
+``<stem>_detections_wgs84.geojson`` (EPSG:4326, only for scenes with a CRS) and
+``<stem>_quicklook.png`` (:mod:`slidewatch.scan_outputs`). Work in
 progress lives in ``.<stem>_probability.partial.tif`` + ``.<stem>_scan-state.json`` and is
 resumed on a rerun with the same settings (:mod:`slidewatch.scan_plan`).
 
@@ -39,7 +42,7 @@ from slidewatch.scan import outputs as scan_outputs
 from slidewatch.scan import plan as scan_plan
 from slidewatch.scan.mosaic import NODATA, OUT_BLOCK
 from slidewatch.scan.plan import Job, ScanSettings, resolve_settings
-from slidewatch.scan.score import ChunkPlan, LocalScorer, score_windows
+from slidewatch.scan.score import ChunkPlan, LocalScorer, scene_statistics, score_windows
 
 __all__ = ["Backend", "ScanSettings", "ScanSummary", "SceneResult", "resolve_settings", "scan",
            "scan_with_model", "score_windows"]
@@ -324,7 +327,8 @@ def _blend_pass(ctx: _Ctx, ds, job: Job, grid: Grid, state: dict) -> tuple[int, 
     if blender.maps and state["replay"]:  # maps of the rows still open: score them again
         first = min(state["replay"])
     chunks = (plan.windows(c) for c in range(plan.first_chunk(first), plan.count))
-    scores = ctx.scorer.scores(job.info.path, ds, job.info.bands, chunks)
+    stats = scene_statistics(ctx.meta, ds, job.info.bands)  # standardise: the whole scene's
+    scores = ctx.scorer.scores(job.info.path, ds, job.info.bands, chunks, stats=stats)
     with contextlib.closing(scores):
         for i, probs in ctx.progress(plan.rows(scores, first), desc=f"scan {job.info.path.name}",
                                      total=len(grid.rows) - first):

@@ -24,6 +24,7 @@ from rasterio.windows import Window
 
 from slidewatch.data import raster
 from slidewatch.data.inputs import window_tensor
+from slidewatch.data.standardize import ImageStats, raster_statistics, standardizer
 from slidewatch.inference.forward import batch_probabilities, non_finite
 from slidewatch.meta import ModelMeta
 
@@ -90,20 +91,31 @@ def window_batches(ds, windows: list, bands: Sequence[int], batch: int) -> Itera
 
 
 def batch_tensor(meta: ModelMeta, raw: np.ndarray, valid: np.ndarray | None,
-                 pin: bool = False) -> torch.Tensor:
+                 pin: bool = False, stats: ImageStats | None = None) -> torch.Tensor:
     """Raw N x C x H x W pixels -> the unit-scale, transformed float32 batch (in pinned memory
-    with ``pin``, so that the copy to a GPU can overlap)."""
-    t = window_tensor(meta, raw, valid)  # the model-input builder's rule for windows
+    with ``pin``, so that the copy to a GPU can overlap); ``stats``: the scene's statistics
+    for a model that standardises (:func:`scene_statistics`)."""
+    t = window_tensor(meta, raw, valid, stats)  # the model-input builder's rule for windows
     return t.pin_memory() if pin else t
+
+
+def scene_statistics(meta: ModelMeta, ds, bands: Sequence[int]) -> ImageStats | None:
+    """The statistics of the whole scene ``ds`` (its chosen ``bands``) for a model with the
+    ``image`` standardisation rule, read strip by strip; None for a model without one."""
+    if standardizer(meta) is None:
+        return None
+    return raster_statistics(ds, list(bands), meta.scale)
 
 
 def score_batches(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, n: int,
                   device: torch.device, *, source: str | Path | None = None,
                   scene: str | Path | None = None, tta: bool = False,
-                  tile: int | None = None) -> np.ndarray:
+                  tile: int | None = None, stats: ImageStats | None = None) -> np.ndarray:
     """P(positive) for ``n`` windows from :func:`window_batches`' output; NaN where left out.
     A segmentation model gives a ``tile`` x ``tile`` map per window (n x tile x tile), NaN on
     the window's invalid pixels. ``tta``: the mean over flips and 90-degree rotations.
+    ``stats``: the scene's statistics (:func:`scene_statistics`) for a model that
+    standardises.
 
     NaN marks a window without valid pixels, so a probability the model gives that is not
     finite stops here (:func:`~slidewatch.inference.forward.non_finite`): one line naming the
@@ -113,7 +125,7 @@ def score_batches(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, n:
     probs = None
     with torch.inference_mode():
         for index, raw, valid in batches:
-            x = batch_tensor(meta, raw, valid, pin=device.type == "cuda")
+            x = batch_tensor(meta, raw, valid, pin=device.type == "cuda", stats=stats)
             p = batch_probabilities(model, {"image": x}, meta, device, tta)["probability"]
             if segment and p.shape[-2:] != raw.shape[-2:]:  # windows other than the input size
                 p = torch.nn.functional.interpolate(p[:, None].float(), size=raw.shape[-2:],
@@ -135,23 +147,28 @@ def score_batches(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, n:
 
 def score_windows(model: torch.nn.Module, meta: ModelMeta, scene, windows: list,
                   bands: Sequence[int], batch: int, device: torch.device, *,
-                  source: str | Path | None = None, tta: bool = False) -> np.ndarray:
+                  source: str | Path | None = None, tta: bool = False,
+                  stats: ImageStats | None = None) -> np.ndarray:
     """P(positive class) of each window (rasterio ``Window``s) of ``scene`` (a path or an open
     rasterio dataset), float32; NaN for windows without a valid pixel (skipped).
 
     Invalid pixels of partly valid windows are 0 after unit scaling. Batches never mix calls,
     so a given list of windows always gives the same numbers. A probability that is not finite
     is an error naming ``source`` (the model folder) or the scene (:func:`score_batches`).
+    A model that standardises uses ``stats``, the whole scene's statistics (computed here
+    from the scene when not given: pass them when scoring a scene in several calls).
     """
     if isinstance(scene, (str, Path)):
         with raster.gdal_env(), raster.open_scene(Path(scene)) as ds:
             return score_windows(model, meta, ds, windows, bands, batch, device, source=source,
-                                 tta=tta)
+                                 tta=tta, stats=stats)
     model.eval()
+    if stats is None:
+        stats = scene_statistics(meta, scene, bands)
     batches = window_batches(scene, windows, bands, batch)
     tile = windows[0].height if windows else None
     return score_batches(model, meta, batches, len(windows), device, source=source,
-                         scene=scene.name, tta=tta, tile=tile)
+                         scene=scene.name, tta=tta, tile=tile, stats=stats)
 
 
 class LocalScorer:
@@ -172,18 +189,20 @@ class LocalScorer:
     def __exit__(self, *exc) -> None:
         return None
 
-    def scores(self, path: Path, ds, bands: Sequence[int],
-               chunks: Iterable[list]) -> Iterator[np.ndarray]:
-        """P(positive) per window for each list of windows of ``chunks``, in order."""
+    def scores(self, path: Path, ds, bands: Sequence[int], chunks: Iterable[list],
+               stats: ImageStats | None = None) -> Iterator[np.ndarray]:
+        """P(positive) per window for each list of windows of ``chunks``, in order; ``stats``:
+        the scene's statistics for a model that standardises (:func:`scene_statistics`)."""
         if PREFETCH_BATCHES < 1:
             for windows in chunks:
                 yield score_windows(self.model, self.meta, ds, windows, bands, self.batch,
-                                    self.device, source=self.source, tta=self.tta)
+                                    self.device, source=self.source, tta=self.tta,
+                                    stats=stats)
             return
         for n, batches in _prefetched(path, bands, self.batch, chunks,
                                       self.device.type == "cuda"):
             yield score_batches(self.model, self.meta, batches, n, self.device,
-                                source=self.source, scene=path, tta=self.tta)
+                                source=self.source, scene=path, tta=self.tta, stats=stats)
 
 
 _END, _CHUNK_END = object(), object()

@@ -64,6 +64,7 @@ def _classifier_pool(s) -> tuple[list[int], np.ndarray]:
 def _segment_pool(s) -> tuple[list[Dataset], list[np.ndarray]]:
     """Candidate datasets (no augmentation) and the score of each of their items."""
     from slidewatch.data.masks import MaskedImages, SceneTiles
+    from slidewatch.data.standardize import standardizer
     from slidewatch.inference.forward import batch_probabilities, tile_scores
     from slidewatch.training.segment import _from_class_folder
 
@@ -72,9 +73,10 @@ def _segment_pool(s) -> tuple[list[Dataset], list[np.ndarray]]:
     scenes = [x for x in s.train_samples if not _from_class_folder(x)]
     parts: list[Dataset] = []
     if free:
-        parts.append(MaskedImages(free, size, scale=scale, cache=False))
+        parts.append(MaskedImages(free, size, scale=scale, cache=False,
+                                  standardize=standardizer(s.meta)))
     if scenes:
-        tiles = SceneTiles(scenes, size, scale=scale)
+        tiles = SceneTiles(scenes, size, scale=scale, standardize=standardizer(s.meta))
         keep = [i for i in range(len(tiles)) if not tiles.edge[i]]
         parts.append(_Augmented(tiles, keep, None))
     k = max(1, round(0.01 * size * size))  # the default tile rule: 1% of the tile's pixels

@@ -98,9 +98,12 @@ def split(cfg: TrainConfig, samples: list[MaskedSample]) -> Split:
 
 
 def datasets(cfg: TrainConfig, size: int, train_s: list[MaskedSample],
-             val_s: list[MaskedSample], scale: float | None) -> tuple[Dataset, Dataset | None]:
+             val_s: list[MaskedSample], scale: float | None, standardize: Callable | None = None
+             ) -> tuple[Dataset, Dataset | None]:
     """Training data (augmented: crops of scenes, fitted class-folder images) and validation
-    data (a fixed grid over scenes, fitted class-folder images)."""
+    data (a fixed grid over scenes, fitted class-folder images); ``standardize``: the model's
+    rule (:func:`slidewatch.data.standardize.standardizer`), each image or scene by its own
+    whole statistics."""
     tf = JointTransform(cfg.augment)
     sg = cfg.segment
 
@@ -110,11 +113,13 @@ def datasets(cfg: TrainConfig, size: int, train_s: list[MaskedSample],
         parts: list[Dataset] = []
         if whole:
             parts.append(MaskedImages(whole, size, transform=tf if train else None, scale=scale,
-                                      cache=cfg.data.cache))
+                                      cache=cfg.data.cache, standardize=standardize))
         if scenes:
             parts.append(SceneCrops(scenes, size, crops_per_image=sg.crops_per_image,
-                                    positive_share=sg.positive_share, transform=tf, scale=scale)
-                         if train else SceneTiles(scenes, size, scale=scale))
+                                    positive_share=sg.positive_share, transform=tf, scale=scale,
+                                    standardize=standardize)
+                         if train else SceneTiles(scenes, size, scale=scale,
+                                                  standardize=standardize))
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else ConcatDataset(parts)
@@ -238,6 +243,7 @@ def build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Modu
                      scale=cfg.data.scale, grayscale=cfg.augment.grayscale,
                      threshold=cfg.threshold, drop_rate=0.0, weights_source=str(
                          model.slidewatch_weights), task="segment",
+                     standardize=cfg.data.standardize,
                      segmentation=SegmentationSpec(max(1, round(DEFAULT_MIN_AREA * size * size))))
     return model, meta
 

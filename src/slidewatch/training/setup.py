@@ -22,6 +22,7 @@ from slidewatch.data.folders import Sample, load_datasets
 from slidewatch.data.inputs import image_dataset
 from slidewatch.data.readers import probe
 from slidewatch.data.splits import Split, save_split, split_for
+from slidewatch.data.standardize import standardizer
 from slidewatch.data.tiling import is_scene_folder, tile_scenes
 from slidewatch.data.transforms import EvalTransform, TrainTransform
 from slidewatch.errors import ConfigError, DataError, WeightsError
@@ -218,6 +219,7 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
         prev.extra = {"init_from": str(m.init_from)}
         prev.weights_source = f"init_from:{m.init_from}"
         prev.threshold = cfg.threshold
+        prev.standardize = cfg.data.standardize
         if m.input_size:
             prev.input_size = m.input_size
         return model, prev
@@ -237,7 +239,7 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
                      input_size=m.input_size or int(dc["input_size"][-1]),
                      mean=list(dc["mean"]), std=list(dc["std"]), scale=cfg.data.scale,
                      grayscale=cfg.augment.grayscale, threshold=cfg.threshold,
-                     drop_rate=m.drop_rate,
+                     drop_rate=m.drop_rate, standardize=cfg.data.standardize,
                      weights_source=getattr(getattr(model, "slidewatch_weights", None), "source",
                                             str(m.weights)))
     return model, meta
@@ -338,7 +340,10 @@ def _prepare(cfg: TrainConfig, out_dir: Path, roots: list[Path], device: torch.d
         val_ds.preload()
     pretrained = bool(cfg.model.init_from) or not meta.weights_source.startswith("none")
     if not (in_chans == 3 and pretrained) and not cfg.model.init_from:  # training split only
-        meta.mean, meta.std = band_statistics(train_ds, seed=cfg.seed)
+        if meta.standardize == "image":  # a standardised image's statistics: 0 and 1
+            meta.mean, meta.std = [0.0] * in_chans, [1.0] * in_chans
+        else:
+            meta.mean, meta.std = band_statistics(train_ds, seed=cfg.seed)
     if mm is not None:  # the FusionModel around the backbone; items carry the tabular inputs
         model = mm.attach(model, meta)
         train_ds, val_ds = mm.wrap(train_ds, "train"), mm.wrap(val_ds, "val")
@@ -368,11 +373,15 @@ def _prepare_segment(cfg: TrainConfig, out_dir: Path, roots: list[Path], device:
     train_s = [samples[i] for i in split.train]
     val_s = [samples[i] for i in split.val]
     model, meta = sg.build(cfg, sg.band_count(train_s + val_s), log)
-    train_ds, val_ds = sg.datasets(cfg, meta.input_size, train_s, val_s, cfg.data.scale)
+    train_ds, val_ds = sg.datasets(cfg, meta.input_size, train_s, val_s, cfg.data.scale,
+                                   standardize=standardizer(meta))
+    pretrained = model.slidewatch_weights != "none"
+    own = not (meta.in_chans == 3 and pretrained)  # the model's own band statistics
+    if own and meta.standardize == "image":  # a standardised image's statistics: 0 and 1
+        meta.mean, meta.std = [0.0] * meta.in_chans, [1.0] * meta.in_chans
     mean, std, share = sg.pixel_statistics(train_ds, seed=cfg.seed,
                                            share=cfg.segment.positive_share)
-    pretrained = model.slidewatch_weights != "none"
-    if not (meta.in_chans == 3 and pretrained):
+    if own and meta.standardize == "none":
         meta.mean, meta.std = mean, std
     seg = sg.SegmentSetup(loss=cfg.segment.loss, pos_weight=sg.pos_weight(cfg, share),
                           landslide_share=share)
