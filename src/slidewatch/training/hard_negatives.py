@@ -66,11 +66,11 @@ def _segment_pool(s) -> tuple[list[Dataset], list[np.ndarray]]:
     from slidewatch.data.masks import MaskedImages, SceneTiles
     from slidewatch.data.standardize import standardizer
     from slidewatch.inference.forward import batch_probabilities, tile_scores
-    from slidewatch.training.segment import _from_class_folder
+    from slidewatch.training.segment import from_class_folder
 
     size, scale = s.meta.input_size, s.cfg.data.scale
-    free = [x for x in s.train_samples if _from_class_folder(x) and x.mask is None]
-    scenes = [x for x in s.train_samples if not _from_class_folder(x)]
+    free = [x for x in s.train_samples if from_class_folder(x) and x.mask is None]
+    scenes = [x for x in s.train_samples if not from_class_folder(x)]
     parts: list[Dataset] = []
     if free:
         parts.append(MaskedImages(free, size, scale=scale, cache=False,

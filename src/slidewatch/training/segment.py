@@ -78,7 +78,8 @@ def find_samples(roots: list[Path], classes: list[str]) -> list[MaskedSample]:
     return out
 
 
-def _from_class_folder(s: MaskedSample) -> bool:
+def from_class_folder(s: MaskedSample) -> bool:
+    """A class-folder image (with or without a mask), not a scene of a scene folder."""
     return s.image.parent.name != "images"
 
 
@@ -108,8 +109,8 @@ def datasets(cfg: TrainConfig, size: int, train_s: list[MaskedSample],
     sg = cfg.segment
 
     def build(part: list[MaskedSample], train: bool) -> Dataset | None:
-        whole = [s for s in part if _from_class_folder(s)]
-        scenes = [s for s in part if not _from_class_folder(s)]
+        whole = [s for s in part if from_class_folder(s)]
+        scenes = [s for s in part if not from_class_folder(s)]
         parts: list[Dataset] = []
         if whole:
             parts.append(MaskedImages(whole, size, transform=tf if train else None, scale=scale,
