@@ -161,13 +161,13 @@ def test_classifier_tiles_give_pytorchs_probabilities(classifier, classifier_onn
     assert np.abs(tta - probabilities(classifier, images, tta=True)).max() < TOL
 
 
-def test_the_runtime_meta_moves_normalisation_and_temperature_into_the_graph(classifier_onnx):
+def test_the_runtime_meta_leaves_the_temperature_to_the_graph(classifier_onnx):
     model, meta = load_onnx(classifier_onnx)
+    card = read_card(classifier_onnx).meta
     assert isinstance(model, OnnxModel)
-    assert meta.mean == [0.0] * 3 and meta.std == [1.0] * 3 and meta.temperature == 1.0
+    assert meta.mean == card.mean and meta.std == card.std and meta.temperature == 1.0
     inside = meta.extra["runtime"]["in_graph"]
-    assert inside["temperature"] == 1.7 and inside["mean"] == read_card(
-        classifier_onnx).meta.mean
+    assert inside["temperature"] == 1.7 and inside["mean"] == card.mean
     x = torch.rand(3, 3, SIZE, SIZE)
     a = batch_probabilities(model, {"image": x}, meta, torch.device("cpu"))["probability"]
     restored = pickle.loads(pickle.dumps(model))  # as Ray ships it to a worker
@@ -188,6 +188,30 @@ def test_segmentation_maps_and_tile_scores_match(segmenter, images, tmp_path):
                                         torch.device("cpu"))["probability"])
     assert maps[0].shape == (4, SIZE, SIZE)
     assert (maps[0] - maps[1]).abs().max() < TOL
+
+
+def test_a_standardising_model_and_an_ensemble_with_an_onnx_member(classifier, images,
+                                                                   tmp_path):
+    """The data path's per-image standardisation uses the model's mean/std (kept in the
+    runtime metadata); an .onnx member averages with folders as its folder would."""
+    folder = tmp_path / "std"
+    shutil.copytree(classifier, folder)
+    meta = read_meta(folder)
+    meta.standardize = "image"
+    write_meta(folder, meta)
+    out = export(folder, tmp_path / "std.onnx")
+    assert "image" in read_card(out).props["slidewatch.standardize"]
+    assert np.abs(probabilities(out, images) - probabilities(folder, images)).max() < TOL
+    s = scene(tmp_path / "s.tif")
+    kw = {"tile": SIZE, "stride": 16, "device": "cpu"}
+    scan(folder, [s], tmp_path / "a", **kw)
+    scan(out, [s], tmp_path / "b", **kw)
+    assert np.abs(scan_outputs(tmp_path / "a", "s")[0]
+                  - scan_outputs(tmp_path / "b", "s")[0]).max() < TOL
+    other = export(classifier, tmp_path / "cls.onnx")
+    a = probabilities(classifier, images, ensemble=[classifier])
+    b = probabilities(classifier, images, ensemble=[other])
+    assert np.abs(a - b).max() < TOL
 
 
 # ---------------------------------------------------------------- fused models

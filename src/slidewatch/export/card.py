@@ -68,11 +68,14 @@ def describe_io(meta: ModelMeta) -> tuple[dict, dict]:
     """``(inputs, outputs)``: name -> shape, dtype and meaning, for the flat keys."""
     s, c = meta.input_size, meta.in_chans
     f = meta.inputs.fusion
+    image = ("unit-scale pixels (slidewatch.pixel_scale; nodata pixels 0; terrain channels "
+             "after the image bands)")
+    if meta.standardize != "none":
+        image += ", standardised by slidewatch.standardize"
     known = {
         IMAGE: {"shape": ["batch", c, s, s], "dtype": "float32",
-                "meaning": "unit-scale pixels (slidewatch.pixel_scale; nodata pixels 0; terrain "
-                           "channels after the image bands), resized to input_size; not "
-                           "normalised (the graph normalises)"},
+                "meaning": image + ", resized to input_size; not normalised (the graph "
+                           "normalises)"},
         NUMERIC: {"shape": ["batch", f.n_numeric if f else 0], "dtype": "float32",
                   "meaning": "numeric columns standardised with slidewatch.tabular_encoder"},
         CATEGORICAL: {"shape": ["batch", len(f.cat_cardinalities) if f else 0],
@@ -126,6 +129,11 @@ def card_props(meta: ModelMeta, *, opset: int, quantization: str = "none") -> di
         QUANT_KEY: quantization,
         PREFIX + "opset": str(opset),
     }
+    if meta.standardize != "none":
+        props[PREFIX + "standardize"] = (
+            f"{meta.standardize}: before resizing, each band of the whole source image (or "
+            "scanned scene) over its valid unit-scale pixels: (x - image mean) / image std * "
+            "std + mean, with mean/std of slidewatch.normalisation")
     if meta.segmentation is not None:
         props[PREFIX + "tile_rule"] = json.dumps(meta.segmentation.to_json())
     if meta.inputs.tabular is not None:

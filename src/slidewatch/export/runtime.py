@@ -4,12 +4,17 @@
 it as it runs a PyTorch model (``inference.forward``: normalise, model, ``logits /
 temperature``, softmax or sigmoid; test-time augmentation, tile rules, ensembles, the scan's
 batches). The exported graph takes unit-scale pixels and gives probabilities
-(:mod:`slidewatch.export.card`), so the metadata it is run with (:func:`runtime_meta`) has mean 0,
-std 1 (the normalisation is the identity) and temperature 1, and the module returns "logits"
-that the usual head turns back into the graph's probabilities: ``log p`` for a classifier
-(softmax of a log-probability is the probability), ``logit p`` for a segmentation model, as
-:class:`slidewatch.inference.ensemble.Ensemble` does. The model's own statistics and
-temperature stay in ``meta.extra["runtime"]``.
+(:mod:`slidewatch.export.card`); the module adapts both ends:
+
+* in: the forward pass hands it the batch normalised with the model's own mean/std (the
+  metadata it runs with, :func:`runtime_meta`, keeps them: the data path's standardisation
+  rule and ensembles' re-normalisation use them too); it maps the batch back to unit pixels,
+  ``x * std + mean`` per band, before the graph normalises again (float32 rounding: about
+  1e-7 on the input);
+* out: "logits" that the usual head turns back into the graph's probabilities: ``log p`` for a
+  classifier (softmax of a log-probability is the probability), ``logit p`` for a segmentation
+  model, as :class:`slidewatch.inference.ensemble.Ensemble` does. The temperature is inside the
+  graph, so the runtime metadata has temperature 1 (the model's in ``extra["runtime"]``).
 
 The session runs on the CPU with as many threads as torch uses (``torch.get_num_threads()``,
 so a Ray worker's ``--worker-cpus`` holds for it too), or CUDA when asked for and the
@@ -54,6 +59,11 @@ class OnnxModel(torch.nn.Module):
                  device: torch.device | str = "cpu"):
         super().__init__()
         self.data, self.source = data, str(source)
+        shape = (1, -1, 1, 1)
+        self.register_buffer("mean", torch.tensor(meta.mean, dtype=torch.float32).view(shape),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(meta.std, dtype=torch.float32).view(shape),
+                             persistent=False)
         self.names = onnx_card.input_names(meta)
         self.segment = meta.task == "segment"
         self.fused = meta.inputs.fusion is not None
@@ -75,6 +85,8 @@ class OnnxModel(torch.nn.Module):
 
     def forward(self, image: torch.Tensor | None = None, numeric: torch.Tensor | None = None,
                 categorical: torch.Tensor | None = None):
+        if image is not None:  # normalised by the forward pass: back to unit pixels
+            image = image.float() * self.std.to(image.device) + self.mean.to(image.device)
         given = {IMAGE: image, NUMERIC: numeric, CATEGORICAL: categorical}
         ref = next(t for t in given.values() if t is not None)
         feeds = {}
@@ -107,11 +119,10 @@ class OnnxModel(torch.nn.Module):
 
 
 def runtime_meta(meta: ModelMeta, source: str | Path, quantization: str = "none") -> ModelMeta:
-    """The metadata an :class:`OnnxModel` runs with: ``meta`` with mean 0, std 1 and
-    temperature 1 (all three are inside the graph); their values, the file and the runtime
-    in ``extra["runtime"]``."""
+    """The metadata an :class:`OnnxModel` runs with: ``meta`` with temperature 1 (the graph
+    applies the model's); the file, the runtime and what the graph holds in
+    ``extra["runtime"]``."""
     out = copy.deepcopy(meta)
-    out.mean, out.std = [0.0] * meta.in_chans, [1.0] * meta.in_chans
     out.temperature = 1.0
     out.extra["runtime"] = {
         "name": "onnx", "model": str(source), "onnxruntime": runtime_version(),

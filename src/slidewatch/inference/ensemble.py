@@ -21,9 +21,9 @@ their ``min_area_pixels``; ``extra["ensemble"]`` lists the member folders.
 
 The loader of every command: :func:`load_models` and :func:`ensemble_meta` also open ONNX files
 exported by ``slidewatch export`` and, with ``--runtime onnx``, run model folders on ONNX
-Runtime (:func:`runtimes`; :mod:`slidewatch.export.runtime`). An ONNX model's metadata has mean
-0, std 1 and temperature 1 (its graph holds them), so it mixes with PyTorch members as members
-with other band statistics do.
+Runtime (:func:`runtimes`; :mod:`slidewatch.export.runtime`). An ONNX model takes the batch
+normalised with its own statistics, as a PyTorch model does, and its metadata has temperature
+1 (its graph applies the model's), so it mixes with PyTorch members.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def runtime_label(model_dirs: Sequence[str | Path], runtime: str | None = None) 
 
 def model_meta(model_dir: str | Path, runtime: str = "torch") -> ModelMeta:
     """The metadata one model runs with: a folder's own (``torch``), or for ONNX Runtime the
-    card's with the normalisation and temperature that the graph holds
+    card's with temperature 1, since the graph holds the model's
     (:func:`slidewatch.export.runtime.runtime_meta`)."""
     if runtime == "torch":
         return read_meta(model_dir)
