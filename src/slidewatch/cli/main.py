@@ -18,6 +18,7 @@ from slidewatch.cli.evaluate import evaluate_cmd, report_cmd
 from slidewatch.cli.experiments import demo_cmd, experiment_cmd
 from slidewatch.cli.explain import explain_cmd
 from slidewatch.cli.export import export_cmd
+from slidewatch.cli.imagery import imagery
 from slidewatch.cli.inventory import from_inventory
 from slidewatch.cli.models import models_cmd
 from slidewatch.cli.predict import predict_cmd
@@ -36,6 +37,7 @@ data.add_command(from_inventory)
 for command in (data, models_cmd, train_cmd, predict_cmd, evaluate_cmd, explain_cmd, report_cmd,
                 experiment_cmd, demo_cmd, scan, export_cmd):
     cli.add_command(command)
+cli.add_command(imagery)
 
 
 def printable(text: object) -> str:

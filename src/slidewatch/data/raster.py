@@ -6,7 +6,8 @@ by :func:`open_raster`; nothing else calls ``rasterio.open``.
 * Opening: :func:`open_raster` (no warning for files without georeferencing; in read mode every
   failure is a one-line :class:`DataError` naming the file, worded by :func:`one_line`),
   :func:`open_scene` (the checks of a scan scene first), :func:`gdal_env` (GDAL's block cache
-  kept small), :func:`georef` (CRS and transform from the header).
+  kept small), :func:`georef` (CRS and transform from the header), :func:`open_url` (a remote
+  asset of a STAC catalogue by its address, through GDAL's ``/vsicurl/``).
 * The band rule, :func:`image_bands`: every band, except that the trailing alpha band of a 2- or
   4-band file is the mask, not data. :func:`is_palette`: a colour-mapped single band.
 * The nodata rule: a pixel is valid when every chosen band is valid according to rasterio's
@@ -95,6 +96,35 @@ def open_raster(path: str | Path, mode: str = "r", **profile):
         raise DataError(f"{path}: not a raster that rasterio can read ({one_line(exc)})") from None
     except UnicodeEncodeError:  # rasterio passes the path to GDAL as UTF-8
         raise DataError(f"{path}: file name is not valid UTF-8; rename it") from None
+
+
+def gdal_path(href: str) -> str:
+    """The GDAL name of an asset address: ``http(s)://`` -> ``/vsicurl/`` (HTTP range requests),
+    ``s3://`` -> ``/vsis3/``, ``gs://`` -> ``/vsigs/``, ``file://`` -> the local path; anything
+    else unchanged."""
+    from urllib.parse import unquote, urlparse
+
+    if href.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    for scheme, vsi in (("s3://", "/vsis3/"), ("gs://", "/vsigs/")):
+        if href.startswith(scheme):
+            return vsi + href[len(scheme):]
+    if href.startswith("file://"):
+        return unquote(urlparse(href).path)
+    return href
+
+
+def open_url(href: str):
+    """Open a raster by address (a remote asset of a catalogue: see :func:`gdal_path`, or a
+    local path) for reading; anything GDAL cannot open or reach is one DataError naming the
+    address. Remote reads take their timeouts from the GDAL options of the caller's
+    :func:`gdal_env`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(gdal_path(href))
+    except RasterioError as exc:
+        raise DataError(f"{href}: cannot read it ({one_line(exc)})") from None
 
 
 def _check_regular(path: Path) -> None:
