@@ -11,7 +11,7 @@ from conftest import UTM45, make_scene, truncate, write_image
 from rasterio.transform import Affine
 
 from slidewatch.data.readers import read_image
-from slidewatch.data.tiling import CSV_COLUMNS, tile_positions, tile_scenes
+from slidewatch.data.tiling import TILING_COLUMNS, tile_positions, tile_scenes
 from slidewatch.errors import ConfigError, DataError
 
 
@@ -41,17 +41,21 @@ def test_known_scene_counts_fractions_and_pixels(tmp_path, rng):
     assert summary.dropped == 1 and summary.total == 19 and calls == [(1, 1)]
     out = tmp_path / "out"
     rows = _rows(out)
-    assert list(rows[0]) == list(CSV_COLUMNS) and len(rows) == 19
+    assert list(rows[0]) == list(TILING_COLUMNS) and len(rows) == 19
     by_pos = {(int(r["row"]), int(r["col"])): r for r in rows}
     assert (0, 40) not in by_pos
     assert by_pos[(0, 0)]["landslide_fraction"] == "1.000000"
     assert by_pos[(0, 20)]["landslide_fraction"] == "0.100000"
     assert by_pos[(60, 80)]["label"] == "landslide"
+    scene_stats = {k: by_pos[(20, 20)].pop(k) for k in ("scene_mean", "scene_std")}
     assert by_pos[(20, 20)] == {
         "path": "non_landslide/alps__s1__r20_c20.png", "label": "non_landslide",
         "source_image": "alps/s1", "row": "20", "col": "20",
         "landslide_fraction": "0.000000", "region": "alps",
     }
+    unit = image.reshape(-1, 3) / 255  # the whole scene's statistics (tests/test_standardize)
+    assert np.allclose([float(v) for v in scene_stats["scene_mean"].split()], unit.mean(0))
+    assert np.allclose([float(v) for v in scene_stats["scene_std"].split()], unit.std(0))
     np.testing.assert_array_equal(read_image(out / "landslide/alps__s1__r0_c20.png"),
                                   image[0:20, 20:40])
     assert len(list((out / "landslide").iterdir())) == 3

@@ -5,6 +5,7 @@ contract of the metadata and config field."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -321,3 +322,188 @@ def test_segmentation_model_with_the_rule_trains_and_evaluates(tmp_path):
     a = [p.probability for p in predict_paths(out, files, device="cpu")]
     b = [p.probability for p in predict_paths(plain, files, device="cpu")]
     assert a != b
+
+
+# ------------------------------------- (f) tiles cut from a scene: the scene's statistics
+
+
+def tiled_scene(tmp_path: Path, images: int = 1, seed: int = 2) -> tuple[Path, Path]:
+    """A scene folder of georeferenced uint8 images (64 x 128, the right half 90 brighter,
+    so a tile's statistics are not its scene's; a landslide in the top-left tile) and its
+    tiles (32 px, stride 32) cut by ``slidewatch data tiles``."""
+    rng = np.random.default_rng(seed)
+    scene = tmp_path / "hill"
+    for k in range(images):
+        img = vegetation(rng, 64, 128)
+        img[:, 64:] = np.clip(img[:, 64:].astype(int) + 90, 0, 255).astype(np.uint8)
+        r, c = 32 * (k % 2), 32 * (k % 4)
+        add_slide(img, rng, r, c, 32)
+        mask = np.zeros((64, 128), np.uint8)
+        mask[r:r + 32, c:c + 32] = 255
+        write_image(scene / "images" / f"s{k}.tif", img, crs=UTM45, transform=TRANSFORM)
+        write_image(scene / "masks" / f"s{k}.png", mask)
+    tiles = tmp_path / "tiles"
+    assert main(["data", "tiles", str(scene), "--out", str(tiles), "--tile", "32",
+                 "--stride", "32", "--quiet"]) == 0
+    return scene, tiles
+
+
+def csv_rows(tiles: Path) -> list[dict]:
+    with open(tiles / "tiles.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tiling_records_the_whole_scene_images_statistics(tmp_path):
+    from slidewatch.data.imagestats import SCENE_COLUMNS, parse_scene_stats
+    from slidewatch.data.standardize import array_statistics
+
+    rng = np.random.default_rng(8)
+    raw = np.clip(rng.normal(20000, 3000, (48, 80, 3)), 1, 65535).astype(np.uint16)
+    raw[:, 40:] //= 3  # a darker half
+    raw[:5, :] = 0  # nodata (declared below): not in the statistics
+    raw[20, 3:9, 2] = 0  # one band nodata: the whole pixel is left out
+    scene = tmp_path / "s"
+    image = write_image(scene / "images" / "a.tif", raw, crs=UTM45, transform=TRANSFORM)
+    with raster.open_raster(image, "r+") as ds:
+        ds.nodata = 0
+    mask = np.zeros((48, 80), np.uint8)
+    mask[8:24, 0:16] = 255
+    write_image(scene / "masks" / "a.png", mask)
+    assert main(["data", "tiles", str(scene), "--out", str(tmp_path / "t"), "--tile", "16",
+                 "--stride", "16", "--quiet"]) == 0
+    rows = csv_rows(tmp_path / "t")
+    assert rows and all(set(SCENE_COLUMNS) <= set(r) for r in rows)
+    assert len({(r["scene_mean"], r["scene_std"]) for r in rows}) == 1  # one scene image
+    ok = (raw != 0).all(axis=2)
+    x = raw[ok].astype(np.float64) / 65535  # numpy: valid pixels, unit scale
+    mean = np.array([float(v) for v in rows[0]["scene_mean"].split()])
+    std = np.array([float(v) for v in rows[0]["scene_std"].split()])
+    assert np.allclose(mean, x.mean(0), rtol=0, atol=1e-7)
+    assert np.allclose(std, x.std(0), rtol=0, atol=1e-7)
+    # the very numbers of the statistics function (repr floats read back exactly) ...
+    stats = array_statistics(read_image(image), declared_valid(image))
+    parsed = parse_scene_stats(rows[0]["scene_mean"], rows[0]["scene_std"])
+    assert parsed.mean == stats.mean and parsed.std == stats.std
+    assert stats == image_statistics(*unit_and_valid(read_image(image), None,
+                                                     declared_valid(image)))
+    with raster.open_raster(image) as ds:  # ... and those the scan takes of the scene
+        whole = raster_statistics(ds, [1, 2, 3])
+    assert np.allclose(parsed.mean, whole.mean, rtol=0, atol=1e-7)
+    assert np.allclose(parsed.std, whole.std, rtol=0, atol=1e-7)
+
+
+def test_a_tile_is_standardised_with_its_scenes_statistics_not_its_own(tmp_path):
+    from slidewatch.data.folders import scan_class_folders
+
+    scene, tiles = tiled_scene(tmp_path)
+    img = read_image(scene / "images" / "s0.tif")
+    x = img.reshape(-1, 3).astype(np.float64) / 255
+    samples = scan_class_folders(tiles)
+    assert len(samples) == 8 and all(s.scene_stats is not None for s in samples)
+    assert np.allclose(samples[0].scene_stats.mean, x.mean(0), rtol=0, atol=1e-7)
+    assert np.allclose(samples[0].scene_stats.std, x.std(0), rtol=0, atol=1e-7)
+    meta = meta_of()
+    meta.mean, meta.std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.1]
+    ds = TileDataset(samples, standardize=Standardizer(meta))
+    bright = [i for i, s in enumerate(samples) if s.col >= 64]
+    dark = [i for i, s in enumerate(samples) if s.col < 64 and s.label == 1]  # no scar
+    for i in range(len(samples)):
+        s = samples[i]
+        tile = img[s.row:s.row + 32, s.col:s.col + 32]
+        unit, ok = unit_and_valid(read_image(s.path), None, declared_valid(s.path))
+        assert (read_image(s.path) == tile).all()
+        got = ds.unit_image(i)
+        # exactly the tile's pixels standardised with the scene's statistics
+        assert np.array_equal(got, standardize(unit, ok, s.scene_stats, meta.mean, meta.std))
+        z = (tile.astype(np.float64) / 255 - x.mean(0)) / x.std(0)
+        assert np.allclose((got - np.array(meta.mean)) / np.array(meta.std), z, atol=1e-4)
+    z = [((ds.unit_image(i) - np.array(meta.mean)) / np.array(meta.std)).mean() for i in
+         range(len(samples))]
+    # not the tile's own statistics: the bright half stays above the scene mean, the dark below
+    assert min(z[i] for i in bright) > 0.5 and max(z[i] for i in dark) < -0.5
+    # an explicit scale rescales the statistics with the pixels: the same standardised tile
+    scaled = TileDataset(samples, scale=1000.0, standardize=Standardizer(meta))
+    assert np.allclose(scaled.unit_image(bright[0]), ds.unit_image(bright[0]), atol=1e-4)
+
+
+def test_a_tiles_csv_without_scene_statistics_still_loads(tmp_path):
+    from slidewatch.data.folders import scan_class_folders
+    from slidewatch.errors import DataError
+
+    _, tiles = tiled_scene(tmp_path)
+    rows = csv_rows(tiles)
+    old = ("path", "label", "source_image", "row", "col", "landslide_fraction", "region")
+    with open(tiles / "tiles.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, old, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    samples = scan_class_folders(tiles)
+    assert len(samples) == 8 and all(s.scene_stats is None for s in samples)
+    assert {s.group for s in samples} == {"hill/s0"} and samples[0].row is not None
+    ds = TileDataset(samples, standardize=Standardizer(meta_of()))
+    for i in range(len(samples)):  # as before: each tile by its own statistics
+        x = ds[i]["image"].numpy()
+        assert np.allclose(x.mean(axis=(1, 2)), 0, atol=1e-5)
+    # a damaged cell is one line naming the file and line
+    rows[1]["scene_std"] = "0.1 nan 0.2"
+    with open(tiles / "tiles.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(DataError, match=r"tiles.csv: line 3: scene_std '0.1 nan 0.2' must be "
+                                        "one finite number per band"):
+        scan_class_folders(tiles)
+
+
+def test_training_evaluation_predict_and_scan_agree_on_tiles_of_a_scene(tmp_path):
+    from rasterio.windows import Window
+
+    from slidewatch.data.folders import load_datasets
+    from slidewatch.data.inputs import image_dataset, window_tensor
+    from slidewatch.models.checkpoint import load_model
+    from slidewatch.scan.score import score_windows
+
+    scene, tiles = tiled_scene(tmp_path, images=4)
+    model_dir = train(tiles, tmp_path / "model", "--standardize", "image")
+    model, meta = load_model(model_dir)
+    assert meta.standardize == "image"
+    samples = load_datasets([tiles])
+    ds = image_dataset(meta, samples)  # what evaluate and predict build from tiles.csv
+    own = image_dataset(meta, [Sample(s.path, s.label, s.group, s.region) for s in samples])
+    by_scene: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_scene.setdefault(s.group.split("/")[1], []).append(i)
+    differ = 0.0
+    scan_prob = {}
+    for stem, idx in by_scene.items():
+        path = scene / "images" / f"{stem}.tif"
+        windows = [Window(samples[i].col, samples[i].row, 32, 32) for i in idx]
+        with raster.open_raster(path) as src:
+            stats = scan_score.scene_statistics(meta, src, [1, 2, 3])  # the scan's
+            raw = np.stack([src.read(window=w) for w in windows])
+        x = window_tensor(meta, raw, None, stats)  # the scan's model input
+        for k, i in enumerate(idx):  # the tile's model input equals the scan window's
+            assert torch.allclose(ds[i]["image"], x[k], atol=1e-5)
+            differ = max(differ, float((own[i]["image"] - x[k]).abs().max()))
+        probs = score_windows(model, meta, path, windows, [1, 2, 3], 8, torch.device("cpu"))
+        scan_prob.update({str(samples[i].path): float(p) for i, p in zip(idx, probs)})
+        # `slidewatch scan` of the scene image: its map holds those windows' probabilities
+        scan(model_dir, [path], tmp_path / "scan", tile=32, stride=32, device="cpu")
+        with raster.open_raster(tmp_path / "scan" / f"{stem}_probability.tif") as out:
+            mapped = out.read(1)
+        for i, p in zip(idx, probs):
+            r, c = samples[i].row, samples[i].col
+            assert np.abs(mapped[r:r + 32, c:c + 32] - p).max() < 1e-4
+    assert differ > 0.5  # a tile's own statistics would give another input
+    # evaluate (predictions.csv) and predict on the tiles folder give the scan's probabilities
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(model_dir), "--data", str(tiles), "--out", str(ev), "--quiet",
+                 "--device", "cpu"]) == 0
+    with open(ev / "predictions.csv", newline="", encoding="utf-8") as fh:
+        evaluated = {r["path"]: float(r["probability"]) for r in csv.DictReader(fh)}
+    assert evaluated.keys() == scan_prob.keys()
+    assert max(abs(evaluated[k] - scan_prob[k]) for k in evaluated) < 1e-4
+    predicted = {p.path: p.probability for p in predict_paths(model_dir, [tiles], device="cpu")}
+    assert max(abs(predicted[k] - scan_prob[k]) for k in scan_prob) < 1e-4
+    spread = max(scan_prob.values()) - min(scan_prob.values())
+    assert spread > 0  # the model's outputs are not all one number

@@ -18,7 +18,14 @@ from torch.utils.data import Dataset
 
 from slidewatch.data import raster
 from slidewatch.data.folders import Sample
-from slidewatch.data.readers import DEFAULT_MAX_PIXELS, TIFF_SUFFIXES, read_image, scale_to_unit
+from slidewatch.data.imagestats import ImageStats
+from slidewatch.data.readers import (
+    DEFAULT_MAX_PIXELS,
+    TIFF_SUFFIXES,
+    dtype_unit,
+    read_image,
+    scale_to_unit,
+)
 from slidewatch.errors import DataError
 
 
@@ -74,8 +81,12 @@ class TileDataset(Dataset):
     a DEM whose elevation, slope and aspect (metres and degrees, on the image's grid) are
     appended after the image's unit-scale bands, before any transform. ``standardize``: the
     model's per-image standardisation (:class:`slidewatch.data.standardize.Standardizer`,
-    called with the whole unit-scale image and its valid mask), applied to the image bands
-    before the terrain and the transform.
+    called with the whole unit-scale image, its valid mask and the statistics to use),
+    applied to the image bands before the terrain and the transform. The statistics are the
+    sample's ``scene_stats`` when it has them (a tile cut from a scene: its scene image's,
+    from ``tiles.csv``; rescaled to the model's explicit ``scale``), else None: the file's
+    own whole-image statistics (a class-folder image, a bare file, a tile of an older
+    ``tiles.csv``).
     """
 
     def __init__(
@@ -88,7 +99,8 @@ class TileDataset(Dataset):
         bands: int | None = None,
         dem: str | Path | None = None,
         pixel_size: float | None = None,
-        standardize: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        standardize: Callable[[np.ndarray, np.ndarray, ImageStats | None], np.ndarray]
+        | None = None,
     ) -> None:
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable or None, got {type(transform).__name__}")
@@ -151,11 +163,26 @@ class TileDataset(Dataset):
             extra = " image bands (plus 3 terrain channels)" if self.dem is not None else ""
             raise DataError(f"{self.samples[i].path}: has {unit.shape[2]} bands; the model "
                             f"takes {self.bands}{extra}")
-        if self.standardize is not None:  # the whole image's statistics
-            unit = self.standardize(unit, ok)
+        if self.standardize is not None:  # the whole source image's statistics
+            unit = self.standardize(unit, ok, self.scene_stats(i, arr.dtype, unit.shape[2]))
         if self.dem is None:
             return unit
         return np.concatenate([unit, self.terrain(i)], axis=2)
+
+    def scene_stats(self, i: int, dtype, bands: int) -> ImageStats | None:
+        """Sample ``i``'s scene statistics in this dataset's unit scale (recorded by the dtype
+        rule of the scene, which its tile files keep; an explicit ``scale`` rescales them),
+        or None (the file's own statistics are used)."""
+        sample = self.samples[i]
+        stats = getattr(sample, "scene_stats", None)
+        if stats is None:
+            return None
+        if stats.bands != bands:
+            raise DataError(f"{sample.path}: tiles.csv gives its scene statistics for "
+                            f"{stats.bands} bands, the tile has {bands}")
+        if self.scale is None:
+            return stats
+        return stats.scaled(dtype_unit(dtype) / self.scale)
 
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):

@@ -1,9 +1,11 @@
 """Datasets laid out as one folder per class: ``<root>/<class>/**/<image>``.
 
 ``tiles.csv`` (written by ``tile_scenes``), when present in the root, tells each tile's source
-image, region and position, so that splits can keep the tiles of one image together. Without
-it, file names of the form ``<region>__<stem>__r<row>_c<col>`` give the same information, and
-any other file is its own group.
+image, region and position, so that splits can keep the tiles of one image together, and (its
+``scene_mean`` / ``scene_std`` columns) the statistics of the whole scene image it was cut
+from, for the ``standardize: image`` rule (:attr:`Sample.scene_stats`). Without it, file names
+of the form ``<region>__<stem>__r<row>_c<col>`` give the same information except the
+statistics (each tile is then standardised by its own), and any other file is its own group.
 
 The scanner (:func:`scan_class_folders`) takes every regular file with an image suffix under a
 class folder (recursively; hidden files and folders, and symbolic links to folders, are left
@@ -23,12 +25,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from slidewatch.data.imagestats import SCENE_COLUMNS, ImageStats, parse_scene_stats
 from slidewatch.data.inventory_csv import csv_rows, decode_csv
 from slidewatch.data.readers import IMAGE_SUFFIXES, file_problem
-from slidewatch.data.tiling import TILES_CSV, validate_classes
-from slidewatch.errors import DataError
+from slidewatch.errors import ConfigError, DataError
 
+TILES_CSV = "tiles.csv"
+# the standard columns of tiles.csv (tiling adds SCENE_COLUMNS, an inventory its attributes)
+CSV_COLUMNS = ("path", "label", "source_image", "row", "col", "landslide_fraction", "region")
 _TILE_NAME = re.compile(r"^(?P<region>.+?)__(?P<stem>.+)__r(?P<row>\d+)_c(?P<col>\d+)$")
+
+
+def validate_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """Two or more distinct folder names, or ConfigError naming ``--classes``."""
+    classes = tuple(classes)
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ConfigError(f"--classes: need two or more distinct names, got {list(classes)}")
+    for name in classes:
+        if not name or name.startswith(".") or "/" in name or "\\" in name:
+            raise ConfigError(f"--classes: '{name}' is not a valid folder name")
+    return classes
 
 
 @dataclass
@@ -43,6 +59,9 @@ class Sample:
     col: int | None = None
     landslide_fraction: float | None = None
     root: Path | None = None  # the dataset root it came from (for relative paths in splits)
+    # a tile cut from a scene: the whole scene image's statistics (tiles.csv scene_mean and
+    # scene_std), which the standardize image rule uses instead of the tile's own
+    scene_stats: ImageStats | None = None
 
     @property
     def key(self) -> str:
@@ -96,6 +115,9 @@ def _class_images(folder: Path, problems: list[tuple[Path, str]]) -> list[Path]:
 def read_tiles_csv(path: Path) -> dict[str, dict]:
     """Rows of a ``tiles.csv`` keyed by their relative path (``region`` is optional: without
     it every tile belongs to the dataset folder's region, as for tiles without a csv).
+    ``scene_mean`` / ``scene_std`` (optional, :mod:`slidewatch.data.imagestats`) give a tile's
+    ``scene_stats``; without them (or empty) it is None and a model that standardises uses
+    the tile file's own statistics. Other columns are ignored.
 
     UTF-8 with or without a byte-order mark; anything else is a one-line DataError."""
     rows: dict[str, dict] = {}
@@ -116,10 +138,17 @@ def read_tiles_csv(path: Path) -> dict[str, dict]:
                 "row": _opt(row.get("row"), int),
                 "col": _opt(row.get("col"), int),
                 "landslide_fraction": _opt(row.get("landslide_fraction"), float),
+                "scene_stats": parse_scene_stats(*(row.get(c) for c in SCENE_COLUMNS)),
             }
         except (TypeError, ValueError) as exc:
             raise DataError(f"{path}: line {line}: {exc}") from None
     return rows
+
+
+def tiles_table(root: Path) -> dict[str, dict]:
+    """:func:`read_tiles_csv` of ``<root>/tiles.csv``; empty when the root has none."""
+    csv_path = Path(root) / TILES_CSV
+    return read_tiles_csv(csv_path) if csv_path.is_file() else {}
 
 
 def _opt(value: str | None, kind):
@@ -168,8 +197,7 @@ def scan_class_folders(
     root = Path(root)
     classes = validate_classes(classes)
     _check_root(root, classes)
-    csv_path = root / TILES_CSV
-    table = read_tiles_csv(csv_path) if csv_path.is_file() else {}
+    table = tiles_table(root)
     absolute = root.resolve()
     samples = []
     for label, name in enumerate(classes):

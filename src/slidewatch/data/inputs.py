@@ -278,8 +278,10 @@ class FittedImages(Dataset):
 def image_dataset(meta: ModelMeta, samples: Sequence, *, inputs: ModelInputs | None = None,
                   transform: Callable | None = None, cache: bool = False) -> Dataset:
     """The pixels of ``samples`` as the model of ``meta`` takes them: its band count, its unit
-    scale, the nodata rule, its standardisation rule (each file by its own whole-image
-    statistics, :mod:`slidewatch.data.standardize`), terrain channels when ``inputs`` has them,
+    scale, the nodata rule, its standardisation rule (:mod:`slidewatch.data.standardize`: a
+    tile cut from a scene by the whole scene image's statistics, its sample's ``scene_stats``
+    from ``tiles.csv``; any other file by its own whole-image statistics), terrain channels
+    when ``inputs`` has them,
     then ``transform`` (default: evaluation's, :class:`~slidewatch.data.transforms.
     EvalTransform` at the model's input size; for a segmentation model :class:`FittedImages`).
     Items: ``{"image", "label", "index"}`` (and ``"valid"`` for a segmentation model)."""
@@ -317,7 +319,7 @@ def window_tensor(meta: ModelMeta, raw: np.ndarray, valid: np.ndarray | None,
     statistics of the whole scene (:func:`slidewatch.data.standardize.raster_statistics`;
     required with rule ``image``, never the window's own), then evaluation's transform when
     the window size or greyscale rule asks for it; the same pixels give the same tensor as
-    :func:`image_dataset`."""
+    :func:`image_dataset` (for a tile, with its scene's statistics from ``tiles.csv``)."""
     rule = standardizer(meta)
     if rule is not None and stats is None:
         raise ValueError("window_tensor: a model with standardize image needs the scene's "

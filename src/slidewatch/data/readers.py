@@ -288,6 +288,16 @@ def scale_to_unit(arr: np.ndarray, scale: float | None = None) -> np.ndarray:
     raise DataError(f"cannot scale pixel values of dtype {arr.dtype}")
 
 
+def dtype_unit(dtype) -> float:
+    """What :func:`scale_to_unit` divides pixels of ``dtype`` by without an explicit scale:
+    the integer maximum, 1 for floats and booleans (values in unit scale times this are in
+    the dtype's own units)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":  # integers (not bool)
+        return float(np.iinfo(dtype).max)
+    return 1.0
+
+
 def probe(path: str | Path) -> ImageInfo:
     """Width, height, bands and dtype that ``read_image`` returns, from the header only."""
     path = Path(path)

@@ -11,18 +11,24 @@ once, and every valid pixel becomes ``(x - image_mean) / image_std * meta.std + 
 applied to the unit-scale image before any transform (resize, greyscale, augmentation), in
 every path:
 
-* the image is the file the pixels are read from: a class-folder image (also a tile that
-  ``slidewatch data tiles`` cut from a scene: its ``tiles.csv`` records the source only as
-  ``<region>/<stem>``, not as a file, so the tile file's own statistics are used, the same in
-  training, evaluation, prediction and explanation), a scene image of a scene folder (its
-  random crops and validation windows take the whole scene's statistics, never the crop's),
-  or the whole raster being scanned (:func:`raster_statistics`, read strip by strip at full
-  resolution, never the whole raster in memory; every window of the scene then uses them);
+* the image is the source image the pixels come from: a class-folder image (its own
+  statistics), a tile that ``slidewatch data tiles`` (or training's automatic tiling) cut from
+  a scene image (the statistics of that whole scene image, :func:`array_statistics`, which
+  tiling records in ``tiles.csv`` as ``scene_mean`` / ``scene_std``,
+  :mod:`slidewatch.data.imagestats`, and the dataset scanner puts on each tile's ``Sample``
+  as ``scene_stats``; a ``tiles.csv`` without these columns, written before they existed or by
+  hand, and a tile file given alone, as to ``slidewatch predict``, fall back to the tile
+  file's own statistics), a scene image of a scene folder (its random crops and validation
+  windows take the whole scene's statistics, never the crop's), or the whole raster being
+  scanned (:func:`raster_statistics`, read strip by strip at full resolution, never the whole
+  raster in memory; every window of the scene then uses them), so a tile from ``tiles.csv``
+  and the scan window over the same pixels give the model the same input;
 * statistics are per band, population standard deviation, at least :data:`MIN_STD`; an image
   without a valid pixel has mean 0 and standard deviation 1.
 
 Who applies it: :class:`slidewatch.data.dataset.TileDataset` (training, evaluation,
-prediction, explanation of class-folder images, through :func:`slidewatch.data.inputs.
+prediction, explanation of class-folder images and tiles, with a sample's ``scene_stats``
+when it has them, through :func:`slidewatch.data.inputs.
 image_dataset`), the datasets of :mod:`slidewatch.data.masks` (segmentation), and
 :func:`slidewatch.data.inputs.window_tensor` with the scene's statistics (scan). Models with
 tabular, terrain or fusion inputs cannot use it (:func:`slidewatch.meta.validate_meta`).
@@ -30,29 +36,18 @@ tabular, terrain or fusion inputs cannot use it (:func:`slidewatch.meta.validate
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from rasterio.windows import Window
 
 from slidewatch.data import raster
 from slidewatch.data.dataset import unit_and_valid
+from slidewatch.data.imagestats import ImageStats
 from slidewatch.errors import ModelError
 from slidewatch.meta import ModelMeta
 
 MIN_STD = 1e-6  # unit scale: a constant band is not blown up
 STATS_READ_BYTES = 4 * 2**20  # raw pixels per strip when a raster's statistics are read
 _BLOCK = 2**20  # pixels per block of an in-memory image (float64 copies stay small)
-
-
-@dataclass(frozen=True)
-class ImageStats:
-    """Per-band mean and standard deviation of an image's valid pixels (unit scale), and how
-    many valid pixels they were taken over."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    pixels: int
 
 
 class _Moments:
@@ -93,6 +88,22 @@ def image_statistics(unit: np.ndarray, ok: np.ndarray, channel_axis: int = -1) -
     :func:`~slidewatch.data.dataset.unit_and_valid`) is True."""
     acc = _Moments(unit.shape[channel_axis])
     acc.add(unit, ok, channel_axis)
+    return acc.stats()
+
+
+def array_statistics(arr: np.ndarray, valid: np.ndarray | None = None,
+                     scale: float | None = None) -> ImageStats:
+    """Statistics of a whole image as read (H x W x C, native dtype; ``valid``: its declared
+    validity, :func:`~slidewatch.data.dataset.declared_valid`, or None) in unit scale with the
+    nodata rule, taken a strip of rows at a time so that no float copy of the whole image is
+    made: the numbers of :func:`image_statistics` of
+    :func:`~slidewatch.data.dataset.unit_and_valid` (to float rounding). ``slidewatch data
+    tiles`` records them for each scene image (``tiles.csv``)."""
+    acc = _Moments(arr.shape[2])
+    step = max(1, _BLOCK // max(1, arr.shape[1]))
+    for row in range(0, arr.shape[0], step):
+        part = None if valid is None else valid[row:row + step]
+        acc.add(*unit_and_valid(arr[row:row + step], scale, part))
     return acc.stats()
 
 

@@ -3,6 +3,16 @@
 A scene folder holds ``images/`` and ``masks/`` with matching file stems. Each tile lies fully
 inside its image; it is a landslide tile if the mask covers at least ``min_landslide`` of it,
 landslide-free if the mask covers none of it, and dropped otherwise.
+
+``tiles.csv`` has the standard columns (:data:`~slidewatch.data.folders.CSV_COLUMNS`: path,
+label, source image as ``<region>/<stem>``, row, col, landslide fraction, region) and the
+statistics of the whole scene image each tile was cut from, ``scene_mean`` and ``scene_std``
+(:data:`~slidewatch.data.imagestats.SCENE_COLUMNS`: per band, over its valid pixels by the one
+nodata rule, in unit scale by the dtype rule, :func:`slidewatch.data.standardize.
+array_statistics`; space-separated ``repr`` floats that read back exactly). A model with the
+``standardize: image`` rule standardises a tile with them, as ``scan`` does the same pixels
+with the scene's; tiles of a ``tiles.csv`` without these columns (written by an older
+slidewatch) use their own statistics.
 """
 
 from __future__ import annotations
@@ -15,6 +25,9 @@ from pathlib import Path
 import numpy as np
 from rasterio.errors import RasterioError
 
+from slidewatch.data.dataset import declared_valid
+from slidewatch.data.folders import CSV_COLUMNS, TILES_CSV, validate_classes
+from slidewatch.data.imagestats import SCENE_COLUMNS, format_values
 from slidewatch.data.readers import (
     IMAGE_SUFFIXES,
     georef,
@@ -24,6 +37,7 @@ from slidewatch.data.readers import (
     tile_suffix,
     write_tile,
 )
+from slidewatch.data.standardize import array_statistics
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.io_utils import atomic_dir, open_output, quiet_writing
 
@@ -33,8 +47,7 @@ except ImportError:  # pragma: no cover - rasterio moved it
     CPLE_BaseError = RasterioError
 RASTER_WRITE_ERRORS = (RasterioError, CPLE_BaseError, OSError)  # a tile write that failed
 
-TILES_CSV = "tiles.csv"
-CSV_COLUMNS = ("path", "label", "source_image", "row", "col", "landslide_fraction", "region")
+TILING_COLUMNS = CSV_COLUMNS + SCENE_COLUMNS  # the header of the tiles.csv written here
 
 
 @dataclass
@@ -84,17 +97,6 @@ class _Job:
 def is_scene_folder(path: Path) -> bool:
     """A folder of scenes to tile: ``images/`` and ``masks/`` side by side."""
     return (path / "images").is_dir() and (path / "masks").is_dir()
-
-
-def validate_classes(classes: Sequence[str]) -> tuple[str, ...]:
-    """Two or more distinct folder names, or ConfigError naming ``--classes``."""
-    classes = tuple(classes)
-    if len(classes) < 2 or len(set(classes)) != len(classes):
-        raise ConfigError(f"--classes: need two or more distinct names, got {list(classes)}")
-    for name in classes:
-        if not name or name.startswith(".") or "/" in name or "\\" in name:
-            raise ConfigError(f"--classes: '{name}' is not a valid folder name")
-    return classes
 
 
 def _validate(tile: int, stride: int, min_landslide: float) -> None:
@@ -220,6 +222,8 @@ def _tile_one(job: _Job, out: Path, opts: dict, summary: TilingSummary, writer) 
             f"{job.mask}: mask size {mask.shape} differs from {job.image} {image.shape[:2]}"
         )
     geo = georef(job.image)
+    stats = array_statistics(image, declared_valid(job.image))  # the whole scene image's
+    scene = [format_values(stats.mean), format_values(stats.std)]
     positions = tile_positions(image.shape[0], image.shape[1], tile, opts["stride"])
     fractions = tile_fractions(mask, positions, tile)
     counts = summary.counts[job.region]
@@ -242,7 +246,7 @@ def _tile_one(job: _Job, out: Path, opts: dict, summary: TilingSummary, writer) 
         counts[label] += 1
         writer.writerow(
             [written.relative_to(out).as_posix(), label, f"{job.region}/{job.image.stem}",
-             r, c, f"{frac:.6f}", job.region]
+             r, c, f"{frac:.6f}", job.region, *scene]
         )
 
 
@@ -257,7 +261,8 @@ def tile_scenes(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> TilingSummary:
-    """Tile every scene into ``<out>/<class>/`` and write ``<out>/tiles.csv`` (built atomically)."""
+    """Tile every scene into ``<out>/<class>/`` and write ``<out>/tiles.csv`` (built atomically;
+    :data:`TILING_COLUMNS`, with each scene image's statistics)."""
     _validate(tile, stride, min_landslide)
     classes = validate_classes(classes)
     out_dir = Path(out_dir)
@@ -271,7 +276,7 @@ def tile_scenes(
             (tmp / name).mkdir()
         with open_output(tmp / TILES_CSV, newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(CSV_COLUMNS)
+            writer.writerow(TILING_COLUMNS)
             for i, job in enumerate(jobs):
                 _tile_one(job, tmp, opts, summary, writer)
                 if progress is not None:

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 from torch.utils.data import DataLoader
 
-from slidewatch.data.folders import Sample, load_datasets
+from slidewatch.data.folders import Sample, load_datasets, tiles_table
 from slidewatch.data.inputs import model_dataset
 from slidewatch.data.tiling import is_scene_folder
 from slidewatch.errors import ConfigError, DataError
@@ -109,7 +109,9 @@ def _training_roots(model_dir: Path, meta: ModelMeta, extra: list[Path]) -> dict
 def validation_samples(model_dir: Path, meta: ModelMeta, extra_roots: list[Path]
                        ) -> list[Sample]:
     """Samples of the validation part of the model's ``split.json`` (keys
-    ``<root name>/<class>/<file>``), found under the training data roots."""
+    ``<root name>/<class>/<file>``), found under the training data roots; for a model that
+    standardises, a tile listed in its root's ``tiles.csv`` carries its scene's statistics,
+    as in training."""
     path = model_dir / SPLIT_FILE
     if not path.is_file():
         raise ConfigError(f"--target-recall: {path} not found; the model has no validation "
@@ -121,6 +123,7 @@ def validation_samples(model_dir: Path, meta: ModelMeta, extra_roots: list[Path]
     if not keys:
         raise ConfigError(f"--target-recall: {path} has no validation images")
     roots = _training_roots(model_dir, meta, extra_roots)
+    tables: dict[str, dict] = {}  # each root's tiles.csv: a tile's scene statistics
     samples = []
     for key in keys:
         root_name, _, rel = str(key).partition("/")
@@ -131,8 +134,13 @@ def validation_samples(model_dir: Path, meta: ModelMeta, extra_roots: list[Path]
         file = roots[root_name] / rel
         if not file.is_file():
             raise DataError(f"{file}: validation image listed in {path} is missing")
+        if root_name not in tables:  # read only for a model that standardises
+            standardises = meta.standardize != "none"
+            tables[root_name] = tiles_table(roots[root_name]) if standardises else {}
+        row = tables[root_name].get(rel)
         samples.append(Sample(path=file, label=meta.classes.index(cls), group="", region="",
-                              root=roots[root_name]))
+                              root=roots[root_name],
+                              scene_stats=row["scene_stats"] if row else None))
     return samples
 
 

@@ -259,7 +259,8 @@ def explain_paths(model_dir: str | Path, paths: list[str | Path], out: str | Pat
                              target_layer=target_layer, masks=masks, overwrite=overwrite,
                              progress=progress)
     layer, _ = resolve_target_layer(model, target_layer, meta)
-    files = image_dataset(meta, image_samples(paths, collect_images(paths), meta.classes))
+    files = image_dataset(meta, image_samples(paths, collect_images(paths), meta.classes,
+                                              meta.standardize == "image"))
     indices = range(len(files))
     if progress is not None:
         indices = progress(indices, desc=f"explain ({method})", total=len(files))

@@ -65,19 +65,32 @@ def _folder_images(folder: Path) -> list[Path]:
     return found
 
 
-def image_samples(paths: list[str | Path], files: list[Path], classes: list[str]) -> list:
+def image_samples(paths: list[str | Path], files: list[Path], classes: list[str],
+                  scene_stats: bool = False) -> list:
     """Unlabelled samples of ``files`` (label -1) for the dataset builder. For joining tabular
     rows, a file found in a folder argument is keyed relative to that folder (to its parent
-    when the folder is named like a class, as in a dataset's ``<root>/<class>/<file>``)."""
-    from slidewatch.data.folders import Sample
+    when the folder is named like a class, as in a dataset's ``<root>/<class>/<file>``).
+
+    ``scene_stats`` (a model with ``standardize: image``): a file found so under a dataset
+    root with a ``tiles.csv`` takes its scene's statistics from there
+    (:attr:`~slidewatch.data.folders.Sample.scene_stats`), as evaluation does; a file named
+    alone, or one the ``tiles.csv`` does not list, is its own image (its own statistics)."""
+    from slidewatch.data.folders import Sample, tiles_table
 
     folders = [Path(p) for p in paths if Path(p).is_dir()]
+    tables: dict[Path, dict] = {}
     out = []
     for f in files:
         root = next((d for d in folders if f.is_relative_to(d)), None)
         if root is not None and root.resolve().name in classes:
             root = root.parent
-        out.append(Sample(path=f, label=-1, group="", region="", root=root))
+        stats = None
+        if scene_stats and root is not None:
+            if root not in tables:
+                tables[root] = tiles_table(root)
+            row = tables[root].get(f.relative_to(root).as_posix())
+            stats = row["scene_stats"] if row else None
+        out.append(Sample(path=f, label=-1, group="", region="", root=root, scene_stats=stats))
     return out
 
 
@@ -120,7 +133,8 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
     model, meta = load_models(dirs, dev, runtime)
     inputs = model_inputs(meta, tabular, aux, missing, unknown)
     thr = meta.threshold if threshold is None else threshold
-    ds = model_dataset(meta, image_samples(paths, files, meta.classes), inputs=inputs)
+    samples = image_samples(paths, files, meta.classes, meta.standardize == "image")
+    ds = model_dataset(meta, samples, inputs=inputs)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
     batches = progress(loader, desc="predict", total=len(loader))
     source = model_dir if not ensemble else describe(dirs)
