@@ -1,0 +1,230 @@
+"""`slidewatch changes` and `slidewatch date`: scans of one area at several dates on one grid,
+detections labelled new / persisting / gone, the date each detection appeared, the
+co-registration warning, and the bad inputs. The model is a tiny U-Net whose weights are set by
+hand so that its map is known: landslide where band 1 is bright (> 0.625 at unit scale)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import UTM45, write_image
+from rasterio.transform import from_origin
+from shapely.geometry import box, shape
+
+from slidewatch.cli.main import main
+from slidewatch.stac.changes import classify_changes, phase_shift
+
+TRANSFORM = from_origin(500000, 3000000, 10, 10)
+H, W = 96, 160
+BLOCKS = {"A": (10, 30, 10, 40), "G": (60, 80, 120, 150), "N": (50, 80, 40, 70)}
+
+
+@pytest.fixture(scope="module")
+def bright_model(tmp_path_factory):
+    """A unet_tiny folder: logit = relu(40 x - 20) - 5 of band 1 (x at unit scale)."""
+    from slidewatch.meta import ModelMeta, SegmentationSpec
+    from slidewatch.models.checkpoint import save_model
+    from slidewatch.models.segmentation import Segmenter, TinyUNet
+
+    net = TinyUNet(3)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
+                module.weight.fill_(1.0 if isinstance(module, torch.nn.BatchNorm2d) else 0.0)
+                module.bias.zero_()
+        net.encoder[0][0].weight[0, 0, 1, 1] = 40.0
+        net.encoder[0][0].bias[0] = -20.0
+        net.decoder[1][0].weight[0, 16, 1, 1] = 1.0  # e1 channel 0 through the skip
+        net.segmentation_head.weight[0, 0, 0, 0] = 1.0
+        net.segmentation_head.bias[0] = -5.0
+    meta = ModelMeta(architecture="unet_tiny", classes=["landslide", "non_landslide"],
+                     in_chans=3, input_size=32, mean=[0.0] * 3, std=[1.0] * 3, task="segment",
+                     segmentation=SegmentationSpec(4))
+    out = tmp_path_factory.mktemp("bright") / "model"
+    save_model(out, Segmenter(net, "unet_tiny").eval(), meta)
+    return out
+
+
+def scene(path, blocks, *, seed=0, transform=TRANSFORM, crs=UTM45, shift=(0, 0), date=None):
+    """Dark textured ground (the same texture for every seed-0 scene) with bright blocks."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(20, 70, (H, W, 3)).astype(np.uint8)
+    for name in blocks:
+        r0, r1, c0, c1 = BLOCKS[name]
+        img[r0:r1, c0:c1] = 220
+    img = np.roll(img, shift, axis=(0, 1))
+    write_image(path, img, crs=crs, transform=transform)
+    if date:
+        with rasterio.open(path, "r+") as ds:
+            ds.update_tags(SLIDEWATCH_DATETIME=date)
+    return path
+
+
+def block_box(name, transform=TRANSFORM):
+    r0, r1, c0, c1 = BLOCKS[name]
+    x0, y0 = transform * (c0, r0)
+    x1, y1 = transform * (c1, r1)
+    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def features(path):
+    return json.loads(path.read_text())["features"]
+
+
+# ---------------------------------------------------------------- the labels, on maps
+
+
+def test_new_persisting_gone_on_probability_maps():
+    before = np.full((40, 50), 0.1, np.float32)
+    after = before.copy()
+    before[2:8, 2:8] = 0.9  # persisting (grows)
+    after[3:12, 3:12] = 0.8
+    before[20:25, 30:40] = 0.7  # gone
+    after[30:35, 5:10] = 0.95  # new
+    before[30:35, 40:45] = 0.9  # gone, but only because AFTER has no data there:
+    after[30:35, 40:45] = np.nan  # no pixel valid in both -> no detection at all
+    got = classify_changes(before, after, 0.5)
+    kinds = sorted((c.change, c.area_px) for c in got)
+    assert kinds == [("gone", 50), ("new", 25), ("persisting", 81)]
+    new = next(c for c in got if c.change == "new")
+    assert new.before_mean == pytest.approx(0.1) and new.after_max == pytest.approx(0.95)
+    assert new.geometry.bounds == (5, 30, 10, 35)  # pixel coordinates (col, row)
+    gone = next(c for c in got if c.change == "gone")
+    assert gone.before_mean == pytest.approx(0.7) and gone.after_mean == pytest.approx(0.1)
+
+
+def test_phase_correlation_finds_a_known_shift():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(128, 128)).cumsum(0).cumsum(1)  # smooth texture
+    s = phase_shift(base, np.roll(base, (3, -2), axis=(0, 1)))
+    assert (round(s.dy), round(s.dx)) == (3, -2) and s.clear and s.pixels > 3
+    s0 = phase_shift(base, base)
+    assert abs(s0.dy) < 0.1 and abs(s0.dx) < 0.1
+    assert phase_shift(np.zeros((64, 64)), base[:64, :64]) is None  # flat: no estimate
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_changes_scans_both_scenes_and_labels_the_detections(capsys, tmp_path, bright_model):
+    before = scene(tmp_path / "before.tif", "AG", date="2023-05-01T04:50:00Z")
+    after = scene(tmp_path / "after.tif", "AN", date="2023-07-20T04:50:00Z")
+    out = tmp_path / "changes"
+    code, stdout, err = run(capsys, "changes", before, after, "--model", bright_model, "--out",
+                            out, "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    assert "1 new, 1 persisting, 1 gone (threshold 0.5)" in stdout
+    assert "warning" not in err
+    feats = features(out / "changes.geojson")
+    by = {f["properties"]["change"]: f for f in feats}
+    assert [f["properties"]["change"] for f in feats] == ["new", "persisting", "gone"]
+    for kind, block in (("new", "N"), ("persisting", "A"), ("gone", "G")):
+        geom = shape(by[kind]["geometry"])
+        truth = block_box(block)
+        assert geom.symmetric_difference(truth).area < 0.05 * truth.area, kind
+    p = by["new"]["properties"]
+    assert p["before_max_prob"] < 0.05 and p["after_mean_prob"] > 0.99
+    assert p["area_px"] == 30 * 30 and p["area_m2"] == pytest.approx(900 * 100)
+    p = by["gone"]["properties"]
+    assert p["before_mean_prob"] > 0.99 and p["after_max_prob"] < 0.05
+    assert json.loads((out / "changes.geojson").read_text())["crs"]["properties"]["name"] \
+        == "urn:ogc:def:crs:EPSG::32645"
+    wgs = features(out / "changes_wgs84.geojson")
+    lon, lat = np.array(wgs[0]["geometry"]["coordinates"][0]).mean(0)
+    assert 86.9 < lon < 87.1 and 27.0 < lat < 27.2
+    doc = json.loads((out / "changes.json").read_text())
+    assert doc["counts"] == {"new": 1, "persisting": 1, "gone": 1}
+    assert doc["before"]["time"] == "2023-05-01T04:50:00Z" and doc["before"]["scanned"]
+    assert doc["shift"]["source"] == "scenes" and doc["shift"]["shift_px"] < 0.5
+    assert (out / "before" / "before_probability.tif").is_file()
+    # the finished scans are inputs too: the same answer without the model
+    again = tmp_path / "again"
+    code, stdout2, err = run(capsys, "changes", out / "before", out / "after", "--out", again)
+    assert code == 0, err
+    assert features(again / "changes.geojson") == feats
+    doc2 = json.loads((again / "changes.json").read_text())
+    assert doc2["before"]["scene"] == str(before.resolve()) and not doc2["before"]["scanned"]
+
+
+def test_before_on_another_grid_is_warped_onto_after(capsys, tmp_path, bright_model):
+    # BEFORE: the same ground at 20 m pixels (every other pixel), half a kilometre wider
+    rng = np.random.default_rng(0)
+    img = rng.integers(20, 70, (H, W, 3)).astype(np.uint8)
+    for name in "AG":
+        r0, r1, c0, c1 = BLOCKS[name]
+        img[r0:r1, c0:c1] = 220
+    coarse = np.zeros((H // 2, W // 2 + 25, 3), np.uint8) + 40
+    coarse[:, :W // 2] = img[::2, ::2]
+    before = write_image(tmp_path / "before.tif", coarse, crs=UTM45,
+                         transform=from_origin(500000, 3000000, 20, 20))
+    after = scene(tmp_path / "after.tif", "AN")
+    out = tmp_path / "c"
+    code, stdout, err = run(capsys, "changes", before, after, "--model", bright_model, "--out",
+                            out, "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    assert "1 new, 1 persisting, 1 gone" in stdout
+    doc = json.loads((out / "changes.json").read_text())
+    assert doc["grid"]["resolution"] == 10 and doc["grid"]["width"] == W
+
+
+def test_a_shifted_after_image_is_a_warning(capsys, tmp_path, bright_model):
+    before = scene(tmp_path / "before.tif", "A")
+    after = scene(tmp_path / "after.tif", "A", shift=(3, 4))  # not co-registered
+    code, stdout, err = run(capsys, "changes", before, after, "--model", bright_model, "--out",
+                            tmp_path / "c", "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    assert "warning:" in err and "shifted by 5.0 px, 50 m (rows +3.0, columns +4.0)" in err
+    doc = json.loads((tmp_path / "c" / "changes.json").read_text())
+    assert doc["shift"]["shift_m"] == pytest.approx(50, abs=1) and doc["shift"]["clear"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_scenes_that_do_not_overlap_are_one_line_before_any_scan(capsys, tmp_path,
+                                                                 bright_model):
+    before = scene(tmp_path / "before.tif", "A")
+    after = scene(tmp_path / "after.tif", "A", transform=from_origin(600000, 3000000, 10, 10))
+    code, _, err = run(capsys, "changes", before, after, "--model", bright_model, "--out",
+                       tmp_path / "c")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{before}: BEFORE does not overlap AFTER ({after})" in err
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("no model", "--model: needed to scan"),
+    ("missing", "no such file or folder"),
+    ("empty folder", "no *_probability.tif in the folder (BEFORE)"),
+    ("threshold", "--threshold: must be between 0 and 1"),
+    ("no crs", "has no CRS and AFTER has one"),
+])
+def test_bad_inputs_are_one_line(capsys, tmp_path, bright_model, case, needle):
+    before = scene(tmp_path / "before.tif", "A")
+    after = scene(tmp_path / "after.tif", "A")
+    args = ["--model", bright_model, "--device", "cpu"]
+    if case == "no model":
+        args = []
+    elif case == "missing":
+        before = tmp_path / "nope.tif"
+    elif case == "empty folder":
+        before = tmp_path / "empty"
+        before.mkdir()
+    elif case == "threshold":
+        args += ["--threshold", "1.5"]
+    elif case == "no crs":
+        before = write_image(tmp_path / "plain.tif", np.zeros((H, W, 3), np.uint8))
+    code, _, err = run(capsys, "changes", before, after, "--out", tmp_path / "c", *args)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert needle in err
+    assert not (tmp_path / "c").exists()  # found before anything is scanned or written
