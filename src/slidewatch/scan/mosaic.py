@@ -8,6 +8,8 @@
   :func:`create_probability` makes it empty on the scene's grid, :func:`write_rows` writes a
   block row at a time, :func:`set_tags` adds the final tags; each write is :func:`gdal_writing`
   (nothing printed by libtiff/GDAL, a failure is one DataError naming the file).
+  :func:`write_cog` copies the finished map into a Cloud-Optimized GeoTIFF (GDAL's COG
+  driver: the same tiles and compression, average overviews, IFDs first), the final file.
 
 The windows themselves (:class:`slidewatch.data.raster.Grid`) and reading the scene: in
 :mod:`slidewatch.data.raster`. Polygons, GeoJSON and quick-looks: :mod:`slidewatch.scan.outputs`.
@@ -127,3 +129,16 @@ def write_rows(path: Path, row0: int, rows: np.ndarray) -> None:
 def set_tags(path: Path, **tags: str) -> None:
     with gdal_writing(path), open_raster(path, "r+") as dst:
         dst.update_tags(**tags)
+
+
+def write_cog(src: Path, dst: Path, final: Path | None = None) -> None:
+    """Copy the finished probability map ``src`` to ``dst`` as a Cloud-Optimized GeoTIFF:
+    256x256 tiles, deflate with the floating-point predictor, overviews (averages of valid
+    pixels, nodata kept) down to one tile, tags, CRS and nodata kept. Streams block by block
+    under the caller's GDAL cache limit. ``final``: the name a failure names (``dst`` may be a
+    temporary file)."""
+    from rasterio.shutil import copy
+
+    with gdal_writing(final or dst):
+        copy(src, dst, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=OUT_BLOCK,
+             OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER", NUM_THREADS="1")

@@ -5,14 +5,14 @@
   the areas still open at the current block row.
 * :func:`finish`: streams one GeoJSON Feature per area into ``<stem>_detections.geojson`` (scene
   CRS) and ``<stem>_detections_wgs84.geojson`` (EPSG:4326), draws the quick-look, tags the
-  probability GeoTIFF and moves every file to its final name.
+  probability GeoTIFF, writes it as a Cloud-Optimized GeoTIFF (:func:`mosaic.write_cog`) and
+  moves every file to its final name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +151,10 @@ def finish(ds, info: SceneInfo, p: Paths, scale: float | None, threshold: float)
             canvas.save(tmp_png, format="PNG")
         mosaic.set_tags(p.partial, SLIDEWATCH_THRESHOLD=repr(threshold),
                         SLIDEWATCH_DETECTIONS=str(n))
-    with writing(p.probability, p.partial):
-        os.replace(p.partial, p.probability)
+    with atomic_path(p.probability) as tmp_cog:  # the final map: a Cloud-Optimized GeoTIFF
+        mosaic.write_cog(p.partial, tmp_cog, p.probability)
+    with writing(p.partial):
+        p.partial.unlink()
     p.state.unlink()
     return n
 
