@@ -228,3 +228,96 @@ def test_bad_inputs_are_one_line(capsys, tmp_path, bright_model, case, needle):
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert needle in err
     assert not (tmp_path / "c").exists()  # found before anything is scanned or written
+
+
+# ---------------------------------------------------------------- dating a time series
+
+
+def cloud_over(path, name):
+    """Blank a block of a scene as nodata (0), as a cloud mask would."""
+    with rasterio.open(path, "r+") as ds:
+        img = ds.read()
+        r0, r1, c0, c1 = BLOCKS[name]
+        img[:, r0 - 2:r1 + 2, c0 - 2:c1 + 2] = 0
+        ds.write(img)
+        ds.nodata = 0
+    return path
+
+
+def test_date_says_when_each_detection_appeared(capsys, tmp_path, bright_model):
+    s1 = scene(tmp_path / "s1.tif", "A", date="2023-05-01T04:50:00Z")
+    s2 = cloud_over(scene(tmp_path / "s2.tif", "A", date="2023-06-15T04:50:00Z"), "N")
+    s3 = scene(tmp_path / "s3.tif", "AN", date="2023-07-20T04:50:00Z")
+    s4 = scene(tmp_path / "s4.tif", "ANG", date="2023-08-01T04:50:00Z")
+    out = tmp_path / "dates"
+    code, stdout, err = run(capsys, "date", s3, s1, s4, s2, "--model", bright_model, "--out",
+                            out, "--device", "cpu", "--no-progress")  # any order
+    assert code == 0, err
+    assert "warning" not in err
+    feats = features(out / "dates.geojson")
+    assert len(feats) == 3
+    got = {}
+    for f in feats:
+        geom = shape(f["geometry"])
+        name = next(b for b in "ANG" if geom.intersection(block_box(b)).area
+                    > 0.9 * block_box(b).area)
+        got[name] = f["properties"]
+    assert got["A"]["appeared"] == "present on 2023-05-01, the first image"
+    assert got["A"]["last_absent"] is None and got["A"]["first_present"] == "2023-05-01"
+    # the cloud on 2023-06-15 hides N: that date is stepped over
+    assert got["N"]["appeared"] == "appeared between 2023-05-01 and 2023-07-20"
+    ev = got["N"]["evidence"]
+    assert [e["date"][:10] for e in ev] == ["2023-05-01", "2023-06-15", "2023-07-20",
+                                            "2023-08-01"]
+    assert [e["present"] for e in ev] == [False, None, True, True]
+    assert ev[1]["valid_share"] == 0 and ev[1]["mean_prob"] is None
+    assert ev[0]["mean_prob"] < 0.05 and ev[2]["mean_prob"] > 0.99
+    assert [e["scene"] for e in ev] == ["s1.tif", "s2.tif", "s3.tif", "s4.tif"]
+    assert got["G"]["last_absent"] == "2023-07-20" and got["G"]["first_present"] == "2023-08-01"
+    assert "appeared between 2023-05-01 and 2023-07-20" in stdout
+    assert "3 detection(s) in the latest image, 4 dates 2023-05-01..2023-08-01" in stdout
+    rows = (out / "dating.csv").read_text().splitlines()
+    assert rows[0].startswith("id,date,time,scene,mean_prob") and len(rows) == 1 + 3 * 4
+    doc = json.loads((out / "dating.json").read_text())
+    assert [i["time_source"] for i in doc["inputs"]] == ["SLIDEWATCH_DATETIME"] * 4
+    assert sorted(p.name for p in (out / "scans").iterdir()) == [
+        "01_20230501_s1", "02_20230615_s2", "03_20230720_s3", "04_20230801_s4"]
+
+
+def test_date_takes_dates_from_the_option_and_scan_folders(capsys, tmp_path, bright_model):
+    s1 = scene(tmp_path / "a.tif", "A")  # no date tags
+    s2 = scene(tmp_path / "b.tif", "AN")
+    out = tmp_path / "d"
+    code, stdout, err = run(capsys, "date", s1, s2, "--dates", "2022-01-10,2022-02-20",
+                            "--model", bright_model, "--out", out, "--device", "cpu",
+                            "--no-progress")
+    assert code == 0, err
+    assert "appeared between 2022-01-10 and 2022-02-20" in stdout
+    scans = sorted((out / "scans").iterdir())
+    code, stdout2, err = run(capsys, "date", *scans, "--dates", "2022-01-10,2022-02-20", "--out",
+                             tmp_path / "again")
+    assert code == 0, err
+    assert stdout2.splitlines()[:2] == stdout.splitlines()[:2]
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("no date", "no acquisition date in its tags (SLIDEWATCH_DATETIME"),
+    ("count", "--dates: 1 date(s) for 2 scene(s)"),
+    ("unreadable", "--dates: cannot read 'June'"),
+    ("one scene", "give two or more scenes"),
+])
+def test_date_bad_inputs_are_one_line(capsys, tmp_path, bright_model, case, needle):
+    s1 = scene(tmp_path / "a.tif", "A", date="2023-05-01")
+    s2 = scene(tmp_path / "b.tif", "A")
+    args = [s1, s2]
+    if case == "count":
+        args += ["--dates", "2023-01-01"]
+    elif case == "unreadable":
+        args += ["--dates", "2023-01-01,June"]
+    elif case == "one scene":
+        args = [s1]
+    code, _, err = run(capsys, "date", *args, "--model", bright_model, "--out", tmp_path / "o")
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    if case == "no date":
+        assert str(s2) in err and "give --dates" in err
+    assert not (tmp_path / "o").exists()

@@ -75,3 +75,36 @@ def changes_cmd(before, after, out, model_dir, threshold, tile, stride, batch, b
     c = summary.counts
     click.echo(f"{c['new']} new, {c['persisting']} persisting, {c['gone']} gone "
                f"(threshold {summary.threshold:g}) -> {summary.files[0]}")
+
+
+@click.command("date")
+@click.argument("scenes", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="folder for dates.geojson, dates_wgs84.geojson, dating.csv, dating.json (and "
+                   "the scans of scenes: OUT/scans/)")
+@click.option("--dates", default=None, metavar="D1,D2,...",
+              help="acquisition date of each scene, in their order  [default: the scenes' "
+                   "tags, e.g. those imagery fetch writes]")
+@scan_options
+def date_cmd(scenes, out, dates, model_dir, threshold, tile, stride, batch, bands, device,
+             overwrite, no_progress) -> None:
+    """When did each detection of the latest of SCENES (one area at several dates: scenes or
+    finished scan folders) appear: the last date it was absent and the first date it was
+    present, with the probability over its footprint at every date."""
+    from slidewatch.stac.dating import date_detections
+
+    listed = None if dates is None else [d.strip() for d in dates.split(",") if d.strip()]
+    summary = date_detections(list(scenes), out, model_dir=model_dir, dates=listed,
+                              threshold=threshold,
+                              scan_options=_scan_kwargs(tile, stride, batch, bands, device,
+                                                        overwrite),
+                              progress=progress(not no_progress))
+    for w in summary.warnings:
+        echo(f"warning: {w}")
+    for d in summary.detections:
+        probs = ", ".join(_fmt(e.mean_prob) for e in d.evidence)
+        click.echo(f"{d.id}: {d.appeared} ({d.area_px} px; p {probs})")
+    first, last = summary.maps[0].time, summary.maps[-1].time
+    click.echo(f"{len(summary.detections)} detection(s) in the latest image, {len(summary.maps)} "
+               f"dates {first:%Y-%m-%d}..{last:%Y-%m-%d} (threshold {summary.threshold:g}) -> "
+               f"{summary.files[0]}")

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from slidewatch.cli.changes import changes_cmd
+from slidewatch.cli.changes import changes_cmd, date_cmd
 from slidewatch.cli.common import echo
 from slidewatch.cli.data import data
 from slidewatch.cli.evaluate import evaluate_cmd, report_cmd
@@ -40,6 +40,7 @@ for command in (data, models_cmd, train_cmd, predict_cmd, evaluate_cmd, explain_
     cli.add_command(command)
 cli.add_command(imagery)
 cli.add_command(changes_cmd)
+cli.add_command(date_cmd)
 
 
 def printable(text: object) -> str:

@@ -102,6 +102,11 @@ def _scan_folder(path: Path, label: str) -> tuple[Path, Path | None, float | Non
     return maps[0], scene, threshold
 
 
+def scan_folder_scene(path: str | Path, label: str | None = None) -> Path | None:
+    """The scene that the scan in folder ``path`` scanned, when it is still there."""
+    return _scan_folder(Path(path), label or str(path))[1]
+
+
 def _bounds_in(path: Path, crs) -> tuple[object, tuple[float, float, float, float]]:
     """The raster's CRS and its bounds in ``crs`` (its own when ``crs`` is None)."""
     from rasterio.warp import transform_bounds
