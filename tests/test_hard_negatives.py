@@ -56,7 +56,8 @@ def test_the_pass_oversamples_the_highest_scoring_negatives(data, tmp_path, monk
 
     monkeypatch.setattr(hard_negatives, "mine", spy_mine)
     out = tmp_path / "m"
-    train(_config(data, hard_negatives=3, hard_negative_epochs=2), out)
+    train(_config(data, hard_negatives=3, hard_negative_epochs=2,
+                  hard_negative_keep="always"), out)
     # the pool is exactly the landslide-free training tiles
     negatives = [j for j, x in enumerate(seen["samples"]) if x.label == 1]
     assert seen["pool"] == negatives and len(seen["prob"]) == len(negatives)
@@ -69,7 +70,8 @@ def test_the_pass_oversamples_the_highest_scoring_negatives(data, tmp_path, monk
     rec = meta["hard_negatives"]
     assert rec["n"] == 3 and rec["share"] == 0.25 and rec["epochs"] == 2
     assert rec["score_max"] == pytest.approx(float(seen["prob"].max()), abs=1e-4)
-    assert isinstance(rec["kept"], bool)
+    assert rec["kept"] is True  # hard_negative_keep: always
+    assert meta["best_epoch"] == 4
     history = (out / "history.csv").read_text().splitlines()
     phases = [line.split(",")[1] for line in history[1:]]
     assert phases == ["1", "2", "3", "3"]

@@ -206,6 +206,9 @@ class TrainConfig:
     hard_negatives: int = 0
     hard_negative_epochs: int = 1
     hard_negative_share: float = 0.25
+    # "validation": the best epoch of all phases is kept (the pass may be dropped);
+    # "always": the model is the last epoch of the pass
+    hard_negative_keep: Literal["validation", "always"] = "validation"
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -392,6 +395,7 @@ def to_dict(cfg: Any) -> dict:
 LATER_KEYS = {"calibration": "none", "data.val_regions": [], "data.standardize": "none",
               "hard_negatives": 0,
               "hard_negative_epochs": 1, "hard_negative_share": 0.25,
+              "hard_negative_keep": "validation",
               **{f"augment.{k}": 0.0 for k in ("gain", "offset", "gamma", "hue",
                                                 "false_colour", "blur", "sharpen", "noise",
                                                 "jpeg")},

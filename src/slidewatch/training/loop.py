@@ -315,6 +315,9 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
                                 phase_epoch=epoch, best=best, bad_epochs=bad,
                                 optimizer=optimizer)
         state = None
+    if "hard_negatives" in s.meta.extra and cfg.hard_negative_keep == "always" and history:
+        best = {"score": best["score"], "epoch": history[-1]["epoch"], "row": history[-1],
+                "state": copy.deepcopy(s.model.state_dict())}
     if "hard_negatives" in s.meta.extra:  # did the pass improve the validation score?
         kept = best["row"].get("phase") == 3
         s.meta.extra["hard_negatives"]["kept"] = kept
