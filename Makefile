@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev,onnx,stac]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,onnx,stac,serve]'
 	touch $(STAMP)
 
 setup: $(STAMP)

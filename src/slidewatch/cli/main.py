@@ -24,6 +24,7 @@ from slidewatch.cli.inventory import from_inventory
 from slidewatch.cli.models import models_cmd
 from slidewatch.cli.predict import predict_cmd
 from slidewatch.cli.scan import scan
+from slidewatch.cli.serve import serve_cmd
 from slidewatch.cli.train import train_cmd
 from slidewatch.errors import SlidewatchError
 
@@ -41,6 +42,7 @@ for command in (data, models_cmd, train_cmd, predict_cmd, evaluate_cmd, explain_
 cli.add_command(imagery)
 cli.add_command(changes_cmd)
 cli.add_command(date_cmd)
+cli.add_command(serve_cmd)
 
 
 def printable(text: object) -> str:
