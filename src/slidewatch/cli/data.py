@@ -84,3 +84,23 @@ def data_split(roots, out, by, val_fraction, test_fraction, holdout, seed, class
     save_split(Path(out), samples, split)
     click.echo(f"train {len(split.train)}, val {len(split.val)}, test {len(split.test)} "
                f"images -> {out}")
+
+
+@data.command("from-reviews")
+@click.argument("reviews", metavar="REVIEWS.gpkg")
+@click.argument("scene", metavar="SCENE.tif")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
+@click.option("--size", default=128, show_default=True, type=int,
+              help="tile size in pixels (larger for a polygon that does not fit)")
+@click.option("--region", default=None, help="region name in tiles.csv  [default: scene stem]")
+@click.option("--overwrite", is_flag=True, help="replace an existing output folder")
+def data_from_reviews(reviews, scene, out, size, region, overwrite):
+    """Training tiles from reviewed detections (`slidewatch serve`): accepted, redrawn and
+    added polygons become landslide tiles with masks, rejected detections landslide-free
+    tiles (hard negatives), as class folders + tiles.csv that `slidewatch train --data` reads
+    (e.g. with --init-from MODEL to fine-tune on the corrections)."""
+    from slidewatch.data.reviews import tiles_from_reviews
+
+    result = tiles_from_reviews(Path(reviews), Path(scene), Path(out), size=size, region=region,
+                                overwrite=overwrite)
+    click.echo(result.summary())

@@ -360,7 +360,7 @@ def tiles_from_reviews(store: str | Path, scene: str | Path, out: str | Path, *,
                     profile = None
                     if ds.crs is not None:
                         profile = {"crs": ds.crs,
-                                   "transform": ds.transform * Affine.translation(c0, r0)}
+                                   "transform": ds.transform @ Affine.translation(c0, r0)}
                     written = write_tile(tmp / label / name, np.moveaxis(data, 0, -1), profile)
                     fraction = 0.0
                     if positive:
