@@ -486,3 +486,76 @@ def test_a_signer_that_fails_is_one_line(capsys, tmp_path, api, area_bbox, monke
     assert code == 2 and err.count("\n") == 1
     assert "--signer badsigner:sign: signing item S2_20230501 failed (token service down)" in err
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- chips from the catalogue
+
+
+def test_from_inventory_with_stac_cuts_chips_from_the_least_cloudy_image(capsys, tmp_path, api,
+                                                                          assets):
+    import csv
+
+    _, arrays = assets
+    (lon1, lon2), (lat1, lat2) = transform(UTM, "EPSG:4326", [501005.0, 503005.0],
+                                           [2996995.0, 2995995.0])
+    inv = tmp_path / "inventory.csv"
+    inv.write_text("id,date,latitude,longitude\n"
+                   f"ev-1,2023-04-25,{lat1},{lon1}\n"
+                   f"ev-2,06/01/2023 12:00:00 AM,{lat2},{lon2}\n"
+                   f"ev-3,sometime,{lat2},{lon1}\n")
+    out, kept = tmp_path / "chips", tmp_path / "scenes"
+    code, stdout, err = run(capsys, "data", "from-inventory", inv, "--stac", api.url,
+                            "--collection", S2, "--days-after", 60, "--days-before", 40,
+                            "--bands", "B04,B03,B02", "--size", 16, "--min-distance", 100,
+                            "--out", out, "--scenes", kept)
+    assert code == 0, err
+    assert "3 event(s): 2 image(s) after, 1 before; skipped: unreadable date 1, no item " \
+           "before 1" in stdout
+    rows = list(csv.DictReader((out / "tiles.csv").open(newline="")))
+    pos = [r for r in rows if r["label"] == "landslide"]
+    got = sorted((r["inventory_id"], r["image_role"], r["stac_item"], r["days_from_event"])
+                 for r in pos)
+    # ev-1: 2023-05-01 (10 %) is the one item within 60 days; ev-2: 2023-07-20 (5 %) beats
+    # 2023-06-15 (80 %); before ev-2: 2023-05-01; before ev-1 nothing within 40 days
+    assert got == [("ev-1", "after", "S2_20230501", "6.201"),
+                   ("ev-2", "after", "S2_20230720", "49.201"),
+                   ("ev-2", "before", "S2_20230501", "-30.799")]
+    assert {r["region"] for r in rows} == {"ev-1", "ev-2"}
+    assert all(r["source_image"].startswith(r["region"] + "/") for r in rows)
+    assert {r["acquired"] for r in pos} == {"2023-05-01T04:50:00Z", "2023-07-20T04:50:00Z"}
+    assert len(rows) == 6  # 3 landslide chips, 3 landslide-free ones (ratio 1)
+    chip = next(r for r in pos if r["inventory_id"] == "ev-1")
+    with rasterio.open(out / chip["path"]) as ds:
+        data, t = ds.read(), ds.transform
+    assert data.shape == (3, 16, 16)
+    np.testing.assert_array_equal(data[0], expected_window(arrays, "S2_20230501", "B04", t, 16,
+                                                           16))
+    assert len(list(kept.glob("*.tif"))) == 3
+    doc = json.loads((out / "stac_items.json").read_text())
+    assert [i["item"] for i in doc["images"]] == ["S2_20230501", "S2_20230720", "S2_20230501"]
+
+
+def test_from_inventory_with_stac_bad_input(capsys, tmp_path, api):
+    inv = tmp_path / "inventory.csv"
+    inv.write_text("id,date,latitude,longitude\nev-1,,27.1,87.0\n")
+    base = ["data", "from-inventory", inv, "--out", tmp_path / "o"]
+    code, _, err = run(capsys, *base, "--stac", api.url, "--collection", S2)
+    assert code == 2 and "no event with a readable date (column 'date'" in err
+    code, _, err = run(capsys, *base, "--stac", api.url)
+    assert code == 2 and "--collection: needed with --stac" in err
+    code, _, err = run(capsys, *base)
+    assert code == 2 and "SCENES: give one or more GeoTIFF scenes, or --stac" in err
+    code, _, err = run(capsys, *base, "--stac", api.url, "--collection", S2, "--days-after", 0)
+    assert code == 2 and "--days-after: must be > 0" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_event_dates_in_inventory_formats():
+    from slidewatch.stac.chips import parse_event_date
+
+    want = "2023-05-20T00:00:00+00:00"
+    for text in ("2023-05-20", "05/20/2023", "5/20/2023 12:00:00 AM", "2023-05-20 00:00:00",
+                 "2023:05:20 00:00:00"):
+        assert parse_event_date(text).isoformat() == want, text
+    assert parse_event_date("3/2/07").isoformat() == "2007-03-02T00:00:00+00:00"
+    assert parse_event_date("") is None and parse_event_date("last spring") is None

@@ -13,6 +13,7 @@ from slidewatch.cli.common import parse_classes
 DEFAULTS = {"size": 224, "min_distance": 500.0, "negative_ratio": 1.0, "max_nodata": 0.5,
             "lat": "latitude", "lon": "longitude", "id": "id", "date": "date",
             "size_column": "landslide_size", "trigger": "trigger"}
+STAC_DEFAULTS = {"days_after": 30.0, "timeout": 10.0}  # slidewatch.stac.chips and .catalog
 
 _COUNTS = (("points", "points_inside"), ("landslide", "positives"), ("edge", "skipped_edge"),
            ("nodata", "skipped_nodata"), ("repeat", "skipped_duplicate"),
@@ -48,7 +49,7 @@ def format_summary(s) -> str:
 
 @click.command("from-inventory")
 @click.argument("inventory", type=click.Path(dir_okay=False))
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("scenes", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
 @click.option("--size", default=DEFAULTS["size"], show_default=True, type=int,
               help="chip size in pixels")
@@ -72,19 +73,73 @@ def format_summary(s) -> str:
 @click.option("--size-column", default=DEFAULTS["size_column"], show_default=True)
 @click.option("--trigger-column", default=DEFAULTS["trigger"], show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an existing output folder")
+@click.option("--stac", "url", default=None, metavar="URL",
+              help="instead of SCENES: images from this STAC API, one per event after its date")
+@click.option("--collection", default=None, help="with --stac: the collection to search")
+@click.option("--days-after", type=float, default=STAC_DEFAULTS["days_after"],
+              show_default=True, help="with --stac: days after the event date to search")
+@click.option("--days-before", type=float, default=None,
+              help="with --stac: also the least cloudy image this many days before the event")
+@click.option("--max-cloud", type=float, default=None, metavar="P",
+              help="with --stac: items with eo:cloud_cover <= P percent")
+@click.option("--bands", default=None,
+              help="with --stac: asset keys or band names, e.g. B04,B03,B02  [default: visual]")
+@click.option("--resolution", type=float, default=None,
+              help="with --stac: pixel size in metres  [default: the item's]")
+@click.option("--radius", type=float, default=None,
+              help="with --stac: metres around an event that its image covers  [default: "
+                   "--min-distance + 1.5 chips]")
+@click.option("--scenes", "scenes_dir", default=None, type=click.Path(file_okay=False),
+              help="with --stac: keep the fetched images here  [default: a temporary folder]")
+@click.option("--signer", default=None, help="with --stac: see `slidewatch imagery fetch`")
+@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+              help="with --stac: HTTP header for the catalogue and the assets; repeatable")
+@click.option("--timeout", type=float, default=STAC_DEFAULTS["timeout"], show_default=True,
+              help="with --stac: seconds to wait for the catalogue or an asset")
 def from_inventory(inventory, scenes, out, size, min_distance, negatives, negative_ratio, seed,
                    max_nodata, region, classes, lat_column, lon_column, id_column, date_column,
-                   size_column, trigger_column, overwrite) -> None:
-    """Chips around the points of INVENTORY (CSV, WGS84 lat/lon) inside SCENES (GeoTIFFs).
+                   size_column, trigger_column, overwrite, url, collection, days_after,
+                   days_before, max_cloud, bands, resolution, radius, scenes_dir, headers,
+                   signer, timeout) -> None:
+    """Chips around the points of INVENTORY (CSV, WGS84 lat/lon) inside SCENES (GeoTIFFs),
+    or inside the least cloudy image of a STAC catalogue after each event (--stac).
 
     Landslide chips are centred on the points; landslide-free chips keep --min-distance from
     every point. Writes OUT/<class>/*.tif (CRS and transform kept) and OUT/tiles.csv with the
-    inventory's id, date, size and trigger. Defaults read the NASA Global Landslide Catalog.
+    inventory's id, date, size and trigger (with --stac also the item, its acquisition and the
+    days from the event). Defaults read the NASA Global Landslide Catalog.
     """
     from slidewatch.data.inventory import InventoryColumns, chips_from_inventory
+    from slidewatch.errors import ConfigError
 
     columns = InventoryColumns(lat_column, lon_column, id_column, date_column, size_column,
                                trigger_column)
+    if url is not None:
+        if scenes:
+            raise ConfigError("SCENES, --stac: give scenes or a catalogue, not both")
+        if not collection:
+            raise ConfigError("--collection: needed with --stac")
+        from slidewatch.stac.catalog import parse_headers
+        from slidewatch.stac.chips import chips_from_catalogue
+        from slidewatch.stac.fetch import parse_bands
+
+        got = chips_from_catalogue(
+            Path(inventory), Path(out), url=url, collection=collection, days_after=days_after,
+            days_before=days_before, max_cloud=max_cloud, bands=parse_bands(bands),
+            resolution=resolution, radius=radius, scenes=scenes_dir, signer=signer,
+            headers=parse_headers(headers), timeout=timeout, columns=columns, size=size,
+            min_distance=min_distance, negatives=negatives, negative_ratio=negative_ratio,
+            seed=seed, classes=parse_classes(classes), region=region, max_nodata=max_nodata,
+            overwrite=overwrite)
+        click.echo(format_summary(got.summary))
+        skipped = ", ".join(f"{why} {n}" for why, n in got.skipped.items())
+        roles = {r: sum(i.role == r for i in got.images) for r in ("after", "before")}
+        click.echo(f"{got.events} event(s): {roles['after']} image(s) after, {roles['before']} "
+                   f"before" + (f"; skipped: {skipped}" if skipped else ""))
+        return
+    if not scenes:
+        raise ConfigError("SCENES: give one or more GeoTIFF scenes, or --stac URL "
+                          "--collection NAME")
     summary = chips_from_inventory(
         Path(inventory), [Path(s) for s in scenes], Path(out), size=size,
         min_distance=min_distance, negatives=negatives, negative_ratio=negative_ratio,

@@ -189,10 +189,13 @@ def _write_chip(out: Path, label: str, scene: _Scene, r0: int, c0: int, arr, att
             *attrs]
 
 
-def _positives(ds, scene, inv, near, opts, out, stats) -> tuple[list, set]:
-    """Landslide chips centred on the points inside the scene, in inventory order."""
+def _positives(ds, scene, inv, near, opts, out, stats, only=None) -> tuple[list, set]:
+    """Landslide chips centred on the points inside the scene, in inventory order (only the
+    points whose index is in ``only``, when given)."""
     idx, pc, pr = near
     inside = (pc >= 0) & (pc < scene.width) & (pr >= 0) & (pr < scene.height)
+    if only is not None:
+        inside &= np.isin(idx, list(only))
     stats.points_inside = int(inside.sum())
     rows, taken, half = [], set(), opts.size // 2
     for i, c, r in zip(idx[inside], pc[inside], pr[inside], strict=True):
@@ -248,10 +251,10 @@ def _negatives(ds, scene, near, taken, opts, out, stats, rng) -> list:
     return rows
 
 
-def _chip_scene(scene, inv, near, opts, out, writer, rng) -> SceneStats:
+def _chip_scene(scene, inv, near, opts, out, writer, rng, only=None) -> SceneStats:
     stats = SceneStats(scene.source)
     with open_raster(scene.path) as ds:
-        rows, taken = _positives(ds, scene, inv, near, opts, out, stats)
+        rows, taken = _positives(ds, scene, inv, near, opts, out, stats, only)
         rows += _negatives(ds, scene, near, taken, opts, out, stats, rng)
     if rows:
         half = opts.size / 2
@@ -306,6 +309,15 @@ def _options(size, min_distance, negatives, negative_ratio, max_nodata, classes,
                     float(ratio), float(max_nodata), validate_classes(classes))
 
 
+def check_options(size: int = DEFAULT_SIZE, min_distance: float = DEFAULT_MIN_DISTANCE,
+                  negatives: int | None = None, negative_ratio: float | None = None,
+                  max_nodata: float = DEFAULT_MAX_NODATA,
+                  classes: Sequence[str] = ("landslide", "non_landslide"), seed: int = 0) -> None:
+    """The checks of :func:`chips_from_inventory`'s options alone (one-line ConfigErrors), for
+    callers that do slow work before cutting chips."""
+    _options(size, min_distance, negatives, negative_ratio, max_nodata, classes, seed)
+
+
 def _open_scenes(paths: Sequence[Path], out_dir: Path, inventory: Path, region, size):
     if not paths:
         raise ConfigError("no scenes given")
@@ -348,12 +360,16 @@ def chips_from_inventory(
     columns: InventoryColumns = InventoryColumns(),
     max_nodata: float = DEFAULT_MAX_NODATA,
     overwrite: bool = False,
+    positives_from: Sequence[Sequence[int]] | None = None,
 ) -> InventorySummary:
     """Landslide chips around the inventory's points in ``scenes`` and landslide-free chips.
 
     ``negatives`` per scene, or ``negative_ratio`` x that scene's landslide chips (default 1.0).
     Writes ``<out>/<class>/<region>__<stem>__r<row>_c<col>.tif`` and ``<out>/tiles.csv``
     (``INVENTORY_CSV_COLUMNS``), all or nothing. Region: ``region`` or each scene's stem.
+    ``positives_from``: per scene, the indexes of the valid points (inventory order) that may
+    give its landslide chips (e.g. the event an image was chosen for); every point still keeps
+    landslide-free chips away.
     """
     opts = _options(size, min_distance, negatives, negative_ratio, max_nodata, classes, seed)
     inventory, out_dir = Path(inventory), Path(out_dir)
@@ -362,8 +378,14 @@ def chips_from_inventory(
     margin = opts.min_distance + 1000.0
     near = [_near_points(inv, s, margin) for s in opened]
     inside = set()
-    for scene, (idx, pc, pr) in zip(opened, near, strict=True):
-        inside.update(idx[(pc >= 0) & (pc < scene.width) & (pr >= 0) & (pr < scene.height)])
+    if positives_from is not None and len(positives_from) != len(opened):
+        raise ValueError("positives_from: one collection of point indexes per scene")
+    allowed = [None] * len(opened) if positives_from is None else [set(p) for p in positives_from]
+    for scene, (idx, pc, pr), only in zip(opened, near, allowed, strict=True):
+        hit = (pc >= 0) & (pc < scene.width) & (pr >= 0) & (pr < scene.height)
+        if only is not None:
+            hit &= np.isin(idx, list(only))
+        inside.update(idx[hit])
     if not inside:
         raise DataError(_miss_message(inv, opened))
     summary = InventorySummary(out_dir, out_dir / TILES_CSV, inventory, inv.encoding,
@@ -377,5 +399,6 @@ def chips_from_inventory(
             writer.writerow(INVENTORY_CSV_COLUMNS)
             for i, (scene, pts) in enumerate(zip(opened, near, strict=True)):
                 rng = np.random.default_rng([seed, i])
-                summary.scenes.append(_chip_scene(scene, inv, pts, opts, tmp, writer, rng))
+                summary.scenes.append(_chip_scene(scene, inv, pts, opts, tmp, writer, rng,
+                                                  allowed[i]))
     return summary
