@@ -321,3 +321,13 @@ def test_date_bad_inputs_are_one_line(capsys, tmp_path, bright_model, case, need
     if case == "no date":
         assert str(s2) in err and "give --dates" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_date_refuses_a_scene_that_does_not_overlap_the_latest(capsys, tmp_path, bright_model):
+    s1 = scene(tmp_path / "a.tif", "A", date="2023-05-01",
+               transform=from_origin(400000, 3000000, 10, 10))
+    s2 = scene(tmp_path / "b.tif", "A", date="2023-06-01")
+    code, _, err = run(capsys, "date", s1, s2, "--model", bright_model, "--out", tmp_path / "o")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{s1}: a.tif does not overlap b.tif" in err
+    assert not (tmp_path / "o").exists()

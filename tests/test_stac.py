@@ -559,3 +559,19 @@ def test_event_dates_in_inventory_formats():
         assert parse_event_date(text).isoformat() == want, text
     assert parse_event_date("3/2/07").isoformat() == "2007-03-02T00:00:00+00:00"
     assert parse_event_date("") is None and parse_event_date("last spring") is None
+
+
+def test_a_missing_asset_and_a_url_that_is_no_catalogue_are_one_line(capsys, tmp_path, api,
+                                                                     area_bbox):
+    del api.files["S2_20230501_B03.tif"]
+    code, _, err = run(capsys, "imagery", "fetch", "--stac", api.url, "--collection", S2,
+                       "--bbox", bbox_text(area_bbox), "--dates", "2023-05-01", "--bands",
+                       "B04,B03", "--out", tmp_path / "o", "--no-progress")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{api.url}/assets/S2_20230501_B03.tif: cannot read it" in err and "404" in err
+    assert not (tmp_path / "o").exists()
+    url = f"{api.url}/not/a/catalogue"
+    code, _, err = run(capsys, "imagery", "search", "--stac", url, "--collection", S2,
+                       "--bbox", bbox_text(area_bbox), "--dates", "2023-05-01")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{url}: opening the catalogue failed (HTTP 404" in err
