@@ -71,6 +71,29 @@ def block_box(name, transform=TRANSFORM):
     return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
+def read_gpkg(path, table):
+    """(shapely geometry, properties) of a GeoPackage layer, read with sqlite3 (and checked with
+    GDAL through pyogrio when it is installed)."""
+    import sqlite3
+
+    from slidewatch.data import gpkg
+
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == gpkg.APPLICATION_ID
+        rows = [dict(r) for r in conn.execute(f'SELECT * FROM "{table}" ORDER BY fid')]
+        srs = conn.execute("SELECT srs_id FROM gpkg_geometry_columns").fetchone()[0]
+    assert srs == 32645
+    try:
+        import pyogrio
+    except ImportError:
+        pyogrio = None
+    if pyogrio is not None:
+        info = pyogrio.read_info(path, layer=table)
+        assert info["features"] == len(rows) and info["crs"] == "EPSG:32645"
+    return [(gpkg.decode(r.pop("geom")), r) for r in rows]
+
+
 def run(capsys, *args):
     code = main([str(a) for a in args])
     out = capsys.readouterr()
@@ -147,6 +170,10 @@ def test_changes_scans_both_scenes_and_labels_the_detections(capsys, tmp_path, b
     assert doc["before"]["time"] == "2023-05-01T04:50:00Z" and doc["before"]["scanned"]
     assert doc["shift"]["source"] == "scenes" and doc["shift"]["shift_px"] < 0.5
     assert (out / "before" / "before_probability.tif").is_file()
+    layer = read_gpkg(out / "changes.gpkg", "changes")
+    assert [(p["change"], p["area_px"]) for _, p in layer] == [
+        (f["properties"]["change"], f["properties"]["area_px"]) for f in feats]
+    assert layer[0][0].equals(shape(feats[0]["geometry"]))
     # the finished scans are inputs too: the same answer without the model
     again = tmp_path / "again"
     code, stdout2, err = run(capsys, "changes", out / "before", out / "after", "--out", again)
@@ -280,6 +307,10 @@ def test_date_says_when_each_detection_appeared(capsys, tmp_path, bright_model):
     assert rows[0].startswith("id,date,time,scene,mean_prob") and len(rows) == 1 + 3 * 4
     doc = json.loads((out / "dating.json").read_text())
     assert [i["time_source"] for i in doc["inputs"]] == ["SLIDEWATCH_DATETIME"] * 4
+    layer = read_gpkg(out / "dates.gpkg", "dates")
+    assert sorted(p["appeared"] for _, p in layer) == sorted(f["properties"]["appeared"]
+                                                            for f in feats)
+    assert json.loads(layer[0][1]["evidence"]) == feats[0]["properties"]["evidence"]
     assert sorted(p.name for p in (out / "scans").iterdir()) == [
         "01_20230501_s1", "02_20230615_s2", "03_20230720_s3", "04_20230801_s4"]
 

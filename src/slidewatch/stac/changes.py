@@ -22,7 +22,8 @@ labelled ``new``, ``persisting`` or ``gone`` with its probability before and aft
   ``gone``. Geometry: the AFTER detection (new, persisting) or the BEFORE one (gone). Both maps
   are read whole: 8 bytes per pixel of the grid.
 * Outputs in ``OUT``: ``changes.geojson`` (the grid's CRS, with a legacy ``crs`` member),
-  ``changes_wgs84.geojson`` (RFC 7946; only with a CRS), ``changes.json`` (inputs, dates,
+  ``changes_wgs84.geojson`` (RFC 7946; only with a CRS), ``changes.gpkg`` (layer ``changes``,
+  the grid's CRS, through :mod:`slidewatch.data.gpkg`), ``changes.json`` (inputs, dates,
   threshold, grid, the shift estimate, counts), each written atomically. Feature properties:
   ``id``, ``change``, ``area_px``, ``area_m2`` (projected CRS in metres, else null),
   ``before_mean_prob``, ``before_max_prob``, ``after_mean_prob``, ``after_max_prob`` (over the
@@ -42,7 +43,7 @@ import numpy as np
 
 from slidewatch.data import raster
 from slidewatch.errors import ConfigError, DataError
-from slidewatch.io_utils import atomic_write_text
+from slidewatch.io_utils import atomic_path, atomic_write_text
 from slidewatch.stac import tags as tag_names
 from slidewatch.stac.grid import TargetGrid
 
@@ -51,8 +52,11 @@ PROBABILITY_SUFFIX = "_probability.tif"
 SHIFT_CROP = 1024  # pixels a side of the central crop that the shift is estimated on
 MAX_SHIFT_PX = 1.0  # a larger co-registration shift is a warning
 MIN_PEAK_RATIO = 8.0  # a phase-correlation peak this many times the surface RMS is clear
-CHANGES_GEOJSON, CHANGES_WGS84, CHANGES_JSON = ("changes.geojson", "changes_wgs84.geojson",
-                                                 "changes.json")
+CHANGES_GEOJSON, CHANGES_WGS84, CHANGES_JSON, CHANGES_GPKG = (
+    "changes.geojson", "changes_wgs84.geojson", "changes.json", "changes.gpkg")
+CHANGE_COLUMNS = (("id", "INTEGER"), ("change", "TEXT"), ("area_px", "INTEGER"),
+                  ("area_m2", "REAL"), ("before_mean_prob", "REAL"), ("before_max_prob", "REAL"),
+                  ("after_mean_prob", "REAL"), ("after_max_prob", "REAL"))
 
 
 def _no_progress(iterable, **_):
@@ -482,6 +486,34 @@ def write_features(out: Path, name: str, wgs84_name: str, grid: TargetGrid,
     return written
 
 
+def write_gpkg(path: Path, table: str, grid: TargetGrid, features: list[tuple[object, dict]],
+               columns: Sequence[tuple[str, str]], description: str) -> Path:
+    """``features`` as one MultiPolygon layer of a GeoPackage in the grid's CRS (pixel
+    coordinates: srs id -1), through :mod:`slidewatch.data.gpkg`; values that are lists or
+    dicts are stored as JSON text. Atomic."""
+    from slidewatch.data import gpkg
+    from slidewatch.data.reviews import multi
+
+    srs = gpkg.srs_for(grid.crs)
+    names = [n for n, _ in columns]
+    with atomic_path(path) as tmp:
+        conn = gpkg.connect(tmp, must_exist=False)
+        try:
+            gpkg.create(conn, table, columns, srs, "MULTIPOLYGON", description)
+            cols = ", ".join(f'"{n}"' for n in names)
+            marks = ", ".join("?" * (len(names) + 1))
+            with gpkg.transaction(conn):
+                for geom, props in features:
+                    values = [json.dumps(v) if isinstance(v, (list, dict)) else v
+                              for v in (props.get(n) for n in names)]
+                    conn.execute(f'INSERT INTO "{table}" (geom, {cols}) VALUES ({marks})',
+                                 (gpkg.encode(multi(geom), srs.srs_id), *values))
+                gpkg.update_extent(conn, table)
+        finally:
+            conn.close()
+    return path
+
+
 def area_m2(grid: TargetGrid) -> float | None:
     from slidewatch.data.geometry import metric_pixel_area_m2
 
@@ -558,6 +590,8 @@ def changes(before: str | Path, after: str | Path, out: str | Path, *, model_dir
             "after_mean_prob": c.after_mean, "after_max_prob": c.after_max}))
     out.mkdir(parents=True, exist_ok=True)
     files = write_features(out, CHANGES_GEOJSON, CHANGES_WGS84, grid, feats)
+    files.append(write_gpkg(out / CHANGES_GPKG, "changes", grid, feats, CHANGE_COLUMNS,
+                            f"slidewatch changes {mb.given.name} -> {ma.given.name}"))
     counts = {k: sum(c.change == k for c in found) for k in order}
     doc = {"before": describe_time(mb), "after": describe_time(ma), "threshold": t,
            "grid": grid.to_json() if grid.crs is not None else {

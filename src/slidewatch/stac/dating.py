@@ -23,7 +23,8 @@ probability over the detection's footprint) per date.
 * Outputs in ``OUT``: ``dates.geojson`` (+ ``dates_wgs84.geojson``): properties ``id``,
   ``area_px``, ``area_m2``, ``last_absent``, ``first_present`` (YYYY-MM-DD), ``appeared`` (the
   sentence), ``evidence`` (per date: ``date``, ``scene``, ``mean_prob``, ``max_prob``,
-  ``valid_share``, ``present``); ``dating.csv`` (one row per detection and date); ``dating.json``
+  ``valid_share``, ``present``); ``dates.gpkg`` (the same, ``evidence`` as JSON text);
+  ``dating.csv`` (one row per detection and date); ``dating.json``
   (inputs and dates, threshold, grid, shifts against the latest, warnings).
 """
 
@@ -59,12 +60,16 @@ from slidewatch.stac.changes import (
     scan_folder_scene,
     shift_warning,
     write_features,
+    write_gpkg,
 )
 from slidewatch.stac.grid import TargetGrid
 
 MIN_VALID_SHARE = 0.5  # less of the footprint with data at a date: presence unknown there
-DATES_GEOJSON, DATES_WGS84, DATING_CSV, DATING_JSON = ("dates.geojson", "dates_wgs84.geojson",
-                                                       "dating.csv", "dating.json")
+DATES_GEOJSON, DATES_WGS84, DATING_CSV, DATING_JSON, DATES_GPKG = (
+    "dates.geojson", "dates_wgs84.geojson", "dating.csv", "dating.json", "dates.gpkg")
+DATE_COLUMNS = (("id", "INTEGER"), ("area_px", "INTEGER"), ("area_m2", "REAL"),
+                ("last_absent", "TEXT"), ("first_present", "TEXT"), ("appeared", "TEXT"),
+                ("evidence", "TEXT"))
 
 
 def _no_progress(iterable, **_):
@@ -251,6 +256,8 @@ def date_detections(inputs: Sequence[str | Path], out: str | Path, *, model_dir=
         "evidence": [e.to_json() for e in d.evidence]}) for d in dated]
     out.mkdir(parents=True, exist_ok=True)
     files = write_features(out, DATES_GEOJSON, DATES_WGS84, grid, feats)
+    files.append(write_gpkg(out / DATES_GPKG, "dates", grid, feats, DATE_COLUMNS,
+                            f"slidewatch date: detections of {maps[-1].given.name}"))
     atomic_write_text(out / DATING_CSV, _csv(dated))
     doc = {"inputs": [describe_time(m) for m in maps], "threshold": t,
            "grid": grid.to_json() if grid.crs is not None else {
