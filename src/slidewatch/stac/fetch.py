@@ -518,7 +518,9 @@ def fetch_imagery(url: str, collection: str, areas: Sequence[Area], dates: DateR
     if resolution is not None and not (resolution > 0 and math.isfinite(resolution)):
         raise ConfigError(f"--resolution: must be > 0, got {resolution}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out}: exists and is not empty; pass --overwrite to replace it")
     catalog = open_catalog(url, signer=signer, headers=headers, timeout=timeout)
     results = _search_areas(catalog, collection, areas, dates, max_cloud, max_items, progress)
