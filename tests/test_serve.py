@@ -510,10 +510,15 @@ def test_page_in_headless_chromium_talks_to_loopback_only(served):
             page.wait_for_selector("#map img.leaflet-tile-loaded", timeout=20000)
             rows = page.locator("#detections tbody tr").count()
             assert rows >= 1
-            page.locator("#detections tbody tr").first.click()
+            page.locator("#detections tbody tr:has(td.status-pending)").first.click()
             page.wait_for_selector("#selected:not([hidden])", timeout=5000)
             page.wait_for_function("document.getElementById('chip').naturalWidth > 0",
                                    timeout=10000)
+            page.fill("#reviewer", "browser")
+            page.click("button.review[data-status=rejected]")
+            page.wait_for_selector("#detections tbody tr.selected td.status-rejected",
+                                   timeout=10000)
+            assert page.inner_text("#review-msg").startswith("saved")
             assert page.locator("#legend-bar").evaluate(
                 "e => getComputedStyle(e).backgroundImage").startswith("linear-gradient")
             browser.close()

@@ -197,8 +197,15 @@ CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe
 def create_app(settings: ServeSettings, *, start_worker: bool = True) -> FastAPI:
     """The application over checked ``settings`` (:func:`.settings.check_settings`).
     ``start_worker``: start the scan worker thread (tests may run jobs by hand)."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
     from slidewatch.serve.api import add_routes
     from slidewatch.serve.jobs import JobManager
+
+    # rio-tiler opens plain images with rasterio.open: a warning per tile otherwise
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
     jobs = JobManager(settings)
 

@@ -9,8 +9,9 @@
 * Scene pixels: the first three image bands (the band rule: a trailing alpha band is the mask),
   or the first band as grey; 8-bit bands as they are, others stretched from their 2nd to 98th
   percentile (rio-tiler statistics on a decimated read, once per file and modification time).
-* Probabilities: 0..1 through :data:`RAMP` (yellow -> red), nodata (-1) transparent. The page's
-  legend and the detection colours come from the same ramp (:func:`legend`).
+* Probabilities: 0..1 through :data:`RAMP` (yellow -> red), fading out below
+  :data:`OPAQUE_FROM`, nodata (-1) transparent. The page's legend and the detection colours come
+  from the same ramp (:func:`legend`).
 * Outside the data: a transparent 256 x 256 PNG.
 """
 
@@ -34,6 +35,7 @@ OVERZOOM = 4  # plain-image zooms served beyond one image pixel per screen pixel
 RAMP = ((0.0, (255, 255, 178)), (0.25, (254, 204, 92)), (0.5, (253, 141, 60)),
         (0.75, (240, 59, 32)), (1.0, (189, 0, 38)))  # ColorBrewer YlOrRd, 5 classes
 CHIP_MAX = 256
+OPAQUE_FROM = 0.5  # probabilities below fade out (alpha p / 0.5), so the scene shows through
 
 
 def ramp_rgb(p: float) -> tuple[int, int, int]:
@@ -49,13 +51,17 @@ def ramp_rgb(p: float) -> tuple[int, int, int]:
 @functools.lru_cache(maxsize=1)
 def colormap() -> dict[int, tuple[int, int, int, int]]:
     """rio-tiler colour map of the 8-bit rescaled probability (0 = 0.0, 255 = 1.0)."""
-    return {i: (*ramp_rgb(i / 255), 255) for i in range(256)}
+    return {i: (*ramp_rgb(i / 255), alpha(i / 255)) for i in range(256)}
+
+
+def alpha(p: float) -> int:
+    return round(255 * min(1.0, max(0.0, p) / OPAQUE_FROM))
 
 
 def legend() -> dict:
-    """The ramp as the page draws it (CSS colours at probabilities)."""
-    return {"stops": [{"value": p, "color": "#%02x%02x%02x" % c} for p, c in RAMP],
-            "nodata": "transparent"}
+    """The ramp as the page draws it (CSS colours and alpha at probabilities)."""
+    return {"stops": [{"value": p, "color": "#%02x%02x%02x" % c, "alpha": alpha(p) / 255}
+                      for p, c in RAMP], "nodata": "transparent"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -228,7 +234,9 @@ def chip(path: Path, geometry, georeferenced: bool, margin: float = 0.5) -> byte
         if georeferenced:
             res = abs(r.transform.a)
             pad = max(margin * max(x1 - x0, y1 - y0), 16 * res)
-            box = (x0 - pad, y0 - pad, x1 + pad, y1 + pad)
+            left, bottom, right, top = r.bounds  # the scene's, in its CRS
+            box = (max(left, x0 - pad), max(bottom, y0 - pad), min(right, x1 + pad),
+                   min(top, y1 + pad))
             img = r.part(box, dst_crs=r.crs, bounds_crs=r.crs, indexes=view.bands,
                          max_size=CHIP_MAX)
         else:

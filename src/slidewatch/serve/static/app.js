@@ -77,8 +77,9 @@
 
   function drawLegend() {
     var stops = state.config.legend.stops;
-    $("legend-bar").style.background = "linear-gradient(to right, " + stops.map(function (s) {
-      return s.color + " " + (s.value * 100) + "%";
+    $("legend-bar").style.backgroundImage = "linear-gradient(to right, " + stops.map(function (s) {
+      var c = hexToRgb(s.color), a = s.alpha === undefined ? 1 : s.alpha;
+      return "rgba(" + c.join(",") + "," + a + ") " + (s.value * 100) + "%";
     }).join(", ") + ")";
   }
 
