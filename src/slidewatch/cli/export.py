@@ -16,12 +16,12 @@ from slidewatch.cli.common import echo
               help="ONNX opset (17 to 20)")
 @click.option("--quantize", "quantization", type=click.Choice(["none", "dynamic", "static"]),
               default="none", show_default=True,
-              help="int8: dynamic (weights only, no data) or static (weights and activations, "
-                   "calibrated on --calibration-data)")
+              help="int8: dynamic (activations quantised on the fly, no data needed) or static "
+                   "(activation ranges calibrated on --calibration-data)")
 @click.option("--calibration-data", default=None, metavar="DIR",
               help="images for --quantize static (searched recursively, e.g. training tiles)")
 @click.option("--calibration-samples", type=int, default=64, show_default=True,
-              help="images read from --calibration-data (the first, in sorted order)")
+              help="images read from --calibration-data (spread evenly over the sorted list)")
 def export_cmd(model_dir, fmt, out, opset, quantization, calibration_data,
                calibration_samples):
     """Export MODEL_DIR as one ONNX file: unit-scale pixels in, probabilities out (the model's
