@@ -411,6 +411,8 @@ def test_review_flow_conflict_chip_and_exports(served):
     assert 86.9 < f["geometry"]["coordinates"][0][0][0][0] < 87.1  # WGS84 lon
     chip = c.get(f"/api/jobs/{jid}/detections/{f['id']}/chip.png")
     assert chip.status_code == 200 and chip.content.startswith(PNG_MAGIC)
+    cam = c.get(f"/api/jobs/{jid}/detections/{f['id']}/gradcam.png")
+    assert cam.status_code == 200 and cam.content.startswith(PNG_MAGIC)
     url = f"/api/jobs/{jid}/detections/{f['id']}"
     ok = c.put(url, json={"version": 1, "status": "accepted", "reviewer": "ana",
                           "note": "clear scar"})

@@ -250,6 +250,21 @@ def add_routes(app: FastAPI, settings: ServeSettings, jobs: JobManager) -> None:
         geom, geo = found
         return png(tiles.chip(Path(job["scene_path"]), geom, geo))
 
+    @app.get("/api/jobs/{job_id}/detections/{fid}/gradcam.png", tags=["reviews"],
+             response_class=Response, responses={200: {"content": {PNG: {}}}})
+    def gradcam(job_id: str, fid: int) -> Response:
+        """Grad-CAM of the job's model on the window around one detection (computed on
+        demand; a second or two on a CPU)."""
+        from slidewatch.serve.cams import gradcam_png
+
+        job = done_job(job_id)
+        geom = reviews.feature_pixels(jobs.out_dir(job_id), job, fid)
+        if geom is None:
+            raise ApiError(404, f"detection {fid}: no such detection")
+        if not Path(job["model_dir"]).is_dir():
+            raise ApiError(409, f"job {job_id}: its model {job['model']!r} is gone")
+        return png(gradcam_png(Path(job["scene_path"]), job["model_dir"], geom), 3600)
+
     @app.get("/api/jobs/{job_id}/reviews.geojson", tags=["reviews"])
     def export_geojson(job_id: str) -> JSONResponse:
         """The reviews as GeoJSON (WGS84 for a georeferenced scene)."""

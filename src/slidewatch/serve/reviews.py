@@ -222,3 +222,18 @@ def feature_geometry(out: Path, job: dict, fid: int):
         return None
     srs, _, _ = store.read_store(path)
     return f.geometry, srs.crs is not None
+
+
+def feature_pixels(out: Path, job: dict, fid: int):
+    """One row's geometry in the scene's pixel coordinates (col, row), or None."""
+    from shapely.affinity import affine_transform
+
+    found = feature_geometry(out, job, fid)
+    if found is None:
+        return None
+    geom, georeferenced = found
+    if not georeferenced:
+        return geom
+    _, t = _scene_crs(paths(out, job["scene_path"]).probability, True)
+    inv = ~t
+    return affine_transform(geom, (inv.a, inv.b, inv.d, inv.e, inv.c, inv.f))

@@ -338,6 +338,7 @@
     $("selected").hidden = false;
     $("sel-id").textContent = "#" + f.id + (p.origin === "drawn" ? " (drawn)" : "");
     $("chip").src = withToken("/api/jobs/" + state.job.id + "/detections/" + f.id + "/chip.png?v=" + p.version);
+    if (state.camFor !== f.id + ":" + p.version) { $("cam").hidden = true; $("cam").removeAttribute("src"); }
     $("sel-info").textContent = "status " + p.status + ", version " + p.version +
       (p.reviewer ? ", by " + p.reviewer + " at " + p.reviewed_at : "") +
       "\narea " + fmt(p.area_m2, 0) + " m² (" + fmt(p.area_px, 0) + " px), mean p " + fmt(p.mean_prob, 3) +
@@ -443,6 +444,17 @@
     });
     $("redraw").addEventListener("click", function () { if (state.selected !== null) { startDrawing("redraw"); } });
     $("draw-new").addEventListener("click", function () { startDrawing("add"); });
+    $("show-cam").addEventListener("click", function () {
+      var f = feature(state.selected);
+      if (!f) { return; }
+      state.camFor = f.id + ":" + f.properties.version;
+      $("cam").src = withToken("/api/jobs/" + state.job.id + "/detections/" + f.id + "/gradcam.png?v=" + f.properties.version);
+      $("cam").hidden = false;
+    });
+    $("cam").addEventListener("error", function () {
+      $("cam").hidden = true;
+      $("review-msg").textContent = "no Grad-CAM for this model (see slidewatch explain)";
+    });
     $("draw-finish").addEventListener("click", finishDrawing);
     $("draw-cancel").addEventListener("click", cancelDrawing);
     $("draw-undo").addEventListener("click", function () {
