@@ -340,6 +340,36 @@ def test_scan_with_the_onnx_file_finds_the_same_detections(classifier, classifie
     assert "already done" in capsys.readouterr().err
 
 
+def test_ray_workers_run_the_onnx_file_as_the_local_backend(classifier_onnx, tmp_path):
+    """The OnnxModel travels to each worker as its bytes and opens its session there, with the
+    worker's threads: the same probabilities as a local scan with as many threads."""
+    ray = pytest.importorskip("ray")
+    import logging
+
+    from slidewatch.scan.run import Backend
+
+    s = scene(tmp_path / "s.tif")
+    kw = {"tile": SIZE, "stride": 16, "batch": 8, "device": "cpu"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scan(classifier_onnx, [s], tmp_path / "local", **kw)
+    finally:
+        torch.set_num_threads(threads)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    except Exception as exc:  # any failure to start means: Ray cannot be tested here
+        pytest.skip(f"a local Ray instance cannot start here ({' '.join(str(exc).split())})")
+    try:
+        scan(classifier_onnx, [s], tmp_path / "ray",
+             backend=Backend("ray", workers=2, worker_cpus=1), **kw)
+    finally:
+        ray.shutdown()
+    a, b = scan_outputs(tmp_path / "local", "s"), scan_outputs(tmp_path / "ray", "s")
+    assert np.abs(a[0] - b[0]).max() < TOL
+    same_detections(a[1], b[1])
+
+
 class Threshold(torch.nn.Module):
     """Landslide where band 1 (unit scale) is above 0.5: a model whose map is known."""
 
