@@ -110,6 +110,22 @@ def test_health_docs_and_page_need_no_network(served):
         assert c.get(f"/static/{asset}").status_code == 200, asset
 
 
+def test_page_and_vendored_libraries_are_package_data():
+    """Every file under serve/static is matched by pyproject's package-data globs (so a wheel
+    carries it), and each vendored library keeps its licence."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    pkg = root / "src" / "slidewatch"
+    with open(root / "pyproject.toml", "rb") as fh:
+        globs = tomllib.load(fh)["tool"]["setuptools"]["package-data"]["slidewatch"]
+    matched = {p for g in globs for p in pkg.glob(g) if p.is_file()}
+    static = {p for p in (pkg / "serve" / "static").rglob("*") if p.is_file()}
+    assert static and static <= matched, sorted(map(str, static - matched))
+    for lib in ("leaflet", "swagger-ui"):
+        assert (pkg / "serve" / "static" / "vendor" / lib / "LICENSE").is_file()
+
+
 def test_non_loopback_needs_a_token(data_root, tmp_path):
     with pytest.raises(ConfigError, match="needs a token"):
         check_settings(ServeSettings(data_root=data_root, workdir=tmp_path, host="0.0.0.0"))
@@ -394,7 +410,32 @@ def test_tiles_of_georeferenced_and_plain_scenes(served):
             t = c.get(f"/api/jobs/{jid}/tiles/{layer}/{z}/{x}/{y}.png")
             assert t.status_code == 200 and t.content.startswith(PNG_MAGIC), (scene, layer)
     legend = c.get("/api/legend").json()["stops"]
+    assert legend[0]["alpha"] == 0 and legend[-1]["alpha"] == 1
     assert legend[0]["value"] == 0 and legend[-1]["value"] == 1
+
+
+def test_tiles_of_a_lonlat_scene(tmp_path, tiny_model):
+    """Any CRS: a scene in EPSG:4326 is reprojected to Web Mercator tiles as well."""
+    import io
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    write_image(root / "ll.tif", vegetation(rng, 100, 120), crs="EPSG:4326",
+                transform=from_origin(87.0, 27.12, 1e-4, 1e-4))
+    c = client_for(settings_for(root, tiny_model, tmp_path / "w"))
+    view = c.get("/api/scenes/view", params={"scene": "ll.tif"}).json()
+    assert view["georeferenced"]
+    assert view["bounds"] == pytest.approx([87.0, 27.11, 87.012, 27.12], abs=1e-9)
+    import math
+
+    x = int((87.006 + 180) / 360 * 2**16)
+    lat = math.radians(27.115)
+    y = int((1 - math.asinh(math.tan(lat)) / math.pi) / 2 * 2**16)
+    r = c.get(f"/api/scenes/tiles/16/{x}/{y}.png", params={"scene": "ll.tif"})
+    assert r.status_code == 200
+    assert np.asarray(Image.open(io.BytesIO(r.content)))[..., -1].max() == 255
 
 
 # ---------------------------------------------------------------- reviews
@@ -512,6 +553,12 @@ def test_page_in_headless_chromium_talks_to_loopback_only(served):
             page.wait_for_selector("#map img.leaflet-tile-loaded", timeout=20000)
             rows = page.locator("#detections tbody tr").count()
             assert rows >= 1
+            page.click("#detections th[data-key=mean_prob]")  # sorted descending first
+            cells = page.locator("#detections tbody tr td:nth-child(3)").all_inner_texts()
+            assert cells == sorted(cells, key=float, reverse=True)
+            page.click("#detections th[data-key=mean_prob]")
+            cells = page.locator("#detections tbody tr td:nth-child(3)").all_inner_texts()
+            assert cells == sorted(cells, key=float)
             page.locator("#detections tbody tr:has(td.status-pending)").first.click()
             page.wait_for_selector("#selected:not([hidden])", timeout=5000)
             page.wait_for_function("document.getElementById('chip').naturalWidth > 0",
