@@ -513,6 +513,8 @@ def test_wrong_options_are_one_line(capsys, classifier, classifier_onnx, images,
             "model folder not found", watch=(tmp_path,))
     run_bad(capsys, ["predict", tmp_path / "missing.onnx", images, "--out", tmp_path / "p.csv"],
             "ONNX file not found")
+    run_bad(capsys, ["explain", classifier_onnx, images, "--out", tmp_path / "cams"],
+            "an ONNX file (slidewatch export); this needs the model folder", watch=(tmp_path,))
     empty = tmp_path / "empty"
     empty.mkdir()
     run_bad(capsys, ["export", classifier, "--out", tmp_path / "s.onnx", "--quantize", "static",

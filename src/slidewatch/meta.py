@@ -566,6 +566,10 @@ def now_iso() -> str:
 def read_meta(model_dir: str | Path) -> ModelMeta:
     model_dir = Path(model_dir)
     path = model_dir / META_FILE
+    if model_dir.is_file() and model_dir.suffix.lower() == ".onnx":
+        raise WeightsError(f"{model_dir}: an ONNX file (slidewatch export); this needs the model "
+                           "folder it was exported from (predict, evaluate and scan run .onnx "
+                           "files)")
     if not model_dir.is_dir():
         raise WeightsError(f"{model_dir}: model folder not found")
     if not path.is_file():
