@@ -146,8 +146,8 @@ def test_intervals(cli_run):
 def test_figures_are_pngs(cli_run):
     out, m = cli_run
     assert m["plots"] == {"confusion_matrix": "confusion_matrix.png", "roc": "roc.png",
-                          "pr": "pr.png", "note": None}
-    for name in ("confusion_matrix.png", "roc.png", "pr.png"):
+                          "pr": "pr.png", "reliability": "reliability.png", "note": None}
+    for name in ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png"):
         with Image.open(out / name) as im:
             assert im.format == "PNG"
             im.verify()
