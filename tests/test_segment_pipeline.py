@@ -303,6 +303,35 @@ def test_scan_blends_pixel_maps_into_the_blob_polygon(tmp_path):
         np.testing.assert_allclose(ds.read(1), prob, atol=1e-6)
 
 
+def test_scan_polygons_are_simplified_to_the_pixel_size(tmp_path):
+    """A round landslide: the outline traced along pixel edges (a staircase) is simplified
+    to the pixel size: far fewer vertices, every one within a pixel of the traced outline."""
+    from conftest import UTM45
+    from rasterio.features import shapes
+    from rasterio.transform import from_origin
+    from shapely.geometry import shape
+
+    from slidewatch.scan.run import ScanSettings, scan_with_model
+
+    image = np.full((96, 160, 3), 40, np.uint8)
+    yy, xx = np.mgrid[:96, :160]
+    disc = (yy - 48) ** 2 + (xx - 80) ** 2 <= 30 ** 2
+    image[disc] = 220
+    transform = from_origin(500000, 3000000, 10, 10)
+    scene = write_image(tmp_path / "d.tif", image, crs=UTM45, transform=transform)
+    model, meta = _known_model()
+    settings = ScanSettings(tile=SIZE, stride=SIZE // 2, batch=4, blend="hann", threshold=0.5)
+    scan_with_model(model, meta, [scene], tmp_path / "out", settings, model_id="t")
+    feats = json.loads((tmp_path / "out" / "d_detections.geojson").read_text())["features"]
+    assert len(feats) == 1 and feats[0]["properties"]["area_px"] == int(disc.sum())
+    got = shape(feats[0]["geometry"])
+    traced = shape(next(g for g, v in shapes(disc.astype(np.uint8), mask=disc,
+                                             transform=transform)))
+    assert len(got.exterior.coords) < len(traced.exterior.coords) / 3
+    assert got.hausdorff_distance(traced) <= 10.0 + 1e-6  # one pixel = 10 m
+    assert abs(got.area - traced.area) / traced.area < 0.03
+
+
 def test_interrupted_segmentation_scan_resumes_to_the_same_map(seg_model, tmp_path):
     import rasterio
 

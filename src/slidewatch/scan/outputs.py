@@ -194,7 +194,9 @@ def _write_detections(prob_path: Path, info: SceneInfo, threshold: float,
                      "area_m2": None if m2 is None else round(region.area_px * m2, 3),
                      "mean_prob": round(region.sum_prob / region.area_px, 6),
                      "max_prob": round(region.max_prob, 6)}
-            geom = region.geometry
+            # outlines traced along pixel edges, simplified to the pixel size: staircase
+            # vertices within one pixel of the outline go (topology kept, area_px unchanged)
+            geom = region.geometry.simplify(1.0, preserve_topology=True)
             if info.georeferenced:
                 geom = affine_transform(geom, (t.a, t.b, t.d, t.e, t.c, t.f))
             geoms = [mapping(geom)]
