@@ -6,9 +6,11 @@ shown without one) with one row per scan detection (``origin`` ``scan``, ``detec
 scan's id) and per polygon an analyst drew (``origin`` ``drawn``), and the columns
 ``status`` (``pending``, ``accepted``, ``rejected``, ``redrawn``, ``added``, ``deleted``),
 ``note``, ``reviewer``, ``reviewed_at`` (UTC), ``version`` (1 when made, +1 per change),
-``area_m2``, ``area_px``, ``mean_prob``, ``max_prob``; ``review_log`` (attributes: every
-change with its version, reviewer, time, status, note and geometry as WKT); ``slidewatch_info``
-(attributes: scene, job, model, threshold).
+``area_m2``, ``area_px``, ``mean_prob``, ``max_prob``, ``slope_mean_deg``, ``slope_max_deg``
+(slope in degrees under the polygon when the scan had a DEM, else null; a store made before
+these two columns existed reads them as null and is not given them); ``review_log``
+(attributes: every change with its version, reviewer, time, status, note and geometry as WKT);
+``slidewatch_info`` (attributes: scene, job, model, threshold).
 
 Edits are compare-and-set: :func:`update` takes the version the reviewer saw and refuses a
 stale one with :class:`ReviewConflict` (inside one ``BEGIN IMMEDIATE`` transaction), so two
@@ -38,7 +40,10 @@ TABLE, LOG_TABLE, INFO_TABLE = "reviews", "review_log", "slidewatch_info"
 COLUMNS = (("detection_id", "INTEGER"), ("origin", "TEXT"), ("status", "TEXT"),
            ("note", "TEXT"), ("reviewer", "TEXT"), ("reviewed_at", "DATETIME"),
            ("version", "INTEGER"), ("area_m2", "REAL"), ("area_px", "REAL"),
-           ("mean_prob", "REAL"), ("max_prob", "REAL"))
+           ("mean_prob", "REAL"), ("max_prob", "REAL"), ("slope_mean_deg", "REAL"),
+           ("slope_max_deg", "REAL"))
+SLOPE_COLUMNS = ("slope_mean_deg", "slope_max_deg")
+STAT_COLUMNS = ("area_m2", "area_px", "mean_prob", "max_prob") + SLOPE_COLUMNS
 LOG_COLUMNS = (("fid", "INTEGER"), ("version", "INTEGER"), ("status", "TEXT"), ("note", "TEXT"),
                ("reviewer", "TEXT"), ("reviewed_at", "DATETIME"), ("wkt", "TEXT"))
 STATUSES = ("pending", "accepted", "rejected", "redrawn", "added", "deleted")
@@ -72,7 +77,8 @@ def create_store(path: str | Path, crs, features: Iterable[tuple[object, dict]],
                  info: dict[str, str]) -> Path:
     """A new store at ``path`` (atomically: built beside it, then renamed) holding
     ``features``: (shapely geometry in ``crs``'s coordinates, scan properties ``id``,
-    ``area_px``, ``area_m2``, ``mean_prob``, ``max_prob``), each ``pending`` at version 1.
+    ``area_px``, ``area_m2``, ``mean_prob``, ``max_prob``, and optionally ``slope_mean_deg``,
+    ``slope_max_deg``), each ``pending`` at version 1.
     ``crs`` None: pixel coordinates (srs id -1)."""
     path = Path(path)
     srs = gpkg.srs_for(crs)
@@ -90,10 +96,10 @@ def create_store(path: str | Path, crs, features: Iterable[tuple[object, dict]],
                 for geom, p in features:
                     conn.execute(
                         f"INSERT INTO {TABLE} (geom, detection_id, origin, status, version, "
-                        f"area_m2, area_px, mean_prob, max_prob) "
-                        f"VALUES (?, ?, 'scan', 'pending', 1, ?, ?, ?, ?)",
-                        (gpkg.encode(multi(geom), srs.srs_id), p.get("id"), p.get("area_m2"),
-                         p.get("area_px"), p.get("mean_prob"), p.get("max_prob")))
+                        f"{', '.join(STAT_COLUMNS)}) "
+                        f"VALUES (?, ?, 'scan', 'pending', 1{', ?' * len(STAT_COLUMNS)})",
+                        (gpkg.encode(multi(geom), srs.srs_id), p.get("id"),
+                         *(p.get(k) for k in STAT_COLUMNS)))
                 gpkg.update_extent(conn, TABLE)
         finally:
             conn.close()
@@ -119,7 +125,13 @@ def open_store(path: str | Path) -> sqlite3.Connection:
 
 def _feature(row: sqlite3.Row) -> Feature:
     props = {k: row[k] for k in row.keys() if k not in ("fid", "geom")}
+    for k in SLOPE_COLUMNS:  # a store made before the slope columns: null
+        props.setdefault(k, None)
     return Feature(int(row["fid"]), gpkg.decode(row["geom"]), props)
+
+
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({TABLE})")}
 
 
 def read_store(path: str | Path) -> tuple[gpkg.Srs, list[Feature], dict[str, str]]:
@@ -197,8 +209,9 @@ def update(path: str | Path, fid: int, *, version: int, status: str, reviewer: s
                     "reviewed_at": gpkg.timestamp(), "version": row["version"] + 1}
             if geometry is not None:
                 sets["geom"] = gpkg.encode(multi(geometry), srs.srs_id)
+                have = _columns(conn)
                 sets.update({k: v for k, v in (stats or {}).items()
-                             if k in ("area_m2", "area_px", "mean_prob", "max_prob")})
+                             if k in STAT_COLUMNS and k in have})
             cols = ", ".join(f"{k} = ?" for k in sets)
             conn.execute(f"UPDATE {TABLE} SET {cols} WHERE fid = ?", (*sets.values(), fid))
             _log(conn, fid, sets, geometry)
@@ -223,13 +236,14 @@ def add(path: str | Path, geometry, *, reviewer: str, note: str | None = None,
         srs = gpkg.table_srs(conn, TABLE)
         with gpkg.transaction(conn):
             when = gpkg.timestamp()
+            have = _columns(conn)
+            cols = [k for k in STAT_COLUMNS if k in have]
             cur = conn.execute(
                 f"INSERT INTO {TABLE} (geom, detection_id, origin, status, note, reviewer, "
-                f"reviewed_at, version, area_m2, area_px, mean_prob, max_prob) "
-                f"VALUES (?, NULL, 'drawn', 'added', ?, ?, ?, 1, ?, ?, ?, ?)",
+                f"reviewed_at, version{''.join(', ' + k for k in cols)}) "
+                f"VALUES (?, NULL, 'drawn', 'added', ?, ?, ?, 1{', ?' * len(cols)})",
                 (gpkg.encode(multi(geometry), srs.srs_id), note, reviewer, when,
-                 stats.get("area_m2"), stats.get("area_px"), stats.get("mean_prob"),
-                 stats.get("max_prob")))
+                 *(stats.get(k) for k in cols)))
             fid = int(cur.lastrowid)
             _log(conn, fid, {"version": 1, "status": "added", "note": note,
                              "reviewer": reviewer, "reviewed_at": when}, geometry)

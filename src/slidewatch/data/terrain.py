@@ -15,6 +15,8 @@ aspect)`` on that grid:
 Slope is in degrees from horizontal; aspect in degrees clockwise from north of the direction
 the slope faces (downhill), 0 on flat ground (as ``gdaldem aspect -zero_for_flat``). A DEM that
 does not cover every pixel of the grid (or has nodata there) is a DataError naming both files.
+:func:`check_dem` is the same rule from the headers alone (before a long job starts);
+:func:`polygon_slopes` gives the mean and max slope under polygons in an image's pixels.
 :func:`terrain_features` summarises a tile for the tabular route; the HxWx3 array itself is the
 channel route (per-band statistics from the training data, as for any non-RGB input).
 """
@@ -174,11 +176,7 @@ def _pixel_pair(ds, grid: Grid, dem: Path) -> np.ndarray:
     """The DEM window of an un-georeferenced same-size pair, padded by edge values."""
     from rasterio.windows import Window
 
-    parent = grid.parent_shape or (grid.height, grid.width)
-    if (ds.height, ds.width) != tuple(parent):
-        raise DataError(f"{dem}: DEM is {ds.width}x{ds.height} but {grid.source} is "
-                        f"{parent[1]}x{parent[0]}; without georeference on both, the DEM must "
-                        "have the image's size")
+    _pixel_pair_shape(ds, grid, dem)
     r0, c0 = max(grid.row_off - 1, 0), max(grid.col_off - 1, 0)
     r1 = min(grid.row_off + grid.height + 1, ds.height)
     c1 = min(grid.col_off + grid.width + 1, ds.width)
@@ -261,6 +259,86 @@ def terrain_for_image(dem: str | Path, image: str | Path,
                       pixel_size: float | None = None) -> np.ndarray:
     """:func:`terrain_for_grid` for an image file (or a ``(row, col, height, width)`` window)."""
     return terrain_for_grid(dem, Grid.of_image(image, window), pixel_size)
+
+
+def check_dem(dem: str | Path, image: str | Path, pixel_size: float | None = None) -> None:
+    """From the headers only: ``dem`` is a readable raster that covers ``image``'s extent
+    (georeferenced pair: the image's bounds, in the DEM's CRS, lie inside the DEM's), or has the
+    image's size (pair without georeference, which also needs a pixel size from ``pixel_size``
+    or from either file). DataError (ConfigError for a missing pixel size) otherwise. Nodata
+    inside the DEM is found only when the terrain is computed."""
+    from rasterio.warp import transform_bounds
+
+    dem = Path(dem)
+    grid = Grid.of_image(image)
+    with _open_dem(dem) as ds:
+        if ds.count < 1:
+            raise DataError(f"{dem}: DEM has no bands")
+        dem_geo = ds.crs is not None and not ds.transform.is_identity
+        if not (grid.georeferenced and dem_geo):
+            _pixel_pair_shape(ds, grid, dem)
+            _pair_geometry(ds, grid, dem, pixel_size)
+            return
+        b = ds.bounds
+        t = grid.transform
+        corners = [t @ (c, r) for c in (0, grid.width) for r in (0, grid.height)]
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        try:
+            x0, y0, x1, y1 = transform_bounds(grid.crs, ds.crs, min(xs), min(ys), max(xs),
+                                              max(ys), densify_pts=21)
+        except Exception as exc:  # noqa: BLE001 - rasterio/PROJ errors: no common ground
+            raise DataError(f"{dem}: cannot place {grid.source} in the DEM's CRS "
+                            f"({exc})") from None
+        eps = 1e-6 * max(abs(ds.transform.a), abs(ds.transform.e), 1e-12)
+        if not (x0 >= b.left - eps and x1 <= b.right + eps and y0 >= b.bottom - eps
+                and y1 <= b.top + eps):
+            raise DataError(f"{dem}: does not cover {grid.source} (the image reaches outside "
+                            "the DEM's extent); use a DEM that covers the image")
+
+
+def _pixel_pair_shape(ds, grid: Grid, dem: Path) -> None:
+    parent = grid.parent_shape or (grid.height, grid.width)
+    if (ds.height, ds.width) != tuple(parent):
+        raise DataError(f"{dem}: DEM is {ds.width}x{ds.height} but {grid.source} is "
+                        f"{parent[1]}x{parent[0]}; without georeference on both, the DEM must "
+                        "have the image's size")
+
+
+def polygon_slopes(dem: str | Path, image: str | Path, polygons: list,
+                   pixel_size: float | None = None) -> list[tuple[float, float] | None]:
+    """(mean, max) slope in degrees under each polygon (shapely, in ``image``'s pixel
+    coordinates: column, row), None for one outside the image.
+
+    Per polygon: its bounding box in pixels, padded by one pixel and clipped to the image, is a
+    window of the image; :func:`terrain_for_grid` gives the slope there, averaged over the
+    pixels whose centre is inside the polygon (the pixels it touches, for a polygon too thin to
+    hold a pixel centre). DataError when the DEM has no data under a polygon."""
+    from affine import Affine
+    from rasterio.features import geometry_mask
+
+    whole = Grid.of_image(image)
+    height, width = whole.height, whole.width
+    out: list[tuple[float, float] | None] = []
+    for geom in polygons:
+        if geom is None or geom.is_empty:
+            out.append(None)
+            continue
+        x0, y0, x1, y1 = geom.bounds
+        c0, r0 = max(0, math.floor(x0) - 1), max(0, math.floor(y0) - 1)
+        c1, r1 = min(width, math.ceil(x1) + 1), min(height, math.ceil(y1) + 1)
+        if c1 <= c0 or r1 <= r0:
+            out.append(None)
+            continue
+        grid = Grid.of_image(image, (r0, c0, r1 - r0, c1 - c0))
+        slope = terrain_for_grid(dem, grid, pixel_size)[..., 1]
+        shift = Affine.translation(c0, r0)
+        inside = geometry_mask([geom], out_shape=slope.shape, transform=shift, invert=True)
+        if not inside.any():
+            inside = geometry_mask([geom], out_shape=slope.shape, transform=shift, invert=True,
+                                   all_touched=True)
+        values = slope[inside].astype(np.float64)
+        out.append((float(values.mean()), float(values.max())) if values.size else None)
+    return out
 
 
 # ----------------------------------------------------------------------------- summaries

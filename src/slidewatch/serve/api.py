@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from slidewatch.data.reviews import MAX_NOTE, MAX_REVIEWER, STATUSES, ReviewConflict
-from slidewatch.errors import DataError
+from slidewatch.errors import DataError, SlidewatchError
 from slidewatch.serve import reviews, tiles, uploads
 from slidewatch.serve.errors import ApiError
 from slidewatch.serve.jobs import JOB_ID, JobManager
@@ -32,6 +32,9 @@ class JobRequest(BaseModel):
     scene: str = Field(description="path relative to the data root, or upload:<id>",
                        max_length=4096)
     model: str = Field(description="a model name from /api/models", max_length=400)
+    dem: str | None = Field(None, description="optional DEM (a GeoTIFF named like a scene) "
+                            "that covers the scene: each detection then gets its mean and max "
+                            "slope in degrees", max_length=4096)
 
 
 class ReviewRequest(BaseModel):
@@ -50,14 +53,14 @@ class AddRequest(BaseModel):
 
 
 def add_routes(app: FastAPI, settings: ServeSettings, jobs: JobManager) -> None:
-    def resolve_scene(name: str) -> tuple[Path, str]:
-        uid = upload_id(name)
+    def resolve_scene(name: str, what: str = "scene") -> tuple[Path, str]:
+        uid = upload_id(name, what)
         if uid is not None:
             path = uploads.upload_path(settings.workdir, uid)
             if path is None:
-                raise PathRefused(404, f"scene {name!r}: no such upload")
+                raise PathRefused(404, f"{what} {name!r}: no such upload")
             return path, f"upload: {path.name}"
-        return scene_path(settings.data_root, name), name
+        return scene_path(settings.data_root, name, what), name
 
     def models() -> dict[str, Path]:
         return list_models(settings.models)
@@ -154,8 +157,12 @@ def add_routes(app: FastAPI, settings: ServeSettings, jobs: JobManager) -> None:
 
     @app.post("/api/jobs", tags=["jobs"], status_code=201)
     def submit(req: JobRequest) -> dict:
-        """Queue a scan of a scene with a model; one scan runs at a time."""
+        """Queue a scan of a scene with a model; one scan runs at a time. With ``dem``, each
+        detection also gets its mean and max slope (the DEM must cover the scene: else 422)."""
         path, label = resolve_scene(req.scene)
+        dem = dem_label = None
+        if req.dem:
+            dem, dem_label = resolve_scene(req.dem, "dem")
         found = models()
         if req.model not in found:
             raise ApiError(404, f"model {req.model!r}: no such model (see /api/models)")
@@ -167,7 +174,17 @@ def add_routes(app: FastAPI, settings: ServeSettings, jobs: JobManager) -> None:
             raster.inspect_scene(path, meta.in_chans)
         except DataError as exc:
             raise ApiError(422, str(exc).replace(str(path), label)) from None
-        return public(jobs.submit(req.scene, path, req.model, found[req.model], label))
+        if dem is not None:
+            from slidewatch.data.terrain import check_dem
+
+            try:
+                check_dem(dem, path)
+            except SlidewatchError as exc:
+                text = str(exc).replace(str(dem), f"DEM {dem_label}").replace(str(path), label)
+                raise ApiError(422, text) from None
+        return public(jobs.submit(req.scene, path, req.model, found[req.model], label,
+                                  dem=req.dem if dem else None, dem_path=dem,
+                                  dem_label=dem_label))
 
     @app.get("/api/jobs/{job_id}", tags=["jobs"])
     def get_job(job_id: str) -> dict:
@@ -285,5 +302,5 @@ def add_routes(app: FastAPI, settings: ServeSettings, jobs: JobManager) -> None:
 
 def public(job: dict) -> dict:
     """A job as the API shows it: no server paths."""
-    hidden = {"scene_path", "model_dir"}
+    hidden = {"scene_path", "model_dir", "dem_path"}
     return {k: v for k, v in job.items() if k not in hidden}

@@ -2,7 +2,10 @@
 
 ``<workdir>/jobs/<id>/job.json`` holds a job (scene, model, status, progress, result); it is
 replaced atomically on every change, so a killed server leaves every job readable. Scan
-outputs go to ``<workdir>/jobs/<id>/out/`` (:func:`slidewatch.scan.run.scan`).
+outputs go to ``<workdir>/jobs/<id>/out/`` (:func:`slidewatch.scan.run.scan`). A job with a
+DEM (``dem``: its name, ``dem_path``) makes its review store right after the scan, with each
+detection's slope (:func:`slidewatch.serve.reviews.ensure_store`); a DEM without data under a
+detection fails the job with a one-line error.
 
 States: ``queued`` -> ``running`` -> ``done`` | ``failed`` | ``cancelled``. One scan runs at a
 time, in the order the jobs were made; the rest wait. When the server starts, a job it finds
@@ -102,7 +105,8 @@ class JobManager:
     # ------------------------------------------------------------ API
 
     def submit(self, scene: str, scene_path: Path, model: str, model_dir: Path,
-               label: str | None = None) -> dict:
+               label: str | None = None, *, dem: str | None = None,
+               dem_path: Path | None = None, dem_label: str | None = None) -> dict:
         with self._lock:
             job_id = new_id()
             while job_id in self.jobs:
@@ -112,7 +116,10 @@ class JobManager:
                    "scene_path": str(scene_path), "model": model, "model_dir": str(model_dir),
                    "status": "queued", "created": now(), "started": None, "finished": None,
                    "progress": {"rows": 0, "total": None}, "error": None, "detections": None,
-                   "scan_status": None, "interrupted": False, "runs": 0}
+                   "scan_status": None, "interrupted": False, "runs": 0,
+                   "dem": dem if dem_path is not None else None,
+                   "dem_label": (dem_label or dem) if dem_path is not None else None,
+                   "dem_path": str(dem_path) if dem_path is not None else None}
             self.job_dir(job_id).mkdir(parents=True)
             self._save(job)
             self.jobs[job_id] = job
@@ -246,10 +253,34 @@ class JobManager:
                                                f"server's log has the details")
             return
         result = summary.scenes[0]
-        self._finish(job, "done", detections=result.detections_count,
-                     scan_status=result.status, seconds=round(summary.seconds, 3),
-                     windows=summary.windows, warnings=summary.warnings,
-                     georeferenced=result.detections_wgs84 is not None)
+        done = {"detections": result.detections_count, "scan_status": result.status,
+                "seconds": round(summary.seconds, 3), "windows": summary.windows,
+                "warnings": summary.warnings,
+                "georeferenced": result.detections_wgs84 is not None}
+        if job.get("dem_path"):
+            error = self._slopes({**job, **done})
+            if error is not None:
+                self._finish(job, "failed", error=error, **done)
+                return
+        self._finish(job, "done", **done)
+
+    def _slopes(self, job: dict) -> str | None:
+        """Make the review store of a finished DEM job (slopes included); the error as one
+        line without server paths, or None."""
+        from slidewatch.serve import reviews
+
+        try:
+            reviews.ensure_store(self.out_dir(job["id"]), job)
+        except SlidewatchError as exc:
+            text = " ".join(str(exc).split())
+            text = text.replace(job["dem_path"], f"DEM {job.get('dem_label') or job['dem']}")
+            return "slope: " + text.replace(job["scene_path"], job.get("scene_label") or
+                                            job["scene"])
+        except Exception as exc:  # a bug: the job fails, the server goes on
+            log.exception("job %s: slopes failed", job["id"])
+            return (f"slope: internal error ({type(exc).__name__}); the server's log has the "
+                    f"details")
+        return None
 
     def _finish(self, job: dict, status: str, **fields) -> None:
         with self._lock:

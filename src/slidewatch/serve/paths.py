@@ -1,12 +1,12 @@
 """Scenes and models the server may touch, and nothing else.
 
 A scene is named by its path relative to ``--data-root`` (``sub/scene.tif``) or by an upload id
-(``upload:<id>``). :func:`scene_path` refuses, before anything is opened: absolute paths,
-``..`` components, empty or hidden components, NUL bytes and backslashes (400); paths that
-leave the root once symbolic links are followed (403); anything that is not an existing regular
-file with a raster suffix (404/400). Models are the folders with a ``slidewatch.json`` directly
-under each ``--models`` folder (or a ``--models`` folder that is itself a model), named by their
-folder name.
+(``upload:<id>``); so is a job's DEM. :func:`scene_path` refuses, before anything is opened:
+absolute paths, ``..`` components, empty or hidden components, NUL bytes and backslashes (400);
+paths that leave the root once symbolic links are followed (403); anything that is not an
+existing regular file with a raster suffix (404/400). Models are the folders with a
+``slidewatch.json`` directly under each ``--models`` folder (or a ``--models`` folder that is
+itself a model), named by their folder name.
 """
 
 from __future__ import annotations
@@ -56,26 +56,27 @@ def relative_parts(name: str, what: str = "scene") -> tuple[str, ...]:
     return parts
 
 
-def scene_path(root: Path, name: str) -> Path:
-    """The file of scene ``name`` (relative to ``root``), checked as the module doc says."""
-    parts = relative_parts(name)
+def scene_path(root: Path, name: str, what: str = "scene") -> Path:
+    """The file of scene ``name`` (relative to ``root``), checked as the module doc says
+    (``what`` names it in messages: a DEM is checked the same way)."""
+    parts = relative_parts(name, what)
     path = root.joinpath(*parts)
     if not inside(path, root):
-        raise PathRefused(403, f"scene {name!r}: leads outside the data root (symbolic link)")
+        raise PathRefused(403, f"{what} {name!r}: leads outside the data root (symbolic link)")
     if path.suffix.lower() not in SCENE_SUFFIXES:
-        raise PathRefused(400, f"scene {name!r}: not a GeoTIFF (.tif, .tiff)")
+        raise PathRefused(400, f"{what} {name!r}: not a GeoTIFF (.tif, .tiff)")
     if not path.is_file():
-        raise PathRefused(404, f"scene {name!r}: no such file under the data root")
+        raise PathRefused(404, f"{what} {name!r}: no such file under the data root")
     return path
 
 
-def upload_id(name: str) -> str | None:
+def upload_id(name: str, what: str = "scene") -> str | None:
     """The upload id of ``upload:<id>``, else None."""
     if not name.startswith(UPLOAD_PREFIX):
         return None
     uid = name[len(UPLOAD_PREFIX):]
     if not _UPLOAD_ID.match(uid):
-        raise PathRefused(400, f"scene {name!r}: not an upload id")
+        raise PathRefused(400, f"{what} {name!r}: not an upload id")
     return uid
 
 

@@ -5,7 +5,11 @@ scan's ``<stem>_detections.geojson`` the first time the job's detections are ask
 page speaks GeoJSON in WGS84 longitude/latitude for a georeferenced scene and in pixel
 coordinates (column, row) for a plain image; the store keeps the scene's CRS (or pixels).
 Statistics of a drawn or redrawn polygon (area, mean and max probability) come from the job's
-probability map.
+probability map. A job with a DEM (``dem_path``) also gets each polygon's mean and max slope in
+degrees (``slope_mean_deg``, ``slope_max_deg``; :func:`slidewatch.data.terrain.polygon_slopes`
+on the scene's pixel grid): the scan's detections when the store is made (a DEM without data
+under one is an error), drawn and redrawn polygons when they are saved (null where the DEM has
+no data under them, or where the polygon lies outside the scene). Without a DEM both are null.
 """
 
 from __future__ import annotations
@@ -61,14 +65,52 @@ def ensure_store(out: Path, job: dict) -> Path:
             raise DataError(f"job {job['id']}: the scan has no detections file")
         from shapely.geometry import shape
 
-        crs, _ = _scene_crs(p.probability, bool(job.get("georeferenced")))
+        crs, t = _scene_crs(p.probability, bool(job.get("georeferenced")))
         collection = json.loads(p.detections.read_text(encoding="utf-8"))
-        feats = [(shape(f["geometry"]), f.get("properties") or {})
+        feats = [(shape(f["geometry"]), dict(f.get("properties") or {}))
                  for f in collection.get("features", [])]
+        if job.get("dem_path"):
+            from slidewatch.data.terrain import polygon_slopes
+
+            slopes = polygon_slopes(job["dem_path"], job["scene_path"],
+                                    [_pixels(g, crs, t) for g, _ in feats])
+            for (_, props), s in zip(feats, slopes, strict=True):
+                props.update(_slope_props(s))
         store.create_store(path, crs, feats, {
             "scene": job.get("scene_label") or job["scene"], "job": job["id"],
             "model": job["model"], "created": job.get("finished") or ""})
     return path
+
+
+def _pixels(geom, crs, transform):
+    """A store geometry in the scene's pixels (unchanged for a store in pixels)."""
+    from shapely.affinity import affine_transform
+
+    if crs is None:
+        return geom
+    inv = ~transform
+    return affine_transform(geom, (inv.a, inv.b, inv.d, inv.e, inv.c, inv.f))
+
+
+def _slope_props(slope: tuple[float, float] | None) -> dict:
+    if slope is None:
+        return {"slope_mean_deg": None, "slope_max_deg": None}
+    return {"slope_mean_deg": round(slope[0], 3), "slope_max_deg": round(slope[1], 3)}
+
+
+def _slope_stats(geom, job: dict, prob: Path, crs) -> dict:
+    """Slope columns of a drawn or redrawn polygon: from the job's DEM, null without one or
+    where the DEM has no data under it."""
+    if not job.get("dem_path"):
+        return {}
+    from slidewatch.data.terrain import polygon_slopes
+
+    _, t = _scene_crs(prob, crs is not None)
+    try:
+        (slope,) = polygon_slopes(job["dem_path"], job["scene_path"], [_pixels(geom, crs, t)])
+    except DataError:
+        slope = None
+    return _slope_props(slope)
 
 
 # ---------------------------------------------------------------- coordinates
@@ -183,7 +225,7 @@ def review(out: Path, job: dict, fid: int, body: dict) -> dict:
     geom, stats = None, None
     if body.get("geometry") is not None:
         geom = _from_page(body["geometry"], crs)
-        stats = _stats(geom, prob, crs)
+        stats = {**_stats(geom, prob, crs), **_slope_stats(geom, job, prob, crs)}
     status = body.get("status")
     if geom is not None and status in (None, "accepted", "pending"):
         status = "redrawn"
@@ -201,7 +243,7 @@ def add(out: Path, job: dict, body: dict) -> dict:
     prob = paths(out, job["scene_path"]).probability
     geom = _from_page(body.get("geometry"), crs)
     f = store.add(path, geom, reviewer=body.get("reviewer") or "", note=body.get("note"),
-                  stats=_stats(geom, prob, crs))
+                  stats={**_stats(geom, prob, crs), **_slope_stats(geom, job, prob, crs)})
     return {"type": "Feature", "id": f.fid, "properties": _props(f),
             "geometry": _to_page(f.geometry, crs)}
 
@@ -226,14 +268,11 @@ def feature_geometry(out: Path, job: dict, fid: int):
 
 def feature_pixels(out: Path, job: dict, fid: int):
     """One row's geometry in the scene's pixel coordinates (col, row), or None."""
-    from shapely.affinity import affine_transform
-
     found = feature_geometry(out, job, fid)
     if found is None:
         return None
     geom, georeferenced = found
     if not georeferenced:
         return geom
-    _, t = _scene_crs(paths(out, job["scene_path"]).probability, True)
-    inv = ~t
-    return affine_transform(geom, (inv.a, inv.b, inv.d, inv.e, inv.c, inv.f))
+    crs, t = _scene_crs(paths(out, job["scene_path"]).probability, True)
+    return _pixels(geom, crs, t)

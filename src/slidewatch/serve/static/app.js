@@ -96,6 +96,11 @@
         sel.appendChild(o);
       });
       if (select) { sel.value = select; }
+      var dem = $("dem"), demWas = dem.value;
+      dem.innerHTML = "<option value=''>none</option>";
+      Array.prototype.forEach.call(sel.options, function (o) { dem.appendChild(o.cloneNode(true)); });
+      dem.value = demWas;
+      if (dem.selectedIndex < 0) { dem.selectedIndex = 0; }
       var ms = $("model");
       ms.innerHTML = "";
       models.models.forEach(function (m) {
@@ -130,7 +135,7 @@
     $("scan-error").textContent = "";
     var scene = $("scene").value, model = $("model").value;
     if (!scene || !model) { $("scan-error").textContent = "choose a scene and a model"; return; }
-    api("/api/jobs", { method: "POST", json: { scene: scene, model: model } })
+    api("/api/jobs", { method: "POST", json: { scene: scene, model: model, dem: $("dem").value || null } })
       .then(function () { return pollJobs(); })
       .catch(function (e) { $("scan-error").textContent = e.message; });
   }
@@ -149,7 +154,8 @@
       else if (j.progress && j.progress.total) { pct = Math.round(100 * j.progress.rows / j.progress.total); }
       var what = j.status === "done" ? j.detections + " detections" : j.status;
       if (j.status === "failed") { what = "failed: " + (j.error || ""); }
-      tr.innerHTML = "<td>" + esc(j.scene_label) + "<br><small>" + esc(j.model) + "</small></td>" +
+      tr.innerHTML = "<td>" + esc(j.scene_label) + "<br><small>" + esc(j.model) +
+        (j.dem ? ", DEM " + esc(j.dem_label || j.dem) : "") + "</small></td>" +
         "<td><span class='progress'><div style='width:" + pct + "%'></div></span><br>" +
         "<small class='job-status'>" + esc(what) + (j.interrupted && j.status !== "done" ? " (resuming)" : "") +
         "</small></td><td></td>";
@@ -298,6 +304,7 @@
       if (state.selected === f.id) { tr.className = "selected"; }
       tr.innerHTML = "<td>" + f.id + "</td><td class='num'>" + fmt(p.area_m2, 0) +
         "</td><td class='num'>" + fmt(p.mean_prob, 3) + "</td><td class='num'>" + fmt(p.max_prob, 3) +
+        "</td><td class='num'>" + (p.slope_mean_deg == null ? "" : fmt(p.slope_mean_deg, 1)) +
         "</td><td class='status-" + esc(p.status) + "'>" + esc(p.status) + "</td>";
       tr.addEventListener("click", function () { select(f.id, true); });
       tbody.appendChild(tr);
@@ -342,7 +349,9 @@
     $("sel-info").textContent = "status " + p.status + ", version " + p.version +
       (p.reviewer ? ", by " + p.reviewer + " at " + p.reviewed_at : "") +
       "\narea " + fmt(p.area_m2, 0) + " m² (" + fmt(p.area_px, 0) + " px), mean p " + fmt(p.mean_prob, 3) +
-      ", max p " + fmt(p.max_prob, 3) + (p.note ? "\nnote: " + p.note : "");
+      ", max p " + fmt(p.max_prob, 3) +
+      (p.slope_mean_deg == null ? "" : ", slope " + fmt(p.slope_mean_deg, 1) + "° mean, " + fmt(p.slope_max_deg, 1) + "° max") +
+      (p.note ? "\nnote: " + p.note : "");
     $("note").value = p.note || "";
   }
 
