@@ -548,9 +548,9 @@ def test_page_in_headless_chromium_talks_to_loopback_only(served):
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             jid = served["ids"]["geo.tif"]
             page.goto(f"{origin}/?job={jid}", wait_until="load")
-            page.wait_for_selector("#detections tbody tr", timeout=20000)
-            page.wait_for_selector("#map canvas", timeout=20000)
-            page.wait_for_selector("#map img.leaflet-tile-loaded", timeout=20000)
+            page.wait_for_selector("#detections tbody tr", timeout=90000)
+            page.wait_for_selector("#map canvas", timeout=90000)
+            page.wait_for_selector("#map img.leaflet-tile-loaded", timeout=90000)
             rows = page.locator("#detections tbody tr").count()
             assert rows >= 1
             page.click("#detections th[data-key=mean_prob]")  # sorted descending first
@@ -560,13 +560,13 @@ def test_page_in_headless_chromium_talks_to_loopback_only(served):
             cells = page.locator("#detections tbody tr td:nth-child(3)").all_inner_texts()
             assert cells == sorted(cells, key=float)
             page.locator("#detections tbody tr:has(td.status-pending)").first.click()
-            page.wait_for_selector("#selected:not([hidden])", timeout=5000)
+            page.wait_for_selector("#selected:not([hidden])", timeout=60000)
             page.wait_for_function("document.getElementById('chip').naturalWidth > 0",
-                                   timeout=10000)
+                                   timeout=60000)
             page.fill("#reviewer", "browser")
             page.click("button.review[data-status=rejected]")
             page.wait_for_selector("#detections tbody tr.selected td.status-rejected",
-                                   timeout=10000)
+                                   timeout=60000)
             assert page.inner_text("#review-msg").startswith("saved")
             assert page.locator("#legend-bar").evaluate(
                 "e => getComputedStyle(e).backgroundImage").startswith("linear-gradient")
