@@ -561,8 +561,12 @@ def test_page_in_headless_chromium_talks_to_loopback_only(served):
             assert cells == sorted(cells, key=float)
             page.locator("#detections tbody tr:has(td.status-pending)").first.click()
             page.wait_for_selector("#selected:not([hidden])", timeout=60000)
-            page.wait_for_function("document.getElementById('chip').naturalWidth > 0",
-                                   timeout=60000)
+            # polled from here: wait_for_function compiles its predicate in the page, which
+            # the page's Content-Security-Policy (no 'unsafe-eval') forbids
+            deadline = time.monotonic() + 60
+            while not page.evaluate("document.getElementById('chip').naturalWidth > 0"):
+                assert time.monotonic() < deadline, "the detection's chip never loaded"
+                page.wait_for_timeout(200)
             page.fill("#reviewer", "browser")
             page.click("button.review[data-status=rejected]")
             page.wait_for_selector("#detections tbody tr.selected td.status-rejected",
