@@ -257,5 +257,11 @@ def create_app(settings: ServeSettings, *, start_worker: bool = True) -> FastAPI
         return _page("docs.html", settings.token)
 
     add_routes(app, settings, jobs)
+    # Swagger UI's assets come from the `swagger-ui-bundle` package (a PyPI wheel of the npm
+    # release; the serve extra installs it), not from a copy in this repository
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/static/vendor/swagger-ui", StaticFiles(directory=swagger_ui_path),
+              name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
