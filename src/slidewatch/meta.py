@@ -35,7 +35,7 @@ MAX_BANDS = 1024
 
 TERRAIN_USES = ("channels", "features")
 FUSION_MODES = ("fused", "image", "tabular")
-SIZE_SOURCES = ("mask", "column")
+SIZE_SOURCES = ("mask", "column", "age")  # age: classes of days, a second task like size
 SIZE_UNITS = ("m2", "fraction")
 JOIN_KEYS = ("path", "tile_id")
 MAX_WIDTH = 65536  # widths of a tabular branch: numeric inputs, embedding, MLP, fusion layer
@@ -194,7 +194,8 @@ class SizeSpec:
     """The size head's classes: from masks (``source`` mask: ``edges`` in ``unit``) or from a CSV
     column (``source`` column). ``scheme`` is the whole stored JSON, read back by
     :func:`slidewatch.data.sizes.size_scheme_from_json`; the typed fields are the ones every
-    stage needs."""
+    stage needs. ``source`` age: the head predicts age classes (days between the event and the
+    image, :mod:`slidewatch.data.ages`) instead of size classes; :attr:`task` names it."""
 
     source: str
     names: tuple[str, ...]
@@ -202,6 +203,11 @@ class SizeSpec:
     join: tuple[str, str | None] | None
     train_counts: tuple[int, ...] | None
     scheme: Mapping[str, Any]
+
+    @property
+    def task(self) -> str:
+        """The second task's name in outputs: ``age`` or ``size``."""
+        return "age" if self.source == "age" else "size"
 
     def to_json(self) -> dict:
         return dict(self.scheme)
@@ -222,6 +228,14 @@ class SizeSpec:
                 and all(_is_positive(e) for e in v)
                 and all(a < b for a, b in zip(v, v[1:])),
                 f"a list of {len(names) - 1} increasing finite numbers above 0 (one fewer "
+                "than names)")
+        elif source == "age":
+            get("column", _is_name, "the name of the column of days")
+            get("unit", lambda v: v == "days", "days", "days")
+            get("edges", lambda v: isinstance(v, (list, tuple)) and len(v) == len(names) - 1
+                and all(_is_positive(e) for e in v)
+                and all(a < b for a, b in zip(v, v[1:])),
+                f"a list of {len(names) - 1} increasing numbers of days above 0 (one fewer "
                 "than names)")
         else:
             get("column", _is_name, "the name of the size column")

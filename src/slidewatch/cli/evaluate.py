@@ -30,7 +30,7 @@ def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size
     """Score MODEL (a model folder, or an .onnx file from `slidewatch export`) on labelled
     data: metrics with 95% CIs, overall and per region."""
     from slidewatch.evaluation.evaluate import evaluate, format_table
-    from slidewatch.evaluation.sizes import format_size
+    from slidewatch.evaluation.sizes import format_size, second_task
 
     result = evaluate(model_dir, list(data_dirs), out, threshold=threshold,
                       target_recall=target_recall, batch_size=batch_size, device=device,
@@ -42,8 +42,8 @@ def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size
         from slidewatch.evaluation.evaluate import format_pixels
 
         click.echo(format_pixels(result))
-    if "size" in result:
-        click.echo(format_size(result["size"]))
+    if second_task(result):
+        click.echo(format_size(second_task(result)[1]))
     echo(f"{result['overall']['n']} images evaluated -> {out}")
 
 

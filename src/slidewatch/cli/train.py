@@ -43,7 +43,8 @@ FLAG_KEYS = {
 }
 # flag name -> config key path of a comma-separated list (the flag may be repeated)
 LIST_FLAGS = {"numeric": ("tabular.numeric", str), "categorical": ("tabular.categorical", str),
-              "size_names": ("sizes.names", str), "size_edges": ("sizes.edges", float)}
+              "size_names": ("sizes.names", str), "size_edges": ("sizes.edges", float),
+              "age_names": ("sizes.names", str), "age_edges": ("sizes.edges", float)}
 
 
 def _nest(flat: dict) -> dict:
@@ -64,7 +65,8 @@ SPECIAL_FLAGS = {"data.paths": "--data", "data.holdout_regions": "--holdout-regi
                  "augment.enabled": "--no-augment", "class_weights": "--class-weights",
                  "progress": "--quiet"}
 FLAG_OF = {**{key: "--" + name.replace("_", "-") for name, key in FLAG_KEYS.items()},
-           **{key: "--" + name.replace("_", "-") for name, (key, _) in LIST_FLAGS.items()},
+           **{key: "--" + name.replace("_", "-") for name, (key, _) in LIST_FLAGS.items()
+              if not name.startswith("age_")},  # age errors name their flags themselves
            **SPECIAL_FLAGS}
 
 
@@ -93,6 +95,14 @@ def flat_overrides(params: dict) -> dict:
             except ValueError:
                 raise click.BadParameter("use balanced, none, or numbers like 1.0,2.5",
                                          param_hint="--class-weights") from None
+    if params.get("age_from"):  # the age task rides on the second-task head of the size task
+        if params.get("size_from") or params.get("size_edges") or params.get("size_names"):
+            raise ConfigError("--age-from: a model has one second task; leave out --size-from, "
+                              "--size-edges and --size-names")
+        flat["sizes.source"], flat["sizes.column"] = "age", params["age_from"]
+    elif params.get("age_edges") or params.get("age_names"):
+        raise ConfigError("--age-edges/--age-names: give --age-from COLUMN (the days between "
+                          "the event and the image)")
     if params.get("quiet"):
         flat["progress"] = False
     for name, (key, kind) in LIST_FLAGS.items():
@@ -239,6 +249,12 @@ TRAIN_OPTIONS = [
     _opt("--size-unit", type=click.Choice(["m2", "fraction"])),
     _opt("--size-column", help="column with size labels (default landslide_size)"),
     _opt("--pixel-size", type=float, help="metres per pixel for m² size classes"),
+    _opt("--age-from", metavar="COLUMN",
+         help="second task: age class from a --tabular column of days between the event and "
+              "the image (e.g. days_from_event of data from-inventory)"),
+    _opt("--age-edges", multiple=True,
+         help="age class edges in days (default 90,365: fresh, recent, old)"),
+    _opt("--age-names", multiple=True, help="age class names, youngest first"),
     _opt("--size-weight", type=float, help="weight of the size loss"),
     _opt("--size-class-weights", type=click.Choice(["none", "balanced"]),
          help="size classes weighted alike (none) or by inverse training frequency"),

@@ -73,9 +73,15 @@ class SizesConfig:
     ``weight``: the size loss's weight (the landslide loss has ``fusion.weight``).
     ``class_weights``: ``balanced`` weighs each size class by ``n / (k * n_class)`` over the
     training split's labelled tiles (classes without a tile get 0), so a rare class counts as
-    much as a common one; ``none`` (default) weighs every tile alike."""
+    much as a common one; ``none`` (default) weighs every tile alike.
 
-    source: Optional[Literal["mask", "column"]] = None
+    ``source: age`` makes the second task the landslide's age instead (one second task per
+    model): classes of the days between the event and the image in ``column`` (a numeric
+    column of the tabular CSV, e.g. ``days_from_event`` of ``data from-inventory --stac``),
+    binned by ``edges`` in days (default 90 and 365: fresh, recent, old;
+    :mod:`slidewatch.data.ages`)."""
+
+    source: Optional[Literal["mask", "column", "age"]] = None
     edges: Optional[list[float]] = None
     names: Optional[list[str]] = None
     unit: Optional[Literal["m2", "fraction"]] = None
@@ -123,10 +129,10 @@ def validate_multimodal(cfg) -> None:
     columns = [*t.numeric, *t.categorical]
     _check(bool(t.path) or not columns, "tabular.numeric",
            "columns need a tabular file (tabular.path, --tabular)")
-    _check(not t.path or bool(columns) or s.source == "column", "tabular.path",
+    _check(not t.path or bool(columns) or s.source in ("column", "age"), "tabular.path",
            "name at least one column (tabular.numeric / tabular.categorical, --numeric / "
            "--categorical), or take size labels from it (sizes.source: column, --size-from "
-           "column)")
+           "column) or age labels (--age-from COLUMN)")
     _check(len(set(columns)) == len(columns), "tabular.numeric",
            f"a column is named twice in {columns}")
     _check(a.pixel_size is None or a.pixel_size > 0, "aux.pixel_size", "must be > 0 metres")
@@ -136,14 +142,25 @@ def validate_multimodal(cfg) -> None:
         _check(not (g.grayscale or g.random_grayscale or g.channel_shuffle), "aux.use",
                "channels cannot be used with augment.grayscale, random_grayscale or "
                "channel_shuffle (they would mix terrain into the image bands)")
-    _check(s.source != "column" or bool(t.path), "sizes.source",
-           "column needs the tabular file that holds it (tabular.path, --tabular)")
+    _check(s.source not in ("column", "age") or bool(t.path), "sizes.source",
+           f"{s.source} needs the tabular file that holds the column (tabular.path, "
+           "--tabular; e.g. the tiles.csv of data from-inventory)")
+    _check(s.source != "age" or (s.unit is None and s.pixel_size is None), "sizes.source",
+           "age classes are days; sizes.unit and sizes.pixel_size are for size classes")
     _check(s.source is not None or (s.edges is None and s.names is None and s.unit is None),
            "sizes.source", "size classes are set but no source (mask or column) is given")
     _check(s.pixel_size is None or s.pixel_size > 0, "sizes.pixel_size", "must be > 0 metres")
     _check(s.weight >= 0, "sizes.weight", "must be >= 0")
-    _check(s.source != "column" or s.column not in columns, "sizes.column",
-           f"{s.column!r} is also a feature column; the size label cannot be an input")
+    _check(s.source not in ("column", "age") or s.column not in columns, "sizes.column",
+           f"{s.column!r} is also a feature column; the {s.source if s.source == 'age' else 'size'}"
+           " label cannot be an input")
+    if s.source == "age":
+        from slidewatch.data.ages import DEFAULT_AGE_NAMES, validate_age_edges
+
+        edges = validate_age_edges(s.edges) if s.edges is not None else None
+        n = len(edges) + 1 if edges is not None else len(DEFAULT_AGE_NAMES)
+        _check(s.names is None or len(s.names) == n, "sizes.names",
+               f"{n} age classes need {n} names, got {len(s.names or [])}")
     if s.source == "mask" and s.edges is not None:
         try:
             validate_edges(s.edges, s.unit or "m2")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from slidewatch.data.ages import AgeColumn
 from slidewatch.data.dataset import TileDataset, unit_and_valid
 from slidewatch.data.masks import fit_to_size
 from slidewatch.data.sizes import IGNORE_INDEX, SizeClasses, SizeColumn, size_label_for_sample
@@ -107,7 +108,7 @@ class ModelInputs:
 
     spec: TabularSpec | None = None
     aux: AuxSpec | None = None
-    sizes: SizeClasses | SizeColumn | None = None
+    sizes: SizeClasses | SizeColumn | AgeColumn | None = None  # the second task's classes
     size_pixel_size: float | None = None
     join: tuple[str, str | None] = ("path", None)
     table: Path | None = None
@@ -146,7 +147,7 @@ class ModelInputs:
         when there is no size task, or (``required=False``) the CSV lacks the size column."""
         if self.sizes is None:
             return None
-        if isinstance(self.sizes, SizeColumn):
+        if isinstance(self.sizes, (SizeColumn, AgeColumn)):
             rows = self._size_rows(samples, required)
             if rows is None:
                 return None
@@ -162,7 +163,8 @@ class ModelInputs:
         if self.table is None or column not in csv_header(self.table):
             if not required:
                 return None
-            raise DataError(f"{self.table}: no size column '{column}' (--size-column)")
+            flag = "--age-from" if self.sizes.task == "age" else "--size-column"
+            raise DataError(f"{self.table}: no {self.sizes.task} column '{column}' ({flag})")
         spec = TabularSpec(categorical=(column,), key=self.join[0], key_column=self.join[1],
                            missing="impute")
         return join_samples(samples, read_table(self.table, spec))
@@ -238,7 +240,8 @@ def _check_files(inputs: ModelInputs, tabular, aux) -> None:
                           "the DEM raster")
     if aux is not None and inputs.aux is None:
         raise ConfigError("--aux: the model takes no terrain inputs; leave it out")
-    if tabular is not None and csv_spec is None and not isinstance(inputs.sizes, SizeColumn):
+    if tabular is not None and csv_spec is None and not isinstance(inputs.sizes,
+                                                               (SizeColumn, AgeColumn)):
         raise ConfigError("--tabular: the model takes no tabular columns; leave it out")
 
 

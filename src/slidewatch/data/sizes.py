@@ -45,6 +45,8 @@ class SizeClasses:
     names: tuple[str, ...] = DEFAULT_NAMES
     unit: str = "m2"
 
+    task = "size"
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "edges", tuple(float(e) for e in self.edges))
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
@@ -153,6 +155,8 @@ class SizeColumn:
     aliases: Mapping[str, str] = field(default_factory=dict)
     ignored: frozenset[str] = IGNORED_VALUES
 
+    task = "size"
+
     def __post_init__(self) -> None:
         names = tuple(_norm(n) for n in self.names)
         if len(names) < 2 or len(set(names)) != len(names) or not all(names):
@@ -202,8 +206,13 @@ class SizeColumn:
                    frozenset(data.get("ignored", IGNORED_VALUES)))
 
 
-def size_scheme_from_json(data: Mapping) -> SizeClasses | SizeColumn:
-    """Rebuild what ``meta.inputs.sizes.scheme`` stores (either kind)."""
+def size_scheme_from_json(data: Mapping):
+    """Rebuild what ``meta.inputs.sizes.scheme`` stores: size classes from masks or a column,
+    or age classes (:class:`slidewatch.data.ages.AgeColumn`, ``source`` age)."""
+    if data.get("source") == "age":
+        from slidewatch.data.ages import AgeColumn
+
+        return AgeColumn.from_json(data)
     if data.get("source") == "column":
         return SizeColumn.from_json(data)
     return SizeClasses.from_json(data)

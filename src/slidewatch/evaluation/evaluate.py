@@ -213,11 +213,13 @@ def write_predictions(path: Path, samples: list[Sample], prob: np.ndarray, thres
                       meta: ModelMeta, size_truth=None, size_probs=None) -> None:
     """One row per tile: path, region, source image, true and predicted label, outcome; for a
     model with a size head also the true and predicted size class."""
-    from slidewatch.evaluation.sizes import size_columns
+    from slidewatch.evaluation.sizes import size_columns, task_name
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    sizes = ["true_size", "predicted_size", "size_probability"] if size_probs is not None else []
+    task = task_name(meta)
+    sizes = ([f"true_{task}", f"predicted_{task}", f"{task}_probability"]
+             if size_probs is not None else [])
     w.writerow(["path", "region", "source_image", "true_label", "probability",
                 "predicted_label", "outcome", *sizes])
     other = meta.negative_label
@@ -302,12 +304,12 @@ def evaluate(model_dir: str | Path, roots: list[str | Path], out: str | Path, *,
     result = _report(model_dir, meta, roots, samples, prob, thr, threshold_source, source_info)
     size = mm.size_block(meta, truth, size_probs)
     if size is not None:
-        result["size"] = size
+        result[size["task"]] = size
     with atomic_dir(out, overwrite=overwrite) as tmp:  # all files or none, as train does
         write_predictions(tmp / PREDICTIONS_FILE, samples, prob, thr, meta, truth, size_probs)
         result["plots"] = _plots(tmp, samples, prob, thr, meta)
         if size is not None:
-            result["plots"]["size_confusion_matrix"] = mm.size_figure(tmp, size)
+            result["plots"][f"{size['task']}_confusion_matrix"] = mm.size_figure(tmp, size)
         atomic_write_text(tmp / METRICS_FILE, json.dumps(result, indent=2) + "\n")
         if target_recall is not None:  # the model changes only with a complete evaluation
             store_threshold(model_dir, thr, source_info)

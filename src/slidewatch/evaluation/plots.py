@@ -118,8 +118,8 @@ def write_plots(out: str | Path, y_true, prob, threshold: float, positive: str,
 
 
 def plot_size_confusion(counts: np.ndarray, names: list[str], path: str | Path,
-                        macro_f1: float | None = None) -> None:
-    """KxK size-class counts: rows = true class, columns = predicted class."""
+                        macro_f1: float | None = None, task: str = "size") -> None:
+    """KxK size- (or age-) class counts: rows = true class, columns = predicted class."""
     counts = np.asarray(counts)
     k = len(names)
     fig, ax = plt.subplots(figsize=(1.2 * k + 2.4, 1.1 * k + 2.0))
@@ -131,10 +131,10 @@ def plot_size_confusion(counts: np.ndarray, names: list[str], path: str | Path,
                     color="white" if dark else "black", fontsize=11)
     ax.set_xticks(range(k), names, rotation=30, ha="right")
     ax.set_yticks(range(k), names)
-    ax.set_xlabel("predicted size")
-    ax.set_ylabel("true size")
+    ax.set_xlabel(f"predicted {task}")
+    ax.set_ylabel(f"true {task}")
     score = "" if macro_f1 is None else f", macro-F1 {macro_f1:.3f}"
-    ax.set_title(f"size classes (n = {int(counts.sum())}{score})")
+    ax.set_title(f"{task} classes (n = {int(counts.sum())}{score})")
     _save(fig, Path(path))
 
 

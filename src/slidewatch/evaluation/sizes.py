@@ -1,6 +1,8 @@
-"""Size-class scores of a multi-task model for ``slidewatch evaluate``.
+"""Size- or age-class scores of a multi-task model for ``slidewatch evaluate``.
 
-The ``size`` block of ``metrics.json``: :func:`size_report` (confusion
+The ``size`` block of ``metrics.json`` (``age`` for a model whose second task is the age,
+:mod:`slidewatch.data.ages`; the block's ``task`` names it, and so do the predictions' columns
+and the figure's name): :func:`size_report` (confusion
 matrix with rows = true class, per-class precision/recall/F1, macro-F1, accuracy) over the
 landslide tiles with a known size, plus the same scores of the majority baseline (always the
 class most common among the *training* labels, stored in the model) for comparison, and of
@@ -19,6 +21,25 @@ from slidewatch.data.inputs import ModelInputs
 from slidewatch.data.sizes import IGNORE_INDEX
 
 SIZE_FIGURE = "size_confusion_matrix.png"
+TASKS = ("size", "age")  # the second task's names: keys of metrics.json, column prefixes
+
+
+def task_name(meta) -> str:
+    """``age`` or ``size``: what the model's second head predicts."""
+    spec = meta.inputs.sizes
+    return spec.task if spec is not None else "size"
+
+
+def figure_name(task: str) -> str:
+    return f"{task}_confusion_matrix.png"
+
+
+def second_task(result: dict) -> tuple[str, dict] | None:
+    """``(task, block)`` of a metrics.json that has a size or an age block, else None."""
+    for task in TASKS:
+        if result.get(task):
+            return task, result[task]
+    return None
 
 
 def size_report(y_true: Sequence[int], y_pred: Sequence[int], names: Sequence[str]) -> dict:
@@ -60,14 +81,16 @@ def size_block(meta, truth: np.ndarray | None, size_probs: np.ndarray | None) ->
         return None
     sizes = spec.scheme
     names = list(spec.names)
-    source = spec.source
+    source, task = spec.source, spec.task
     if truth is None:
-        return {"names": names, "source": source, "n": 0,
-                "note": f"no size labels: the evaluation CSV has no column "
+        return {"task": task, "names": names, "source": source, "n": 0,
+                "note": f"no {task} labels: the evaluation CSV has no column "
                         f"'{sizes.get('column')}'"}
     pred = size_probs.argmax(1)
-    block = {**size_report(truth, pred, names), "source": source,
+    block = {"task": task, **size_report(truth, pred, names), "source": source,
              "unit": sizes.get("unit"), "edges": sizes.get("edges")}
+    if task == "age":
+        block["column"] = sizes.get("column")
     counts = spec.train_counts or []
     if counts and sum(counts):
         block["baseline"] = _constant(truth, int(np.argmax(counts)), names,
@@ -78,7 +101,7 @@ def size_block(meta, truth: np.ndarray | None, size_probs: np.ndarray | None) ->
             truth, int(np.bincount(known, minlength=len(names)).argmax()), names,
             "always the most common class of the evaluated tiles (known only afterwards)")
     if block["n"] == 0:
-        block["note"] = "no landslide tile with a known size in this data"
+        block["note"] = f"no landslide tile with a known {task} in this data"
     return block
 
 
@@ -91,7 +114,8 @@ def _constant(truth: np.ndarray, k: int, names: list[str], rule: str) -> dict:
 
 def size_columns(meta, truth: np.ndarray | None, size_probs: np.ndarray | None,
                  i: int) -> list[str]:
-    """``true_size``, ``predicted_size``, ``size_probability`` of sample ``i``."""
+    """``true_size``, ``predicted_size``, ``size_probability`` (``..._age...``) of sample
+    ``i``."""
     names = meta.inputs.sizes.names
     k = int(size_probs[i].argmax())
     t = "" if truth is None or truth[i] == IGNORE_INDEX else names[int(truth[i])]
@@ -99,24 +123,26 @@ def size_columns(meta, truth: np.ndarray | None, size_probs: np.ndarray | None,
 
 
 def size_figure(out: Path, block: dict | None) -> str | None:
-    """The size confusion matrix as a PNG in ``out``; its file name, or None."""
+    """The size (age) confusion matrix as a PNG in ``out``; its file name, or None."""
+    task = (block or {}).get("task", "size")
     if not block or not block.get("n"):
-        (out / SIZE_FIGURE).unlink(missing_ok=True)
+        (out / figure_name(task)).unlink(missing_ok=True)
         return None
     from slidewatch.evaluation.plots import plot_size_confusion
 
-    plot_size_confusion(np.asarray(block["confusion"]), block["names"], out / SIZE_FIGURE,
-                        block["macro_f1"])
-    return SIZE_FIGURE
+    plot_size_confusion(np.asarray(block["confusion"]), block["names"], out / figure_name(task),
+                        block["macro_f1"], task)
+    return figure_name(task)
 
 
 def format_size(block: dict | None) -> str:
     """One line for the console."""
     if not block:
         return ""
+    task = block.get("task", "size")
     if not block.get("n"):
-        return f"size: {block.get('note', 'no labelled tiles')}"
-    line = f"size: macro-F1 {block['macro_f1']:.3f}, accuracy {block['accuracy']:.3f} " \
+        return f"{task}: {block.get('note', 'no labelled tiles')}"
+    line = f"{task}: macro-F1 {block['macro_f1']:.3f}, accuracy {block['accuracy']:.3f} " \
            f"(n = {block['n']})"
     for key, whose in (("baseline", "training"), ("baseline_evaluated_majority", "evaluated")):
         base = block.get(key)

@@ -100,8 +100,9 @@ class Prediction:
     probability: float
     label: str
     positive: bool
-    size: str | None = None  # size class of a model with a size head
+    size: str | None = None  # class of a model's second head: size, or age (``task``)
     size_probability: float | None = None
+    task: str = "size"
     landslide_pixels: int | None = None  # segmentation model: pixels at or above the threshold
     landslide_share: float | None = None  # ... as a share of the image's pixels
 
@@ -149,6 +150,7 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
     if "size_probs" in out:
         names = meta.inputs.sizes.names
         for pred, sp in zip(preds, out["size_probs"]):
+            pred.task = meta.inputs.sizes.task
             k = int(sp.argmax())
             pred.size, pred.size_probability = names[k], float(sp[k])
     return preds
@@ -159,7 +161,8 @@ def write_predictions(path: str | Path, preds: list[Prediction]) -> None:
     w = csv.writer(buf, lineterminator="\n")
     sizes = any(p.size is not None for p in preds)
     area = any(p.landslide_pixels is not None for p in preds)
-    w.writerow(["path", "probability", "label", *(["size", "size_probability"] if sizes else []),
+    task = next((p.task for p in preds if p.size is not None), "size")
+    w.writerow(["path", "probability", "label", *([task, f"{task}_probability"] if sizes else []),
                 *(["landslide_pixels", "landslide_share"] if area else [])])
     for p in preds:
         extra = [p.size, f"{p.size_probability:.6f}"] if sizes else []

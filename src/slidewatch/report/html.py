@@ -179,8 +179,9 @@ def _check_metrics(path: Path, m) -> None:
     for key in ("ece", "brier"):
         if cal.get(key) is not None and not _is_rate(cal[key]):
             raise _bad(path, f"calibration.{key}", "null or a number from 0 to 1", cal[key])
-    if m.get("size"):
-        mm.check_size_block(path, m["size"], _bad)
+    for key in ("size", "age"):  # the second task's block
+        if m.get(key):
+            mm.check_size_block(path, m[key], _bad, key)
     if m.get("task", "classify") not in ("classify", "segment"):
         raise _bad(path, "task", "classify or segment", m.get("task"))
     if m.get("task") == "segment":

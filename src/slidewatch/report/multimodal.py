@@ -35,21 +35,21 @@ def _rates(v, n: int) -> bool:
                                                         for x in v)
 
 
-def check_size_block(path: Path, block, bad) -> None:
-    """metrics.json's ``size`` block as ``slidewatch evaluate`` writes it; ``bad(path, field,
-    rule, value)`` makes the error."""
+def check_size_block(path: Path, block, bad, task: str = "size") -> None:
+    """metrics.json's ``size`` (or ``age``: ``task``) block as ``slidewatch evaluate`` writes
+    it; ``bad(path, field, rule, value)`` makes the error."""
     if not isinstance(block, dict):
-        raise bad(path, "size", "an object", block)
+        raise bad(path, task, "an object", block)
     names = block.get("names")
     if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str)
                                                                   for n in names)):
-        raise bad(path, "size.names", "a list of two or more class names", names)
+        raise bad(path, f"{task}.names", "a list of two or more class names", names)
     n = block.get("n")
     if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
-        raise bad(path, "size.n", "a whole number >= 0", n)
+        raise bad(path, f"{task}.n", "a whole number >= 0", n)
     for key in ("source", "unit", "note"):
         if block.get(key) is not None and not isinstance(block[key], str):
-            raise bad(path, f"size.{key}", "a string", block[key])
+            raise bad(path, f"{task}.{key}", "a string", block[key])
     if not n:
         return
     k = len(names)
@@ -58,20 +58,20 @@ def check_size_block(path: Path, block, bad) -> None:
             isinstance(r, list) and len(r) == k and all(
                 isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in r)
             for r in cm)):
-        raise bad(path, "size.confusion", f"a {k} x {k} table of whole numbers", cm)
+        raise bad(path, f"{task}.confusion", f"a {k} x {k} table of whole numbers", cm)
     for key in ("precision", "recall", "f1"):
         if not _rates(block.get(key), k):
-            raise bad(path, f"size.{key}", f"a list of {k} numbers from 0 to 1", block.get(key))
+            raise bad(path, f"{task}.{key}", f"a list of {k} numbers from 0 to 1", block.get(key))
     for key in ("macro_f1", "accuracy"):
         if not _rates([block.get(key)], 1):
-            raise bad(path, f"size.{key}", "a number from 0 to 1", block.get(key))
+            raise bad(path, f"{task}.{key}", "a number from 0 to 1", block.get(key))
     for base in ("baseline", "baseline_evaluated_majority"):
         b = block.get(base)
         if b is None:
             continue
         if not (isinstance(b, dict) and b.get("class") in names
                 and _rates([b.get("macro_f1"), b.get("accuracy")], 2)):
-            raise bad(path, f"size.{base}", "an object with class, macro_f1 and accuracy", b)
+            raise bad(path, f"{task}.{base}", "an object with class, macro_f1 and accuracy", b)
 
 
 def attach_attributions(cams: dict[str, dict], explain_dir: Path | None, key,
@@ -140,11 +140,13 @@ def attribution_bars(entry: dict, e, num) -> str:
 
 
 def size_section(m: dict, eval_dir: Path, e, num, table, img_file) -> str:
-    """Size-class confusion matrix and scores from metrics.json's ``size`` block."""
-    block = m.get("size")
+    """Size- (or age-) class confusion matrix and scores from metrics.json's ``size``
+    (``age``) block."""
+    task = "age" if m.get("age") else "size"
+    block = m.get(task)
     if not block:
         return ""
-    parts = ["<h2>Size classes</h2>"]
+    parts = [f"<h2>{task.capitalize()} classes</h2>"]
     if not block.get("n"):
         return parts[0] + f'<p class="note">{e(block.get("note", "no labelled tiles"))}</p>'
     names = block["names"]
@@ -155,7 +157,7 @@ def size_section(m: dict, eval_dir: Path, e, num, table, img_file) -> str:
     parts.append(table(["class", "precision", "recall", "F1"], scores))
     base = block.get("baseline")
     line = (f"Macro-F1 {num(block['macro_f1'])}, accuracy {num(block['accuracy'])} over "
-            f"{e(block['n'])} landslide tiles with a known size ({e(block.get('source'))}"
+            f"{e(block['n'])} landslide tiles with a known {task} ({e(block.get('source'))}"
             f"{', ' + e(block['unit']) if block.get('unit') else ''}).")
     if base:
         line += (f" Always predicting the most common training class ({e(base['class'])}): "
@@ -165,9 +167,10 @@ def size_section(m: dict, eval_dir: Path, e, num, table, img_file) -> str:
         line += (f" Always the most common class of these tiles ({e(top['class'])}, known only "
                  f"afterwards): macro-F1 {num(top['macro_f1'])}.")
     parts.append(f"<p>{line}</p>")
-    figure = (m.get("plots") or {}).get("size_confusion_matrix")
+    figure = (m.get("plots") or {}).get(f"{task}_confusion_matrix")
     if figure:
-        parts.append(f'<div class="figs">{img_file(eval_dir / figure, "size confusion")}</div>')
+        parts.append('<div class="figs">'
+                     f'{img_file(eval_dir / figure, f"{task} confusion")}</div>')
     return "".join(parts)
 
 
@@ -179,7 +182,8 @@ def inputs_section(meta: dict, e, num, table) -> str:
     parts = ["<h2>Inputs beside the image</h2>"]
     if fusion:
         parts.append(f"<p>Fusion mode {e(fusion.get('mode'))}; "
-                     f"{e(fusion.get('size_classes') or 'no')} size classes.</p>")
+                     f"{e(fusion.get('size_classes') or 'no')} "
+                     f"{'age' if (sizes or {}).get('source') == 'age' else 'size'} classes.</p>")
     if tab:
         rows = [[e(c), num(s["mean"]), num(s["std"])] for c, s in tab["numeric"].items()]
         rows += [[e(c), e(f"{len(v['vocabulary']) - 1} categories"), e(f"fill {v['fill']}")]
@@ -193,8 +197,11 @@ def inputs_section(meta: dict, e, num, table) -> str:
                      f"{e(', '.join(aux.get('names') or []))}.</p>")
     if sizes:
         edges = sizes.get("edges")
-        parts.append(f"<p>Size classes {e(', '.join(sizes.get('names') or []))} from "
-                     f"{e(sizes.get('source'))}"
+        what = ("Age classes" if sizes.get("source") == "age" else "Size classes")
+        source = (f"column {sizes.get('column')}" if sizes.get("source") == "age"
+                  else sizes.get("source"))
+        parts.append(f"<p>{what} {e(', '.join(sizes.get('names') or []))} from "
+                     f"{e(source)}"
                      f"{' (edges ' + e(edges) + ' ' + e(sizes.get('unit')) + ')' if edges else ''}"
                      f"; training counts {e(sizes.get('train_counts'))}.</p>")
     return "".join(parts)

@@ -66,6 +66,13 @@ def size_scheme(cfg: TrainConfig, train: Sequence) -> SizeClasses | SizeColumn |
         return None
     if s.source == "column":
         return SizeColumn(s.column, tuple(s.names) if s.names else NASA_SIZES)
+    if s.source == "age":
+        from slidewatch.data.ages import DEFAULT_AGE_EDGES, DEFAULT_AGE_NAMES, AgeColumn
+
+        edges = tuple(s.edges) if s.edges else DEFAULT_AGE_EDGES
+        default = DEFAULT_AGE_NAMES if len(edges) == 2 else tuple(
+            f"age_{i}" for i in range(len(edges) + 1))
+        return AgeColumn(s.column, edges, tuple(s.names) if s.names else default)
     unit = s.unit
     if unit is None:
         first = next((x for x in train if x.landslide_fraction), None)
@@ -177,6 +184,9 @@ def prepare_multimodal(cfg: TrainConfig, train: Sequence, val: Sequence,
     sizes = inputs.size_labels(samples)
     n = len(train)
     if sizes is not None and not (sizes[:n] != IGNORE_INDEX).any():
+        if inputs.sizes.task == "age":
+            raise DataError(f"{inputs.table}: no training landslide image has an age label "
+                            f"(a number of days >= 0 in column '{inputs.sizes.column}')")
         raise DataError("sizes: no training image has a size label (landslide tiles need a "
                         "landslide_fraction in tiles.csv, or a value in the size column)")
     setup = MultiModalSetup(cfg, inputs,
@@ -197,7 +207,7 @@ def _describe(s: MultiModalSetup) -> str:
         parts.append(f"terrain as {s.inputs.aux.use}")
     if s.inputs.sizes is not None:
         labels = s.sizes["train"]
-        parts.append(f"size classes {', '.join(s.size_names)} "
+        parts.append(f"{s.inputs.sizes.task} classes {', '.join(s.size_names)} "
                      f"({int((labels != IGNORE_INDEX).sum())} labelled training images)")
     return "multi-modal: " + "; ".join(parts or ["image branch only"])
 

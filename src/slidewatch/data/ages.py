@@ -1,0 +1,115 @@
+"""Landslide age classes, a second task like the size classes (:mod:`slidewatch.data.sizes`).
+
+The label is the time between the inventory event and the image, in days, read from a numeric
+column of a CSV joined to the tiles: ``days_from_event`` of the ``tiles.csv`` that
+``slidewatch data from-inventory --stac`` writes (image time minus event time), or any column
+of days. It is binned by increasing edges (:class:`AgeColumn`): class ``i`` holds
+``edges[i-1] <= days < edges[i]``; the defaults are fresh (< 90 days), recent (90 to 365 days)
+and old (>= 365 days).
+
+What gets no age (:data:`~slidewatch.data.sizes.IGNORE_INDEX`, skipped by the loss and the
+scores): landslide-free tiles, empty or unknown cells, and images taken *before* the event
+(negative days: the landslide is not on them yet). Text that is not a number is an error that
+names the tile and the column. The head, its loss and its report are the size head's
+(:mod:`slidewatch.evaluation.sizes`), named ``age`` wherever the task is named.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from slidewatch.data.sizes import IGNORE_INDEX, IGNORED_VALUES
+from slidewatch.errors import ConfigError, DataError
+
+DEFAULT_AGE_COLUMN = "days_from_event"
+DEFAULT_AGE_EDGES = (90.0, 365.0)
+DEFAULT_AGE_NAMES = ("fresh", "recent", "old")
+
+
+def validate_age_edges(edges: Sequence[float]) -> tuple[float, ...]:
+    """Edges in days: one or more, finite, above 0, strictly increasing."""
+    try:
+        out = tuple(float(e) for e in edges)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--age-edges: edges must be numbers of days, got {list(edges)}"
+                          ) from None
+    if not out:
+        raise ConfigError("--age-edges: give at least one edge (two classes)")
+    if not all(math.isfinite(e) and e > 0 for e in out):
+        raise ConfigError(f"--age-edges: edges must be finite numbers of days > 0, got "
+                          f"{list(out)}")
+    if any(a >= b for a, b in zip(out, out[1:])):
+        raise ConfigError(f"--age-edges: edges must increase strictly, got {list(out)}")
+    return out
+
+
+@dataclass(frozen=True)
+class AgeColumn:
+    """Age classes from a column of days between the event and the image."""
+
+    column: str = DEFAULT_AGE_COLUMN
+    edges: tuple[float, ...] = DEFAULT_AGE_EDGES
+    names: tuple[str, ...] = DEFAULT_AGE_NAMES
+
+    task = "age"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "edges", validate_age_edges(self.edges))
+        object.__setattr__(self, "names", tuple(str(n).strip() for n in self.names))
+        if len(self.names) != len(self.edges) + 1:
+            raise ConfigError(f"--age-names: {len(self.edges)} edge(s) make "
+                              f"{len(self.edges) + 1} classes, got {len(self.names)} names")
+        if len(set(self.names)) != len(self.names) or not all(self.names):
+            raise ConfigError(f"--age-names: names must be distinct and non-empty, got "
+                              f"{list(self.names)}")
+        if not str(self.column).strip():
+            raise ConfigError("--age-from: give the name of the column of days")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.names)
+
+    def classify(self, days: float) -> int:
+        """Class of ``days`` (>= 0); :data:`IGNORE_INDEX` for an image before the event."""
+        if not math.isfinite(days):
+            raise ValueError(f"age: days must be finite, got {days}")
+        if days < 0:
+            return IGNORE_INDEX
+        return int(np.searchsorted(np.asarray(self.edges), days, side="right"))
+
+    def label(self, value: object, where: str = "row") -> int:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return IGNORE_INDEX
+        text = str(value).strip()
+        if text.lower() in IGNORED_VALUES:
+            return IGNORE_INDEX
+        try:
+            days = float(text)
+        except ValueError:
+            days = math.nan
+        if not math.isfinite(days):
+            raise DataError(f"{where}, column '{self.column}': {value!r} is not a number of "
+                            "days between the event and the image (or empty/unknown)")
+        return self.classify(days)
+
+    def labels(self, rows: Sequence[Mapping | None], names: Sequence[str] | None = None
+               ) -> np.ndarray:
+        """int64 labels of ``rows`` (a missing row or cell gives :data:`IGNORE_INDEX`)."""
+        out = np.full(len(rows), IGNORE_INDEX, np.int64)
+        for i, row in enumerate(rows):
+            if row is not None:
+                where = str(names[i]) if names is not None else f"row {i}"
+                out[i] = self.label(row.get(self.column), where)
+        return out
+
+    def to_json(self) -> dict:
+        return {"source": "age", "column": self.column, "edges": list(self.edges),
+                "names": list(self.names), "unit": "days"}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> AgeColumn:
+        return cls(data["column"], tuple(data["edges"]), tuple(data["names"]))
