@@ -440,7 +440,7 @@ def test_missing_bands_are_named_before_anything_is_read(capsys, tmp_path, api, 
     (["--bbox", "87,27"], "--bbox: give W,S,E,N"),
     (["--max-cloud", "150"], "--max-cloud: must be a percentage"),
     (["--header", "no colon"], "--header: give NAME: VALUE"),
-    (["--stac", "ftp://x"], "--stac: 'ftp://x' is not an http(s) URL"),
+    (["--stac", "ftp://x"], "--stac: 'ftp://x' is neither an http(s) URL of a STAC API nor"),
 ])
 def test_bad_options_are_one_line(capsys, tmp_path, args, needle):
     base = {"--stac": "http://127.0.0.1:9/", "--collection": S2, "--bbox": "87,27,87.1,27.1",
@@ -575,3 +575,100 @@ def test_a_missing_asset_and_a_url_that_is_no_catalogue_are_one_line(capsys, tmp
                        "--bbox", bbox_text(area_bbox), "--dates", "2023-05-01")
     assert code == 2 and err.count("\n") == 1
     assert f"{url}: opening the catalogue failed (HTTP 404" in err
+
+
+# ---------------------------------------------------------------- static catalogues
+
+
+def write_static_catalogue(root, files: dict, arrays: dict):
+    """The same collections and items as the API's, as a self-contained static catalogue
+    written with pystac (catalog.json, collection.json, item JSON), assets as local COGs."""
+    import pystac
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "assets").mkdir()
+    for name, data in files.items():
+        (root / "assets" / name).write_bytes(data)
+    base = "http://placeholder"
+    collections, items = build_catalogue(base, arrays)
+    cat = pystac.Catalog("test-static", "a static catalogue for the tests")
+    for c in collections:
+        coll = pystac.Collection.from_dict({**c, "links": []})
+        for raw in items:
+            if raw["collection"] == c["id"]:
+                raw = {**raw, "links": []}
+                for asset in raw["assets"].values():
+                    asset["href"] = str(root / "assets" / asset["href"].rsplit("/", 1)[1])
+                coll.add_item(pystac.Item.from_dict(raw))
+        cat.add_child(coll)
+    cat.normalize_hrefs(str(root))
+    cat.make_all_asset_hrefs_relative()
+    cat.save(pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+@pytest.fixture(scope="module")
+def static_catalogue(tmp_path_factory, assets):
+    files, arrays = assets
+    return write_static_catalogue(tmp_path_factory.mktemp("static") / "cat", files, arrays)
+
+
+def test_a_static_catalogue_is_searched_and_fetched_like_an_api(capsys, tmp_path, api,
+                                                                static_catalogue, area_bbox):
+    args = ["--collection", S2, "--bbox", bbox_text(area_bbox), "--dates",
+            "2023-04-01/2023-06-30", "--bands", "B04,green", "--no-progress"]
+    code, _, err = run(capsys, "imagery", "fetch", "--stac", api.url, *args, "--out",
+                       tmp_path / "from-api")
+    assert code == 0, err
+    for given in (static_catalogue, static_catalogue.parent):  # the file or its folder
+        out = tmp_path / f"static-{given.name}"
+        code, _, err = run(capsys, "imagery", "fetch", "--stac", given, *args, "--out", out)
+        assert code == 0, err
+        names = sorted(p.name for p in out.glob("*.tif"))
+        assert names == ["20230501_S2_20230501.tif", "20230615_S2_20230615.tif"]
+        for name in names:  # the same pixels, grid and tags (but the catalogue's address)
+            a, pa, ta, _, _ = read_tif(tmp_path / "from-api" / name)
+            b, pb, tb, _, _ = read_tif(out / name)
+            np.testing.assert_array_equal(a, b)
+            assert (pa["crs"], pa["transform"]) == (pb["crs"], pb["transform"])
+            assert tb["SLIDEWATCH_ITEM"] == ta["SLIDEWATCH_ITEM"]
+            assert tb["SLIDEWATCH_STAC"] == str(given)
+    # the filters are applied by slidewatch, with the same messages as for an API
+    code, _, err = run(capsys, "imagery", "search", "--stac", static_catalogue, "--collection",
+                       S2, "--bbox", bbox_text(area_bbox), "--dates", "2022-01-01/2022-12-31",
+                       "--out", tmp_path / "none")
+    assert code == 2 and "no item of sentinel-2-test over bbox" in err and "(--dates)" in err
+    code, _, err = run(capsys, "imagery", "search", "--stac", static_catalogue, "--collection",
+                       "nope", "--bbox", bbox_text(area_bbox), "--dates", "2023-01-01/..",
+                       "--out", tmp_path / "none")
+    assert code == 2 and "no collection 'nope' (it has: landsat-test, sentinel-2-test)" in err
+
+
+def test_a_static_catalogue_over_http_and_a_bad_one(capsys, tmp_path, static_catalogue,
+                                                    area_bbox):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(static_catalogue.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/catalog.json"
+        code, stdout, err = run(capsys, "imagery", "search", "--stac", url, "--collection", S2,
+                                "--bbox", bbox_text(area_bbox), "--dates", "2023-01-01/..",
+                                "--max-cloud", "50", "--out", tmp_path / "s", "--no-progress")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, err
+    assert [ln.split()[2] for ln in stdout.splitlines()] == ["S2_20230501", "S2_20230720"]
+    bad = tmp_path / "catalog.json"
+    bad.write_text('{"type": "Feature", "not": "stac"')
+    code, _, err = run(capsys, "imagery", "search", "--stac", bad, "--collection", S2,
+                       "--bbox", bbox_text(area_bbox), "--dates", "2023-01-01/..")
+    assert code == 2 and err.count("\n") == 1 and f"{bad}: reading the static catalogue" in err

@@ -13,6 +13,11 @@ area and a date range with a cloud limit, and saying which filter removed every 
   filters by bbox and datetime, not all by properties). No item left is a DataError naming the
   filter that removed the last ones: the collection (unknown or empty), the box, the dates or
   the clouds.
+* Static catalogues (a ``catalog.json`` or ``collection.json`` and its children, on disk or
+  over http(s), without a search endpoint, e.g. one written with pystac): the same calls,
+  answered by :class:`StaticCatalogue`, which walks the catalogue once and applies the
+  collection, box and date filters itself. A STAC API whose landing page does not conform to
+  item search is searched the same way.
 * :func:`parse_dates`, :func:`parse_bbox`, :func:`parse_headers`: the options, checked.
 
 pystac-client is the ``stac`` extra (``pip install 'slidewatch[stac]'``), imported only here and
@@ -230,16 +235,108 @@ class Catalog:
             raise DataError(f"{self.url}: {what} failed ({short_reason(exc)})") from None
 
 
+class _Found:
+    """What ``Client.search`` returns, as far as slidewatch uses it."""
+
+    def __init__(self, items: list):
+        self._items = items
+
+    def items(self):
+        return iter(self._items)
+
+
+def _bbox_meets(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Two WGS84 boxes (W, S, E, N; 2D or the 2D part of a 3D bbox) share a point."""
+    if len(a) == 6:
+        a = (a[0], a[1], a[3], a[4])
+    return not (a[0] > b[2] or a[2] < b[0] or a[1] > b[3] or a[3] < b[1])
+
+
+class StaticCatalogue:
+    """A static STAC catalogue searched by walking it (no search endpoint): the items of every
+    child catalogue and collection, read once, then filtered here as an item search would:
+    ``collections`` (the item's collection id), ``bbox`` (meets the item's) and ``datetime``
+    (``start/end``, ``..`` open; an item's ``datetime`` or ``start_datetime``)."""
+
+    def __init__(self, root):
+        self.root = root
+        self._items: list | None = None
+
+    def get_collections(self):
+        import pystac
+
+        found = [self.root] if isinstance(self.root, pystac.Collection) else []
+        return found + list(self.root.get_all_collections())
+
+    def get_collection(self, collection_id: str):
+        return next((c for c in self.get_collections() if c.id == collection_id), None)
+
+    def all_items(self) -> list:
+        if self._items is None:
+            self._items = list(self.root.get_items(recursive=True))
+        return self._items
+
+    def search(self, *, max_items: int, limit: int | None = None, collections=None, bbox=None,
+               datetime: str | None = None, **_) -> _Found:
+        start = end = None
+        if datetime:
+            a, _, b = datetime.partition("/") if "/" in datetime else (datetime, "", datetime)
+            start = None if a in ("", "..") else parse_time(a, where="datetime")
+            end = None if b in ("", "..") else parse_time(b, end=True, where="datetime")
+        out = []
+        for item in self.all_items():
+            if collections and item.collection_id not in collections:
+                continue
+            if bbox is not None and (item.bbox is None or not _bbox_meets(item.bbox, bbox)):
+                continue
+            t = item_time(item)
+            if (start or end) and (t is None or (start and t < start) or (end and t > end)):
+                continue
+            out.append(item)
+            if len(out) >= max_items:
+                break
+        return _Found(out)
+
+
+def _is_local(url: str) -> bool:
+    return not url.startswith(("http://", "https://"))
+
+
+def _open_static(catalog: Catalog, url: str) -> StaticCatalogue:
+    """A static catalogue on disk: ``catalog.json`` / ``collection.json``, or a folder with
+    one."""
+    import pathlib
+
+    _pystac_client()  # the stac extra, which brings pystac
+    import pystac
+
+    path = pathlib.Path(url).expanduser()
+    if path.is_dir():
+        path = next((path / n for n in ("catalog.json", "collection.json")
+                     if (path / n).is_file()), path / "catalog.json")
+    if not path.is_file():
+        raise ConfigError(f"--stac: {url!r} is neither an http(s) URL of a STAC API nor a "
+                          "static catalogue file (catalog.json) on disk")
+    root = catalog.call("reading the static catalogue", pystac.read_file, str(path))
+    if not isinstance(root, pystac.Catalog):  # Collection is a Catalog too
+        raise DataError(f"{path}: not a STAC catalogue or collection (a {type(root).__name__})")
+    return StaticCatalogue(root)
+
+
 def open_catalog(url: str, *, signer: str | Callable | None = None,
                  headers: dict[str, str] | None = None,
                  timeout: float = DEFAULT_TIMEOUT) -> Catalog:
-    """Open the STAC API at ``url`` (its landing page is read now). See the module doc."""
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--stac: {url!r} is not an http(s) URL of a STAC API")
+    """Open the STAC API (or static catalogue) at ``url``; its landing page is read now. See
+    the module doc."""
     if not timeout > 0:
         raise ConfigError(f"--timeout: must be > 0 seconds, got {timeout}")
-    pc = _pystac_client()
     sign = load_signer(signer)
+    if _is_local(url):
+        catalog = Catalog(url, None, timeout, dict(headers or {}), sign,
+                          None if signer is None else str(getattr(signer, "__name__", signer)))
+        catalog.client = _open_static(catalog, url)
+        return catalog
+    pc = _pystac_client()
     from pystac_client.stac_api_io import StacApiIO
     from urllib3.util.retry import Retry
 
@@ -258,6 +355,10 @@ def open_catalog(url: str, *, signer: str | Callable | None = None,
         # Client.open hands its own timeout and headers to stac_io: give them again
         catalog.client = catalog.call("opening the catalogue", pc.Client.open, url, stac_io=io,
                                       headers=dict(headers or {}), timeout=timeout)
+    from pystac_client.conformance import ConformanceClasses
+
+    if not catalog.client.conforms_to(ConformanceClasses.ITEM_SEARCH):
+        catalog.client = StaticCatalogue(catalog.client)  # a static catalogue over http(s)
     return catalog
 
 
