@@ -48,7 +48,10 @@ KEYS = ("roc_auc", "pr_auc", "f1", "specificity", "recall", "recall_at_fpr_0.1",
         "fpr_at_recall_0.9", "flagged", "pixel_iou", "pixel_f1")
 
 
-def fold_config(recipe: dict, root: Path, tiles: Path, region: str):
+def fold_config(recipe: dict, root: Path, tiles: Path, region: str,
+                val_regions: list[str] | None = None):
+    """The recipe for the fold without ``region``; with ``val_regions``, the first of them
+    that is not held out becomes the fold's validation region (``data.val_regions``)."""
     cfg = copy.deepcopy(recipe)
     bijie = bijie_dataset(root)
     extra = [str(bijie)] if bijie is not None else []
@@ -57,6 +60,9 @@ def fold_config(recipe: dict, root: Path, tiles: Path, region: str):
     else:
         paths = [str(tiles)] + extra
     cfg.setdefault("data", {}).update({"paths": paths, "holdout_regions": [region]})
+    val = next((r for r in val_regions or [] if r != region), None)
+    if val is not None:
+        cfg["data"]["val_regions"] = [val]
     cfg["progress"] = False
     return from_dict(cfg)
 
@@ -99,12 +105,16 @@ def main() -> None:
                     help="also score the ensemble of the seeds' models per region")
     ap.add_argument("--tta", action="store_true",
                     help="also score each model with test-time augmentation")
+    ap.add_argument("--val-region", default=None, metavar="A,B",
+                    help="validate each fold on a region it does not train on: the first of "
+                    "these that is not held out (thresholds and temperature come from it)")
     args = ap.parse_args()
     recipe = apply_set(load_yaml(args.config), args.set)
     tag = args.tag or args.config.stem
     seeds = ([int(v) for v in args.seeds.split(",")] if args.seeds
              else [recipe.get("seed", 0)])
     task = recipe.get("task", "classify")
+    val_regions = args.val_region.split(",") if args.val_region else None
     root = locate(args.data, download=False)
     out = args.out / tag
     out.mkdir(parents=True, exist_ok=True)
@@ -117,6 +127,7 @@ def main() -> None:
     def record(row, region, seed, name, t0, cfg):
         rec = {"benchmark": "generalisation", "config": str(args.config), "tag": name,
                "set": args.set, "seed": seed, "task": task,
+               "val_regions": list(cfg.data.val_regions),
                "region": region, "tiles": row["tiles"],
                "landslide_tiles": row["landslide_tiles"],
                **{k: row.get(k) for k in KEYS},
@@ -130,7 +141,7 @@ def main() -> None:
         members = []
         for seed in seeds:
             t0 = time.perf_counter()
-            cfg = fold_config({**recipe, "seed": seed}, root, tiles, region)
+            cfg = fold_config({**recipe, "seed": seed}, root, tiles, region, val_regions)
             run_dir = out / f"seed{seed}" / f"holdout-{region}"
             _fold(run_dir, cfg, print, no_progress, f"{tag} (seed {seed}) without {region}")
             members.append(run_dir)
