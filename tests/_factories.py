@@ -70,6 +70,27 @@ MULTIMODAL_TABULAR = ["--numeric", "slope,elevation", "--categorical", "trigger"
                       "--tabular-key", "tile_id"]
 
 
+def tiny_config(data, phase2_epochs: int = 1, **over):
+    """A TrainConfig for the class folders at ``data``: the tiny test EfficientNet at 32 px,
+    one frozen epoch, ``phase2_epochs`` fine-tuning epochs, on the CPU. ``over``: dotted keys
+    (``"data.split_by"="region"``) set after."""
+    from slidewatch.config.train import from_dict
+
+    cfg = {"data": {"paths": [str(data)], "val_fraction": 0.25},
+           "model": {"name": "test_efficientnet", "weights": "none", "input_size": 32},
+           "augment": {"resize": 36, "crop": 32},
+           "phase1": {"epochs": 1, "lr": 0.01},
+           "phase2": {"epochs": phase2_epochs, "lr": 0.005, "unfreeze_layers": 6},
+           "batch_size": 16, "seed": 0, "progress": False, "device": "cpu"}
+    for key, value in over.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(cfg)
+
+
 def make_fusion_dataset(root: Path, *, n: int = 240, size: int = 32, seed: int = 7,
                         prefix: str = "g", steep: float = 20.0) -> list[dict]:
     """Class folders where a tile is a landslide only if its image shows a bright patch AND

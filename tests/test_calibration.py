@@ -9,11 +9,10 @@ import shutil
 
 import numpy as np
 import pytest
-from _factories import make_class_dataset
+from _factories import make_class_dataset, tiny_config
 from sklearn.metrics import brier_score_loss
 
 from slidewatch.cli.main import main
-from slidewatch.config.train import from_dict
 from slidewatch.evaluation.calibration import fit_temperature, reliability
 from slidewatch.inference.predict import predict_paths
 from slidewatch.training.loop import train
@@ -53,22 +52,6 @@ def test_reliability_bins_ece_and_brier():
     assert reliability([], [])["ece"] is None
 
 
-def _config(data, **over):
-    cfg = {"data": {"paths": [str(data)], "val_fraction": 0.25},
-           "model": {"name": "test_efficientnet", "weights": "none", "input_size": 32},
-           "augment": {"resize": 36, "crop": 32},
-           "phase1": {"epochs": 1, "lr": 0.01},
-           "phase2": {"epochs": 1, "lr": 0.005, "unfreeze_layers": 6},
-           "batch_size": 16, "seed": 0, "progress": False, "device": "cpu"}
-    for key, value in over.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return from_dict(cfg)
-
-
 @pytest.fixture(scope="module")
 def three_regions(tmp_path_factory):
     return make_class_dataset(tmp_path_factory.mktemp("cal") / "tiles", images=2, per_image=3,
@@ -78,7 +61,7 @@ def three_regions(tmp_path_factory):
 @pytest.fixture(scope="module")
 def calibrated(three_regions, tmp_path_factory):
     out = tmp_path_factory.mktemp("calm") / "m"
-    cfg = _config(three_regions, **{"data.val_regions": ["west"], "calibration": "temperature",
+    cfg = tiny_config(three_regions, **{"data.val_regions": ["west"], "calibration": "temperature",
                                    "target_recall": 0.9, "data.holdout_regions": ["south"]})
     train(cfg, out)
     return out

@@ -8,28 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from _factories import make_class_dataset
+from _factories import make_class_dataset, tiny_config
 
 from slidewatch.cli.main import main
 from slidewatch.config.train import from_dict
 from slidewatch.training import hard_negatives
 from slidewatch.training.loop import train
-
-
-def _config(data, **over):
-    cfg = {"data": {"paths": [str(data)], "val_fraction": 0.25},
-           "model": {"name": "test_efficientnet", "weights": "none", "input_size": 32},
-           "augment": {"resize": 36, "crop": 32},
-           "phase1": {"epochs": 1, "lr": 0.01},
-           "phase2": {"epochs": 1, "lr": 0.005, "unfreeze_layers": 6},
-           "batch_size": 16, "seed": 0, "progress": False, "device": "cpu"}
-    for key, value in over.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return from_dict(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +40,7 @@ def test_the_pass_oversamples_the_highest_scoring_negatives(data, tmp_path, monk
 
     monkeypatch.setattr(hard_negatives, "mine", spy_mine)
     out = tmp_path / "m"
-    train(_config(data, hard_negatives=3, hard_negative_epochs=2,
+    train(tiny_config(data, hard_negatives=3, hard_negative_epochs=2,
                   hard_negative_keep="always"), out)
     # the pool is exactly the landslide-free training tiles
     negatives = [j for j, x in enumerate(seen["samples"]) if x.label == 1]
@@ -136,5 +120,5 @@ def test_the_pass_is_refused_for_fused_models_and_bad_values(data, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert code != 0 and "--hard-negatives" in err and ">= 0" in err
     with pytest.raises(Exception, match="image-only"):
-        hard_negatives.check(_config(data, hard_negatives=2), multimodal=True,
+        hard_negatives.check(tiny_config(data, hard_negatives=2), multimodal=True,
                              distributed=False)

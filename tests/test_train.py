@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from _factories import interrupt_after_saves, make_class_dataset
+from _factories import tiny_config as _tiny_config
 from safetensors.torch import load_file
 
-from slidewatch.config.train import from_dict
 from slidewatch.errors import ConfigError, WeightsError
 from slidewatch.inference.predict import predict_paths
 from slidewatch.models.checkpoint import load_model
@@ -17,21 +17,7 @@ from slidewatch.training.loop import lr_at, train
 
 
 def tiny_config(data, **over):
-    cfg = {
-        "data": {"paths": [str(data)], "val_fraction": 0.25},
-        "model": {"name": "test_efficientnet", "weights": "none", "input_size": 32},
-        "augment": {"resize": 36, "crop": 32},
-        "phase1": {"epochs": 1, "lr": 0.01},
-        "phase2": {"epochs": 2, "lr": 0.005, "unfreeze_layers": 6},
-        "batch_size": 16, "seed": 0, "progress": False, "device": "cpu",
-    }
-    for key, value in over.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return from_dict(cfg)
+    return _tiny_config(data, phase2_epochs=2, **over)
 
 
 @pytest.fixture(scope="module")
