@@ -14,8 +14,8 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 from slidewatch.cli.main import main
-from slidewatch.data.ages import AgeColumn
-from slidewatch.data.sizes import IGNORE_INDEX, size_scheme_from_json
+from slidewatch.data.ages import AgeColumn, scheme_from_json
+from slidewatch.data.sizes import IGNORE_INDEX
 from slidewatch.errors import ConfigError, DataError, WeightsError
 from slidewatch.meta import SizeSpec
 
@@ -108,7 +108,7 @@ def test_the_stored_scheme_round_trips_and_is_checked():
     ages = AgeColumn("days_from_event", (60, 180, 720), ("a", "b", "c", "d"))
     spec = SizeSpec.from_json({**ages.to_json(), "train_counts": [1, 2, 3, 4]})
     assert spec.task == "age" and spec.names == ("a", "b", "c", "d")
-    assert size_scheme_from_json(spec.scheme) == ages
+    assert scheme_from_json(spec.scheme) == ages
     with pytest.raises(WeightsError, match="edges"):
         SizeSpec.from_json({**ages.to_json(), "edges": [180, 60, 720]})
     assert SizeSpec.from_json({"source": "column", "column": "landslide_size",

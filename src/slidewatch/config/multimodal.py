@@ -105,6 +105,28 @@ class FusionConfig:
     weight: float = 1.0
 
 
+DEFAULT_AGE_COLUMN = "days_from_event"
+DEFAULT_AGE_EDGES = (90.0, 365.0)  # days: fresh < 90 <= recent < 365 <= old
+DEFAULT_AGE_NAMES = ("fresh", "recent", "old")
+
+
+def validate_age_edges(edges) -> tuple[float, ...]:
+    """Age class edges in days: one or more, finite, above 0, strictly increasing."""
+    try:
+        out = tuple(float(e) for e in edges)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--age-edges: edges must be numbers of days, got {list(edges)}"
+                          ) from None
+    if not out:
+        raise ConfigError("--age-edges: give at least one edge (two classes)")
+    if not all(math.isfinite(e) and e > 0 for e in out):
+        raise ConfigError(f"--age-edges: edges must be finite numbers of days > 0, got "
+                          f"{list(out)}")
+    if any(a >= b for a, b in zip(out, out[1:])):
+        raise ConfigError(f"--age-edges: edges must increase strictly, got {list(out)}")
+    return out
+
+
 def _check(cond: bool, key: str, what: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {what}")
@@ -155,8 +177,6 @@ def validate_multimodal(cfg) -> None:
            f"{s.column!r} is also a feature column; the {s.source if s.source == 'age' else 'size'}"
            " label cannot be an input")
     if s.source == "age":
-        from slidewatch.data.ages import DEFAULT_AGE_NAMES, validate_age_edges
-
         edges = validate_age_edges(s.edges) if s.edges is not None else None
         n = len(edges) + 1 if edges is not None else len(DEFAULT_AGE_NAMES)
         _check(s.names is None or len(s.names) == n, "sizes.names",

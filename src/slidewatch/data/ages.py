@@ -22,29 +22,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slidewatch.data.sizes import IGNORE_INDEX, IGNORED_VALUES
+from slidewatch.config.multimodal import (
+    DEFAULT_AGE_COLUMN,
+    DEFAULT_AGE_EDGES,
+    DEFAULT_AGE_NAMES,
+    validate_age_edges,
+)
+from slidewatch.data.sizes import (
+    IGNORE_INDEX,
+    IGNORED_VALUES,
+    SizeClasses,
+    SizeColumn,
+    size_scheme_from_json,
+)
 from slidewatch.errors import ConfigError, DataError
 
-DEFAULT_AGE_COLUMN = "days_from_event"
-DEFAULT_AGE_EDGES = (90.0, 365.0)
-DEFAULT_AGE_NAMES = ("fresh", "recent", "old")
-
-
-def validate_age_edges(edges: Sequence[float]) -> tuple[float, ...]:
-    """Edges in days: one or more, finite, above 0, strictly increasing."""
-    try:
-        out = tuple(float(e) for e in edges)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--age-edges: edges must be numbers of days, got {list(edges)}"
-                          ) from None
-    if not out:
-        raise ConfigError("--age-edges: give at least one edge (two classes)")
-    if not all(math.isfinite(e) and e > 0 for e in out):
-        raise ConfigError(f"--age-edges: edges must be finite numbers of days > 0, got "
-                          f"{list(out)}")
-    if any(a >= b for a, b in zip(out, out[1:])):
-        raise ConfigError(f"--age-edges: edges must increase strictly, got {list(out)}")
-    return out
+__all__ = ["DEFAULT_AGE_COLUMN", "DEFAULT_AGE_EDGES", "DEFAULT_AGE_NAMES", "AgeColumn",
+           "scheme_from_json", "validate_age_edges"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +107,11 @@ class AgeColumn:
     @classmethod
     def from_json(cls, data: Mapping) -> AgeColumn:
         return cls(data["column"], tuple(data["edges"]), tuple(data["names"]))
+
+
+def scheme_from_json(data: Mapping) -> SizeClasses | SizeColumn | AgeColumn:
+    """Rebuild the second task's classes that ``meta.inputs.sizes.scheme`` stores: age classes
+    (``source`` age) or size classes from masks or a column."""
+    if data.get("source") == "age":
+        return AgeColumn.from_json(data)
+    return size_scheme_from_json(data)

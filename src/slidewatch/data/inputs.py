@@ -213,9 +213,9 @@ def model_inputs(meta, tabular: str | Path | None = None, aux: str | Path | None
                                unknown=unknown or encoder.spec.unknown)
     sizes = None
     if spec.sizes is not None:
-        from slidewatch.data.sizes import size_scheme_from_json
+        from slidewatch.data.ages import scheme_from_json
 
-        sizes = size_scheme_from_json(spec.sizes.scheme)
+        sizes = scheme_from_json(spec.sizes.scheme)
     join = tuple((spec.sizes.join if spec.sizes is not None else None) or ("path", None))
     if encoder is not None:
         join = (encoder.spec.key, encoder.spec.key_column)

@@ -206,13 +206,9 @@ class SizeColumn:
                    frozenset(data.get("ignored", IGNORED_VALUES)))
 
 
-def size_scheme_from_json(data: Mapping):
-    """Rebuild what ``meta.inputs.sizes.scheme`` stores: size classes from masks or a column,
-    or age classes (:class:`slidewatch.data.ages.AgeColumn`, ``source`` age)."""
-    if data.get("source") == "age":
-        from slidewatch.data.ages import AgeColumn
-
-        return AgeColumn.from_json(data)
+def size_scheme_from_json(data: Mapping) -> SizeClasses | SizeColumn:
+    """Rebuild what ``meta.inputs.sizes.scheme`` stores (either kind of size classes; any
+    second task, age included: :func:`slidewatch.data.ages.scheme_from_json`)."""
     if data.get("source") == "column":
         return SizeColumn.from_json(data)
     return SizeClasses.from_json(data)

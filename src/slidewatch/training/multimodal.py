@@ -67,7 +67,8 @@ def size_scheme(cfg: TrainConfig, train: Sequence) -> SizeClasses | SizeColumn |
     if s.source == "column":
         return SizeColumn(s.column, tuple(s.names) if s.names else NASA_SIZES)
     if s.source == "age":
-        from slidewatch.data.ages import DEFAULT_AGE_EDGES, DEFAULT_AGE_NAMES, AgeColumn
+        from slidewatch.config.multimodal import DEFAULT_AGE_EDGES, DEFAULT_AGE_NAMES
+        from slidewatch.data.ages import AgeColumn
 
         edges = tuple(s.edges) if s.edges else DEFAULT_AGE_EDGES
         default = DEFAULT_AGE_NAMES if len(edges) == 2 else tuple(
