@@ -48,8 +48,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import rasterio
-import rasterio.shutil
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_points
@@ -57,7 +55,7 @@ from rasterio.warp import transform_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from _stac_server import StacServer  # noqa: E402  (the tests' loopback STAC API)
+from _stac_server import StacServer, cog_bytes  # noqa: E402  (the tests' loopback STAC API)
 
 CRS = "EPSG:32645"
 RES = 10.0
@@ -139,20 +137,6 @@ def render(base: np.ndarray, events: list[dict], when: dt.date, rng) -> np.ndarr
     return np.clip(np.rint(img), 1, 255).astype(np.uint8)  # 0 stays nodata
 
 
-def cog_bytes(arr: np.ndarray, transform, nodata=0, blocksize=256) -> bytes:
-    """A COG in memory: (bands, H, W), deflate, ``blocksize`` tiles, overviews."""
-    profile = {"driver": "GTiff", "width": arr.shape[2], "height": arr.shape[1],
-               "count": arr.shape[0], "dtype": arr.dtype.name, "crs": CRS,
-               "transform": transform, "nodata": nodata}
-    with MemoryFile() as src_mem, MemoryFile() as dst_mem:
-        with src_mem.open(**profile) as dst:
-            dst.write(arr)
-        with src_mem.open() as src:
-            rasterio.shutil.copy(src, dst_mem.name, driver="COG", compress="deflate",
-                                 blocksize=blocksize, overview_resampling="average")
-        return dst_mem.read()
-
-
 def stac_item(base: str, item_id: str, collection: str, when: str, cloud: float, transform,
               width: int, height: int, assets: dict) -> dict:
     w, s, e, n = transform_bounds(CRS, "EPSG:4326", transform.c, transform.f - RES * height,
@@ -201,7 +185,7 @@ def build_world(seed: int, big: int) -> tuple[dict, list, dict, list]:
             item_id = f"GEN_{area.upper()}_{when:%Y%m%d}"
             img = render(base, events + old, when, rng).transpose(2, 0, 1)
             name = f"{item_id}_visual.tif"
-            files[name] = cog_bytes(img, t)
+            files[name] = cog_bytes(img, CRS, t, blocksize=256)
             specs.append((item_id, COLLECTION, f"{when.isoformat()}T04:50:00Z", cloud, t, SIZE,
                           SIZE, {"visual": (name, rgb)}))
     big_spec = None
@@ -213,7 +197,7 @@ def build_world(seed: int, big: int) -> tuple[dict, list, dict, list]:
         arr = (3000 + 800 * field + rng.normal(0, 30, (big, big))).clip(1, 65535)
         arr = arr.astype(np.uint16)[None]
         t = from_origin(540000.0, 3000000.0, RES, RES)
-        files["BIG_B04.tif"] = cog_bytes(arr, t)
+        files["BIG_B04.tif"] = cog_bytes(arr, CRS, t, blocksize=256)
         big_spec = ("GEN_BIG_20230701", BIG, "2023-07-01T04:50:00Z", 3.0, t, big, big,
                     {"B04": ("BIG_B04.tif", [{"name": "B04", "common_name": "red"}])})
     return files, specs, truth, big_spec

@@ -7,7 +7,7 @@
 ``server.files`` (``{name: bytes}`` at ``/assets/<name>``). Options: ``page_size`` (items per
 page), ``token`` (assets answer 403 without ``?token=<token>``), ``header`` (``(name, value)``
 every request must carry, else 401). ``server.log`` lists ``(method, path, range header)``;
-``server.sent`` the bytes sent per asset.
+``server.sent`` the bytes sent per asset. :func:`cog_bytes` makes COG assets in memory.
 """
 
 from __future__ import annotations
@@ -222,6 +222,25 @@ class StacServer:
                 self._route("HEAD")
 
         return Handler
+
+
+def cog_bytes(arr, crs, transform, nodata=0, blocksize=128) -> bytes:
+    """A COG in memory (deflate, ``blocksize`` tiles, averaged overviews) of ``arr``: one band
+    (H, W) or several (bands, H, W)."""
+    import rasterio.shutil
+    from rasterio.io import MemoryFile
+
+    bands = arr[None] if arr.ndim == 2 else arr
+    profile = {"driver": "GTiff", "width": bands.shape[2], "height": bands.shape[1],
+               "count": bands.shape[0], "dtype": bands.dtype.name, "crs": crs,
+               "transform": transform, "nodata": nodata}
+    with MemoryFile() as src_mem, MemoryFile() as dst_mem:
+        with src_mem.open(**profile) as dst:
+            dst.write(bands)
+        with src_mem.open() as src:
+            rasterio.shutil.copy(src, dst_mem.name, driver="COG", compress="deflate",
+                                 blocksize=blocksize, overview_resampling="average")
+        return dst_mem.read()
 
 
 def closed_port_url() -> str:

@@ -13,8 +13,7 @@ import time
 import numpy as np
 import pytest
 import rasterio
-from _stac_server import StacServer, closed_port_url
-from rasterio.io import MemoryFile
+from _stac_server import StacServer, closed_port_url, cog_bytes
 from rasterio.transform import from_origin
 from rasterio.warp import transform, transform_bounds
 
@@ -49,21 +48,6 @@ AREA_UTM = (501000.0, 2997000.0, 501500.0, 2997500.0)
 def ramp(rows, cols):
     """The field every asset samples: 1000 + col + 2 row on the UTM asset lattice."""
     return 1000.0 + cols + 2.0 * rows
-
-
-def cog_bytes(arr: np.ndarray, crs, transform, nodata=0, blocksize=128) -> bytes:
-    """A single-band COG in memory (deflate, ``blocksize`` tiles, 2x2-average overviews)."""
-    import rasterio.shutil
-
-    profile = {"driver": "GTiff", "width": arr.shape[1], "height": arr.shape[0], "count": 1,
-               "dtype": arr.dtype.name, "crs": crs, "transform": transform, "nodata": nodata}
-    with MemoryFile() as src_mem, MemoryFile() as dst_mem:
-        with src_mem.open(**profile) as dst:
-            dst.write(arr, 1)
-        with src_mem.open() as src:
-            rasterio.shutil.copy(src, dst_mem.name, driver="COG", compress="deflate",
-                                 blocksize=blocksize, overview_resampling="average")
-        return dst_mem.read()
 
 
 def footprint(crs, transform, width, height):

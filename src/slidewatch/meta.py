@@ -222,21 +222,19 @@ class SizeSpec:
                     "a list of two or more distinct class names")
         source = get("source", lambda v: v in SIZE_SOURCES, f"one of {', '.join(SIZE_SOURCES)}",
                      "mask")
+        def edges(v) -> bool:  # one fewer than names, above 0, strictly increasing
+            return (isinstance(v, (list, tuple)) and len(v) == len(names) - 1
+                    and all(_is_positive(e) for e in v) and all(a < b for a, b in zip(v, v[1:])))
+
         if source == "mask":
             get("unit", lambda v: v in SIZE_UNITS, f"one of {', '.join(SIZE_UNITS)}")
-            get("edges", lambda v: isinstance(v, (list, tuple)) and len(v) == len(names) - 1
-                and all(_is_positive(e) for e in v)
-                and all(a < b for a, b in zip(v, v[1:])),
-                f"a list of {len(names) - 1} increasing finite numbers above 0 (one fewer "
-                "than names)")
+            get("edges", edges, f"a list of {len(names) - 1} increasing finite numbers above 0 "
+                "(one fewer than names)")
         elif source == "age":
             get("column", _is_name, "the name of the column of days")
             get("unit", lambda v: v == "days", "days", "days")
-            get("edges", lambda v: isinstance(v, (list, tuple)) and len(v) == len(names) - 1
-                and all(_is_positive(e) for e in v)
-                and all(a < b for a, b in zip(v, v[1:])),
-                f"a list of {len(names) - 1} increasing numbers of days above 0 (one fewer "
-                "than names)")
+            get("edges", edges, f"a list of {len(names) - 1} increasing numbers of days above 0 "
+                "(one fewer than names)")
         else:
             get("column", _is_name, "the name of the size column")
             get("aliases", lambda v: isinstance(v, Mapping) and all(

@@ -42,8 +42,8 @@ def evaluate_cmd(model_dir, data_dirs, out, threshold, target_recall, batch_size
         from slidewatch.evaluation.evaluate import format_pixels
 
         click.echo(format_pixels(result))
-    if second_task(result):
-        click.echo(format_size(second_task(result)[1]))
+    if found := second_task(result):
+        click.echo(format_size(found[1]))
     echo(f"{result['overall']['n']} images evaluated -> {out}")
 
 

@@ -17,7 +17,7 @@ names the tile and the column. The head, its loss and its report are the size he
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,7 @@ from slidewatch.config.multimodal import (
 from slidewatch.data.sizes import (
     IGNORE_INDEX,
     IGNORED_VALUES,
+    ColumnLabels,
     SizeClasses,
     SizeColumn,
     size_scheme_from_json,
@@ -42,7 +43,7 @@ __all__ = ["DEFAULT_AGE_COLUMN", "DEFAULT_AGE_EDGES", "DEFAULT_AGE_NAMES", "AgeC
 
 
 @dataclass(frozen=True)
-class AgeColumn:
+class AgeColumn(ColumnLabels):
     """Age classes from a column of days between the event and the image."""
 
     column: str = DEFAULT_AGE_COLUMN
@@ -89,16 +90,6 @@ class AgeColumn:
             raise DataError(f"{where}, column '{self.column}': {value!r} is not a number of "
                             "days between the event and the image (or empty/unknown)")
         return self.classify(days)
-
-    def labels(self, rows: Sequence[Mapping | None], names: Sequence[str] | None = None
-               ) -> np.ndarray:
-        """int64 labels of ``rows`` (a missing row or cell gives :data:`IGNORE_INDEX`)."""
-        out = np.full(len(rows), IGNORE_INDEX, np.int64)
-        for i, row in enumerate(rows):
-            if row is not None:
-                where = str(names[i]) if names is not None else f"row {i}"
-                out[i] = self.label(row.get(self.column), where)
-        return out
 
     def to_json(self) -> dict:
         return {"source": "age", "column": self.column, "edges": list(self.edges),

@@ -36,7 +36,13 @@ from torch.utils.data import Dataset
 from slidewatch.data.ages import AgeColumn
 from slidewatch.data.dataset import TileDataset, unit_and_valid
 from slidewatch.data.masks import fit_to_size
-from slidewatch.data.sizes import IGNORE_INDEX, SizeClasses, SizeColumn, size_label_for_sample
+from slidewatch.data.sizes import (
+    IGNORE_INDEX,
+    ColumnLabels,
+    SizeClasses,
+    SizeColumn,
+    size_label_for_sample,
+)
 from slidewatch.data.standardize import ImageStats, standardizer
 from slidewatch.data.tabular import (
     TabularEncoder,
@@ -147,7 +153,7 @@ class ModelInputs:
         when there is no size task, or (``required=False``) the CSV lacks the size column."""
         if self.sizes is None:
             return None
-        if isinstance(self.sizes, (SizeColumn, AgeColumn)):
+        if isinstance(self.sizes, ColumnLabels):
             rows = self._size_rows(samples, required)
             if rows is None:
                 return None
@@ -240,8 +246,7 @@ def _check_files(inputs: ModelInputs, tabular, aux) -> None:
                           "the DEM raster")
     if aux is not None and inputs.aux is None:
         raise ConfigError("--aux: the model takes no terrain inputs; leave it out")
-    if tabular is not None and csv_spec is None and not isinstance(inputs.sizes,
-                                                               (SizeColumn, AgeColumn)):
+    if tabular is not None and csv_spec is None and not isinstance(inputs.sizes, ColumnLabels):
         raise ConfigError("--tabular: the model takes no tabular columns; leave it out")
 
 

@@ -144,8 +144,29 @@ def size_label_for_sample(sample, classes: SizeClasses, pixel_size: float | None
 # ----------------------------------------------------------------------------- from a column
 
 
+class ColumnLabels:
+    """Classes read from one column of a table joined to the images (size names here, days in
+    :class:`slidewatch.data.ages.AgeColumn`): a subclass gives ``column`` and
+    ``label(value, where)``; :meth:`labels` reads a whole list of rows."""
+
+    column: str
+
+    def label(self, value: object, where: str = "row") -> int:
+        raise NotImplementedError
+
+    def labels(self, rows: Sequence[Mapping | None], names: Sequence[str] | None = None
+               ) -> np.ndarray:
+        """int64 labels of ``rows`` (a missing row or cell gives :data:`IGNORE_INDEX`)."""
+        out = np.full(len(rows), IGNORE_INDEX, np.int64)
+        for i, row in enumerate(rows):
+            if row is not None:
+                where = str(names[i]) if names is not None else f"row {i}"
+                out[i] = self.label(row.get(self.column), where)
+        return out
+
+
 @dataclass(frozen=True)
-class SizeColumn:
+class SizeColumn(ColumnLabels):
     """Ordered class names read from a text column (case, spaces and hyphens ignored:
     "Very large" == "very_large"); ``aliases`` map other values onto the names; values in
     ``ignored`` (unknown, empty) give :data:`IGNORE_INDEX`; anything else is an error."""
@@ -185,16 +206,6 @@ class SizeColumn:
             raise DataError(f"{where}, column '{self.column}': size {value!r} is not one of "
                             f"{', '.join(self.names)} (or unknown/empty)")
         return self.names.index(key)
-
-    def labels(self, rows: Sequence[Mapping | None], names: Sequence[str] | None = None
-               ) -> np.ndarray:
-        """int64 labels of ``rows`` (a missing row or cell gives :data:`IGNORE_INDEX`)."""
-        out = np.full(len(rows), IGNORE_INDEX, np.int64)
-        for i, row in enumerate(rows):
-            if row is not None:
-                where = str(names[i]) if names is not None else f"row {i}"
-                out[i] = self.label(row.get(self.column), where)
-        return out
 
     def to_json(self) -> dict:
         return {"source": "column", "column": self.column, "names": list(self.names),

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from slidewatch.data.inputs import ModelInputs
 from slidewatch.data.sizes import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from slidewatch.data.inputs import ModelInputs
 
 SIZE_FIGURE = "size_confusion_matrix.png"
 TASKS = ("size", "age")  # the second task's names: keys of metrics.json, column prefixes

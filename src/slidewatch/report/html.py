@@ -26,6 +26,7 @@ import math
 from pathlib import Path
 
 from slidewatch.errors import ConfigError, DataError
+from slidewatch.evaluation.sizes import TASKS
 from slidewatch.io_utils import atomic_write_text
 from slidewatch.meta import ModelMeta
 from slidewatch.report import multimodal as mm
@@ -179,7 +180,7 @@ def _check_metrics(path: Path, m) -> None:
     for key in ("ece", "brier"):
         if cal.get(key) is not None and not _is_rate(cal[key]):
             raise _bad(path, f"calibration.{key}", "null or a number from 0 to 1", cal[key])
-    for key in ("size", "age"):  # the second task's block
+    for key in TASKS:  # the second task's block: size or age
         if m.get(key):
             mm.check_size_block(path, m[key], _bad, key)
     if m.get("task", "classify") not in ("classify", "segment"):

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from slidewatch.errors import DataError
+from slidewatch.evaluation.sizes import second_task
 
 CSS = """
 .attr{margin-top:.3em;font-size:.95em}.attr .r{display:flex;align-items:center;gap:.3em}
@@ -142,10 +143,10 @@ def attribution_bars(entry: dict, e, num) -> str:
 def size_section(m: dict, eval_dir: Path, e, num, table, img_file) -> str:
     """Size- (or age-) class confusion matrix and scores from metrics.json's ``size``
     (``age``) block."""
-    task = "age" if m.get("age") else "size"
-    block = m.get(task)
-    if not block:
+    found = second_task(m)
+    if not found:
         return ""
+    task, block = found
     parts = [f"<h2>{task.capitalize()} classes</h2>"]
     if not block.get("n"):
         return parts[0] + f'<p class="note">{e(block.get("note", "no labelled tiles"))}</p>'
@@ -180,10 +181,11 @@ def inputs_section(meta: dict, e, num, table) -> str:
     if not (tab or aux or sizes or fusion):
         return ""
     parts = ["<h2>Inputs beside the image</h2>"]
+    age = (sizes or {}).get("source") == "age"
     if fusion:
         parts.append(f"<p>Fusion mode {e(fusion.get('mode'))}; "
                      f"{e(fusion.get('size_classes') or 'no')} "
-                     f"{'age' if (sizes or {}).get('source') == 'age' else 'size'} classes.</p>")
+                     f"{'age' if age else 'size'} classes.</p>")
     if tab:
         rows = [[e(c), num(s["mean"]), num(s["std"])] for c, s in tab["numeric"].items()]
         rows += [[e(c), e(f"{len(v['vocabulary']) - 1} categories"), e(f"fill {v['fill']}")]
@@ -197,9 +199,8 @@ def inputs_section(meta: dict, e, num, table) -> str:
                      f"{e(', '.join(aux.get('names') or []))}.</p>")
     if sizes:
         edges = sizes.get("edges")
-        what = ("Age classes" if sizes.get("source") == "age" else "Size classes")
-        source = (f"column {sizes.get('column')}" if sizes.get("source") == "age"
-                  else sizes.get("source"))
+        what = "Age classes" if age else "Size classes"
+        source = f"column {sizes.get('column')}" if age else sizes.get("source")
         parts.append(f"<p>{what} {e(', '.join(sizes.get('names') or []))} from "
                      f"{e(source)}"
                      f"{' (edges ' + e(edges) + ' ' + e(sizes.get('unit')) + ')' if edges else ''}"

@@ -278,19 +278,14 @@ class StaticCatalogue:
 
     def search(self, *, max_items: int, limit: int | None = None, collections=None, bbox=None,
                datetime: str | None = None, **_) -> _Found:
-        start = end = None
-        if datetime:
-            a, _, b = datetime.partition("/") if "/" in datetime else (datetime, "", datetime)
-            start = None if a in ("", "..") else parse_time(a, where="datetime")
-            end = None if b in ("", "..") else parse_time(b, end=True, where="datetime")
+        dates = parse_dates(datetime, "datetime") if datetime else None
         out = []
         for item in self.all_items():
             if collections and item.collection_id not in collections:
                 continue
             if bbox is not None and (item.bbox is None or not _bbox_meets(item.bbox, bbox)):
                 continue
-            t = item_time(item)
-            if (start or end) and (t is None or (start and t < start) or (end and t > end)):
+            if dates is not None and ((t := item_time(item)) is None or not dates.contains(t)):
                 continue
             out.append(item)
             if len(out) >= max_items:
