@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from slidewatch.config.train import AugmentConfig, from_dict
-from slidewatch.data.dataset import TileDataset
-from slidewatch.data.folders import Sample
 from slidewatch.data.masks import JointTransform
 from slidewatch.data.transforms import (
-    THIN_HAZE,
     TrainTransform,
-    add_clouds,
     change_resolution,
-    cloud_shape,
     false_colour,
     jpeg_roundtrip,
     radiometry,
@@ -138,7 +133,6 @@ def test_classifier_transform_with_sensor_parts_and_terrain_bands():
     ("gain", 1.5, "augment.gain"),
     ("gamma", -0.1, "augment.gamma"),
     ("noise", 0.9, "augment.noise"),
-    ("clouds", 1.0, "augment.clouds"),
 ])
 def test_bad_sensor_settings_are_named(key, value, words):
     with pytest.raises(ConfigError, match=words.replace("+", r"\+")):
@@ -149,76 +143,3 @@ def test_sensor_settings_read_from_yaml_mapping():
     cfg = from_dict({"augment": {**SENSOR, "resolution": [0.5, 2]}})
     assert cfg.augment.resolution == [0.5, 2.0] and cfg.augment.jpeg == 0.5
     assert np.isclose(cfg.augment.gamma, 0.5)
-
-
-# ------------------------------------------------------------------------- synthetic clouds
-
-
-@pytest.mark.parametrize("cover", [0.15, 0.4, 0.7])
-def test_cloud_shape_covers_about_the_share_drawn(cover):
-    g = torch.Generator().manual_seed(1)
-    alpha = cloud_shape(96, 80, g, cover)
-    assert alpha.shape == (96, 80) and float(alpha.min()) >= 0 and float(alpha.max()) <= 1
-    assert abs(float((alpha > 0).float().mean()) - cover) < 0.1
-
-
-def test_clouds_are_brighter_than_the_ground_in_every_band_standardised_or_not():
-    unit = torch.tensor([0.1, 0.3, 0.2]).view(3, 1, 1).expand(3, 64, 64).clone()
-    standardised = torch.tensor([-1.0, 0.5, 2.0]).view(3, 1, 1).expand(3, 64, 64).clone()
-    for x in (unit, standardised):
-        y = add_clouds(x, torch.Generator().manual_seed(3), thick=True)
-        up = y - x
-        assert float(up.min()) >= -1e-6  # nothing darker, in any band
-        under = up.amin(0) > 1e-4  # under the cloud every band is brighter
-        assert 0.1 < float(under.float().mean()) < 0.8
-        assert torch.equal(under, up.amax(0) > 1e-4)
-    assert float(y.max()) > 2.0  # standardised data is not clipped to unit range
-    assert float(add_clouds(unit, torch.Generator().manual_seed(3), thick=True)[0].max()) > 0.5
-
-
-def test_thin_haze_leaves_most_of_the_ground_visible():
-    x = torch.full((3, 48, 48), 0.2)
-    x[:, ::2] = 0.3  # some texture, so the image has a standard deviation
-    for seed in range(5):
-        y = add_clouds(x, torch.Generator().manual_seed(seed), thick=False)
-        colour_gap = 1.0 - 0.2  # at most white over the darkest ground
-        assert float((y - x).max()) <= THIN_HAZE[1] * colour_gap + 1e-5
-        assert float(y.max()) <= 1.0
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_segmentation_clouds_stay_off_the_landslide_and_the_mask_is_kept(seed):
-    mask = torch.zeros(1, 64, 64)
-    mask[:, 20:40, 24:44] = 1
-    img = 0.3 + 0.2 * image(seed, 64)
-    cfg = AugmentConfig(**OFF, clouds=0.99)
-    torch.manual_seed(seed)
-    out_image, out_mask = JointTransform(cfg)(img.clone(), mask.clone())
-    assert torch.equal(out_mask, mask)
-    assert torch.equal(out_image[:, 20:40, 24:44], img[:, 20:40, 24:44])
-    assert not torch.equal(out_image, img)  # the cloud went somewhere else
-
-
-def test_classifier_clouds_are_thick_on_landslide_free_tiles_and_haze_on_landslides(tmp_path):
-    from PIL import Image
-
-    arr = np.full((48, 48, 3), 50, np.uint8)
-    arr[::2] = 80
-    paths = []
-    for name in ("a", "b"):
-        paths.append(tmp_path / f"{name}.png")
-        Image.fromarray(arr).save(paths[-1])
-    cfg = AugmentConfig(**OFF, clouds=0.99)
-    tf = TrainTransform(cfg, size=48, positive_index=0)
-    ds = TileDataset([Sample(paths[0], 0, "a", "r"), Sample(paths[1], 1, "b", "r")],
-                     transform=tf)
-    x = torch.from_numpy(arr.transpose(2, 0, 1) / 255.0).float()
-    gap = 1.0 - 50 / 255
-    for seed in range(4):
-        torch.manual_seed(seed)
-        landslide, clear = ds[0]["image"], ds[1]["image"]
-        assert float((landslide - x).max()) <= THIN_HAZE[1] * gap + 1e-5
-        assert float((clear - x).max()) > THIN_HAZE[1] * gap
-    # without the label (e.g. a transform called on its own) only haze
-    torch.manual_seed(0)
-    assert float((tf(x) - x).max()) <= THIN_HAZE[1] * gap + 1e-5

@@ -97,11 +97,7 @@ class AugmentConfig:
     probability of JPEG re-encoding at quality 30-90; ``resolution`` [low, high]: the ground
     resolution changes by a factor drawn log-uniformly in that range (2 = pixels twice as
     coarse: the scene shrinks to half size and is reflected at the border), image and mask
-    together; ``clouds`` the probability of synthetic clouds (:func:`slidewatch.data.
-    transforms.add_clouds`): fractal cloud shapes brighter than the image in every band,
-    thick (opacity 0.6-1) over landslide-free images and, in segmentation, anywhere off the
-    landslide pixels; over a classifier's landslide tiles, whose landslide pixels are not
-    known, only thin haze (opacity 0.1-0.35) that leaves the landslide visible."""
+    together."""
 
     enabled: bool = True
     resize: Optional[int] = None
@@ -126,7 +122,6 @@ class AugmentConfig:
     noise: float = 0.0
     jpeg: float = 0.0
     resolution: Optional[list[float]] = None
-    clouds: float = 0.0
 
 
 @dataclass
@@ -403,7 +398,7 @@ LATER_KEYS = {"calibration": "none", "data.val_regions": [], "data.standardize":
               "hard_negative_keep": "validation",
               **{f"augment.{k}": 0.0 for k in ("gain", "offset", "gamma", "hue",
                                                 "false_colour", "blur", "sharpen", "noise",
-                                                "jpeg", "clouds")},
+                                                "jpeg")},
               "augment.resolution": None}
 
 
@@ -462,7 +457,7 @@ def validate(cfg: TrainConfig) -> None:
                f"must be from 8 to {MAX_INPUT_SIZE} pixels, got {v}")
     _check(0.0 <= a.translate < 0.5, "augment.translate", "must be in [0, 0.5)")
     for key in ("brightness", "contrast", "saturation", "random_grayscale", "channel_shuffle",
-                "gain", "false_colour", "blur", "sharpen", "jpeg", "clouds"):
+                "gain", "false_colour", "blur", "sharpen", "jpeg"):
         _check(0.0 <= getattr(a, key) < 1.0, f"augment.{key}", "must be in [0, 1)")
     for key, top in (("offset", 0.5), ("noise", 0.5), ("hue", 0.5), ("gamma", 2.0)):
         _check(0.0 <= getattr(a, key) <= top, f"augment.{key}", f"must be in [0, {top}]")

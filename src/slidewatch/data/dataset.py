@@ -26,7 +26,6 @@ from slidewatch.data.readers import (
     read_image,
     scale_to_unit,
 )
-from slidewatch.data.transforms import TrainTransform
 from slidewatch.errors import DataError
 
 
@@ -191,12 +190,9 @@ class TileDataset(Dataset):
         i = int(i) % len(self)
         unit = self.unit_image(i)
         image = torch.from_numpy(unit.transpose(2, 0, 1).copy())  # never a view of the cache
-        label = int(self.samples[i].label)
-        if isinstance(self.transform, TrainTransform):  # its clouds depend on the class
-            image = self.transform(image, label=label)
-        elif self.transform is not None:
+        if self.transform is not None:
             image = self.transform(image)
-        return {"image": image, "label": label, "index": i}
+        return {"image": image, "label": int(self.samples[i].label), "index": i}
 
 
 def class_counts(samples: Sequence[Sample], n_classes: int) -> list[int]:

@@ -36,7 +36,6 @@ from slidewatch.config.train import AugmentConfig
 from slidewatch.data.dataset import declared_valid, unit_and_valid
 from slidewatch.data.readers import IMAGE_SUFFIXES, probe, read_image
 from slidewatch.data.transforms import (
-    add_clouds,
     change_resolution,
     color_jitter,
     draw_resolution,
@@ -174,8 +173,7 @@ def fit_to_size(image: torch.Tensor, mask: torch.Tensor,
 class JointTransform:
     """Augmentation for segmentation: every geometric change (flips, 90-degree rotations,
     resolution change, translation with reflected borders) is applied to image and mask
-    together; synthetic clouds (:func:`~slidewatch.data.transforms.add_clouds`, kept off the
-    landslide pixels), brightness, contrast, saturation and the sensor changes of
+    together; brightness, contrast, saturation and the sensor changes of
     :func:`~slidewatch.data.transforms.radiometry` to the image only. Randomness from torch's
     global generator."""
 
@@ -208,10 +206,7 @@ class JointTransform:
                 both = F.pad(both[None], pad, mode=mode)[0]
                 top, left = max(-dy, 0), max(-dx, 0)
                 both = both[:, top:top + h, left:left + w]
-        image = both[:c]
-        if cfg.clouds > 0 and torch.rand((), generator=gen) < cfg.clouds:
-            image = add_clouds(image, gen, thick=True, keep_off=both[c] > 0.5)
-        return radiometry(color_jitter(image, cfg, gen), cfg, gen), both[c:]
+        return radiometry(color_jitter(both[:c], cfg, gen), cfg, gen), both[c:]
 
 
 class MaskedImages(Dataset):

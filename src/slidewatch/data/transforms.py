@@ -65,27 +65,22 @@ class EvalTransform:
 
 
 class TrainTransform:
-    """Resize -> random crop -> resolution change -> flips -> translation -> clouds ->
+    """Resize -> random crop -> resolution change -> flips -> translation ->
     brightness/contrast/saturation -> :func:`radiometry` (sensor changes, channel shuffle,
     random greyscale; on the image bands only).
-
-    ``positive_index``: the landslide class; called with an image's ``label``, clouds are
-    thick on the other classes and thin haze on it (and on an image whose label is not given).
 
     Randomness comes from ``torch``'s global generator (seeded by the trainer, and per
     DataLoader worker by ``worker_init``), so runs are repeatable.
     """
 
-    def __init__(self, cfg: AugmentConfig, size: int, color_bands: int | None = None,
-                 positive_index: int | None = None):
+    def __init__(self, cfg: AugmentConfig, size: int, color_bands: int | None = None):
         self.cfg = cfg
         self.size = size
         self.color_bands = color_bands  # photometric jitter on these first bands only
-        self.positive_index = positive_index
         self.crop = cfg.crop or size
         self.resize = cfg.resize or self.crop
 
-    def __call__(self, x: torch.Tensor, label: int | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         gen = torch.default_generator
         if cfg.grayscale:
@@ -107,11 +102,6 @@ class TrainTransform:
             x = torch.rot90(x, int(torch.randint(0, 4, (), generator=gen)), dims=(-2, -1))
         if cfg.translate > 0:
             x = _translate(x, cfg.translate, gen)
-        if cfg.clouds > 0 and torch.rand((), generator=gen) < cfg.clouds:
-            thick = label is not None and self.positive_index is not None and \
-                label != self.positive_index
-            b = self.color_bands or x.shape[0]
-            x = torch.cat([add_clouds(x[:b], gen, thick=thick), x[b:]])
         if self.color_bands is None:
             x = radiometry(color_jitter(x, cfg, gen), cfg, gen)
         else:  # extra bands (e.g. terrain) follow the geometry but keep their values
@@ -235,51 +225,6 @@ def jpeg_roundtrip(x: torch.Tensor, quality: int) -> torch.Tensor:
     arr = np.asarray(Image.open(buf), dtype=np.float32) / 255.0
     arr = arr[..., None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(x.dtype)
-
-
-THICK_CLOUD, THIN_HAZE = (0.6, 1.0), (0.1, 0.35)  # opacity ranges of add_clouds
-
-
-def cloud_shape(h: int, w: int, gen: torch.Generator, cover: float) -> torch.Tensor:
-    """A cloud's opacity (H x W in [0, 1]): fractal noise (five octaves of smooth random
-    fields on a 64 x 64 grid, each half the scale and 0.55 the weight of the one before,
-    then resized to H x W), cut at its ``1 - cover`` quantile with a soft edge, so about
-    ``cover`` of the image is under it."""
-    n = 64
-    field, weight = torch.zeros(1, 1, n, n), 1.0
-    for cells in (2, 4, 8, 16, 32):
-        grid = torch.rand(1, 1, cells + 1, cells + 1, generator=gen)
-        field += weight * F.interpolate(grid, size=(n, n), mode="bicubic", align_corners=True)
-        weight *= 0.55
-    field = (field - field.min()) / (field.max() - field.min()).clamp_min(1e-6)
-    cut = torch.quantile(field.flatten(), 1.0 - cover)
-    alpha = ((field - cut) / 0.15).clamp(0.0, 1.0)
-    return F.interpolate(alpha, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-
-
-def add_clouds(x: torch.Tensor, gen: torch.Generator, *, thick: bool,
-               keep_off: torch.Tensor | None = None) -> torch.Tensor:
-    """Synthetic clouds over an image (C x H x W, any scale): a :func:`cloud_shape` covering
-    15-70% of it, whose colour in each band is the image's band mean plus 2-4 of its band
-    standard deviations (at least 0.05), and at least 0.75-1 for unit-range pixels: brighter
-    than the ground in every band, as clouds are for every sensor, whether or not the image
-    was standardised. Opacity up to
-    :data:`THICK_CLOUD` (``thick``) or :data:`THIN_HAZE`. ``keep_off`` (H x W, 1 where the
-    cloud must not go, e.g. landslide pixels) is widened by 4 pixels and left clear.
-    Unit-range data stays in range."""
-    in_unit = bool(x.min() >= 0) and bool(x.max() <= 1)
-    h, w = x.shape[-2:]
-    lo, hi = THICK_CLOUD if thick else THIN_HAZE
-    alpha = cloud_shape(h, w, gen, _uniform(gen, 0.15, 0.7)) * _uniform(gen, lo, hi)
-    if keep_off is not None and bool(keep_off.any()):
-        near = F.max_pool2d(keep_off.to(x.dtype)[None, None], 9, stride=1, padding=4)[0, 0]
-        alpha = alpha * (1.0 - near)
-    flat = x.flatten(1)
-    colour = flat.mean(1) + _uniform(gen, 2.0, 4.0) * flat.std(1).clamp_min(0.05)
-    if in_unit:  # unit-scale pixels that were not standardised: near white, at least
-        colour = colour.clamp_min(_uniform(gen, 0.75, 1.0))
-    y = x * (1.0 - alpha) + colour.view(-1, 1, 1) * alpha
-    return y.clamp(0.0, 1.0) if in_unit else y
 
 
 def radiometry(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:

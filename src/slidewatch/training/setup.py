@@ -407,8 +407,7 @@ def _datasets(cfg: TrainConfig, meta: ModelMeta, train_s: list[Sample], val_s: l
     appended to each image before the transforms (photometric jitter on the image bands)."""
     extra = mm.extra_channels if mm else 0
     train_tf = TrainTransform(cfg.augment, meta.input_size,
-                              color_bands=meta.in_chans - extra if extra else None,
-                              positive_index=meta.positive_index)
+                              color_bands=meta.in_chans - extra if extra else None)
     eval_tf = EvalTransform(meta.input_size, grayscale=meta.grayscale)
     inputs = mm.inputs if mm is not None else None
     return (image_dataset(meta, train_s, inputs=inputs, transform=train_tf, cache=cfg.data.cache),
