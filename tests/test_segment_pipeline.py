@@ -165,11 +165,26 @@ def test_min_area_is_chosen_by_youden_on_validation():
     top[:3, :8] = 0.9
     top[3:, :3] = 0.9
     labels = np.array([1, 1, 1, 0, 0, 0])
-    k, source, table = choose_min_area(top, labels, 0.5, 16)
+    k, source, table = choose_min_area(top, labels, 0.5, 64)
     assert (k, source) == (4, "validation")
     assert table[4] == {"recall": 1.0, "specificity": 1.0}
-    assert choose_min_area(top, np.ones(6, int), 0.5, 16)[1] == "default"
-    assert choose_min_area(np.zeros((6, 64)), labels, 0.5, 16)[1] == "default"  # no signal
+    assert choose_min_area(top, np.ones(6, int), 0.5, 64)[1] == "default"
+    assert choose_min_area(np.zeros((6, 64)), labels, 0.5, 64)[1] == "default"  # no signal
+
+
+def test_min_area_never_exceeds_the_cap_even_when_validation_prefers_more():
+    # at 224 px the cap is 0.5% of the input (250 pixels -> candidates up to 128); validation
+    # tiles that only a 2,048-pixel rule separates perfectly still get a rule within the cap
+    from slidewatch.training.segment import MAX_MIN_AREA, area_candidates
+
+    assert area_candidates(224)[-1] == 128 and MAX_MIN_AREA * 224 * 224 < 256
+    top = np.zeros((6, 4096))
+    top[:3, :3000] = 0.9  # landslide tiles: 3,000 pixels above the threshold
+    top[3:, :1500] = 0.9  # landslide-free tiles: 1,500
+    k, source, table = choose_min_area(top, np.array([1, 1, 1, 0, 0, 0]), 0.5, 224)
+    assert k <= round(MAX_MIN_AREA * 224 * 224) and max(table) == 128
+    assert source == "default"  # no area within the cap separates them: the default share
+    assert k == round(MAX_MIN_AREA * 224 * 224)
 
 
 def test_segment_inputs_are_fitted_with_valid_pixels(tmp_path):

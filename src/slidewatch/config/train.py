@@ -146,8 +146,9 @@ class SegmentConfig:
     ``crops_per_image`` random crops per epoch, a share ``positive_share`` of them centred on a
     landslide pixel; with landslide-free images in the data (class folders), the same share of
     the training draws shows a landslide. ``min_area``: pixels a tile needs above the
-    threshold to be a landslide tile; ``auto`` chooses it on the validation split (Youden's J),
-    else a whole number."""
+    threshold to be a landslide tile; ``auto`` chooses it on the validation split (Youden's J,
+    at most 0.5% of the input area: larger areas learnt on the training regions do not
+    transfer to new ones), else a whole number."""
 
     loss: Literal["bce_dice", "focal_dice", "bce", "dice"] = "bce_dice"
     pos_weight: Union[str, float] = "auto"

@@ -14,7 +14,8 @@ resume); this module supplies what differs for pixel maps:
   split (``val_iou`` ... for early stopping);
 * tile rule: a tile is a landslide when ``min_area_pixels`` pixels reach the threshold; with
   ``segment.min_area: auto`` the area maximising Youden's J (recall + specificity - 1) of the
-  validation tiles, else the value given (:class:`slidewatch.meta.SegmentationSpec`).
+  validation tiles among areas up to :data:`MAX_MIN_AREA` of the input, else the value given
+  (:class:`slidewatch.meta.SegmentationSpec`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,14 @@ from slidewatch.runtime import worker_init
 from slidewatch.training.losses import segmentation_loss
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-DEFAULT_MIN_AREA = 0.01  # share of the input area, when validation cannot choose the tile rule
+# Largest share of the input area the tile rule may ask for (also the rule when validation
+# cannot choose one): 0.5%, 128 pixels of a 224-pixel input, about 80 m2 at 0.8 m. An area
+# chosen freely on the validation split follows the training regions' landslide sizes and how
+# fully the model paints them there (up to 8,192 pixels measured); on a region the model never
+# saw its maps cover a smaller part of each landslide, and such areas ranked the tiles of held-
+# out regions worse than chance (generalisation benchmark, docs/results.md#tile-rule).
+MAX_MIN_AREA = 0.005
+DEFAULT_MIN_AREA = MAX_MIN_AREA
 MAX_POS_WEIGHT = 10.0
 
 
@@ -303,9 +311,10 @@ def pixel_row(prefix: str, loss: float, c: PixelCounts) -> dict:
 
 
 def area_candidates(size: int) -> list[int]:
-    """Minimum areas tried on validation: 1, 2, 4, ... pixels up to a quarter of the input."""
+    """Minimum areas tried on validation: 1, 2, 4, ... pixels up to :data:`MAX_MIN_AREA` of
+    the input (at least 1)."""
     out, k = [], 1
-    while k <= size * size // 4:
+    while k <= max(1, int(MAX_MIN_AREA * size * size)):
         out.append(k)
         k *= 2
     return out
