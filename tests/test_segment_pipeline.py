@@ -440,3 +440,22 @@ def test_split_keys_of_segmentation_samples_match_the_classifiers(blobs):
     assert seg == cls and "cls/landslide/ls0.png" in seg
     scene = as_split_samples(masked_samples(blobs / "scene", ["landslide"]))
     assert scene[0].key == "scene/images/s0.png"
+
+
+def test_tile_scores_of_other_areas_come_from_the_same_windows(seg_model, blobs):
+    from slidewatch.data.masks import class_folder_samples, scene_samples
+    from slidewatch.evaluation.segment import score_images
+    from slidewatch.inference.ensemble import load_models
+    from slidewatch.runtime import no_progress
+
+    model, meta = load_models([seg_model], "cpu")
+    samples = scene_samples(blobs / "scene") + class_folder_samples(
+        blobs / "cls", list(meta.classes), region="cls")[:6]
+    areas = (1, 4, meta.segmentation.min_area_pixels, 64)
+    _, tiles = score_images(model, meta, samples, batch_size=4, device=torch.device("cpu"),
+                            progress=no_progress, areas=areas)
+    assert len(tiles) > 6
+    for t in tiles:
+        by_area = t["scores_by_area"]
+        assert by_area[meta.segmentation.min_area_pixels] == pytest.approx(t["score"])
+        assert [by_area[k] for k in sorted(by_area)] == sorted(by_area.values(), reverse=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,12 +80,14 @@ def _is_scene(s: MaskedSample) -> bool:
 
 
 def score_images(model, meta: ModelMeta, samples: list[MaskedSample], *, batch_size: int,
-                 device, progress: Callable, tta: bool = False, source: Path | None = None
-                 ) -> tuple[list[_Scored], list[dict]]:
+                 device, progress: Callable, tta: bool = False, source: Path | None = None,
+                 areas: Sequence[int] = ()) -> tuple[list[_Scored], list[dict]]:
     """Probability maps of every image (fitted) and scene (stitched windows), and one tile row
     per image or window: name, region, label (1, 0 or -1: ambiguous, or a window flush with
     the scene's edge), score, pixels. Scene windows of the regular grid are the tiles of the
-    reference tiling, so their tile scores compare with a classifier's on those tiles."""
+    reference tiling, so their tile scores compare with a classifier's on those tiles.
+    ``areas``: also the tile score each of these minimum areas would give
+    (``scores_by_area``, for comparing tile rules on the same forward passes)."""
     _check_bands(samples, meta)
     whole = [s for s in samples if not _is_scene(s)]
     scenes = [s for s in samples if _is_scene(s)]
@@ -122,6 +124,7 @@ def score_images(model, meta: ModelMeta, samples: list[MaskedSample], *, batch_s
                              else group[seen + bad].image)]
                 raise non_finite(model, meta, 0, source, names)
             score = tile_scores(prob, batch["valid"][:, 0], meta.segmentation.min_area_pixels)
+            by_area = {k: tile_scores(prob, batch["valid"][:, 0], k).tolist() for k in areas}
             for j in range(len(prob)):
                 i = seen + j
                 p, m = prob[j].cpu().numpy(), batch["mask"][j, 0].numpy() > 0.5
@@ -148,7 +151,9 @@ def score_images(model, meta: ModelMeta, samples: list[MaskedSample], *, batch_s
                 tiles.append({"path": str(s.image), "name": name, "region": s.region,
                               "label": label, "score": float(score[j]),
                               "landslide_pixels": int(((p >= meta.threshold) & v).sum()),
-                              "truth_pixels": int((m & v).sum())})
+                              "truth_pixels": int((m & v).sum()),
+                              **({"scores_by_area": {k: sc[j] for k, sc in by_area.items()}}
+                                 if areas else {})})
             seen += len(prob)
     return scored, tiles
 
