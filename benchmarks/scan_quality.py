@@ -25,6 +25,7 @@ from slidewatch.meta import read_meta
 from slidewatch.scan.run import scan
 
 RESULTS_FILE = RESULTS / "scan-quality.jsonl"
+SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def wrap_scenes(region: Path, out: Path) -> list[Path]:
@@ -49,6 +50,9 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=112)
     ap.add_argument("--blend", default="mean", choices=["mean", "hann"])
     ap.add_argument("--tta", action="store_true", help="average over flips and rotations")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also the pixel IoU at thresholds 0.1-0.9 (headroom only: a threshold "
+                    "chosen on these scenes would be tuned on the test set)")
     args = ap.parse_args()
     region = Path(args.region)
     threshold = read_meta(args.model_dir).threshold
@@ -59,11 +63,16 @@ def main() -> None:
                        blend=args.blend, tta=args.tta)
         seconds = time.perf_counter() - t0
         c = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn
+        sweep = np.zeros((len(SWEEP), 3), dtype=np.int64)  # tp, fp, fn per threshold
         hits = 0
         for result in summary.scenes:
             with rasterio.open(result.probability) as ds:
-                pred = ds.read(1) >= threshold
+                prob = ds.read(1)
+            pred = prob >= threshold
             mask = read_mask(region / "masks" / f"{Path(result.scene).stem}.png")
+            for i, t in enumerate(SWEEP if args.sweep else ()):
+                p = prob >= t
+                sweep[i] += [np.sum(p & mask), np.sum(p & ~mask), np.sum(~p & mask)]
             c += [np.sum(pred & mask), np.sum(pred & ~mask), np.sum(~pred & mask),
                   np.sum(~pred & ~mask)]
             hits += bool(np.any(pred & mask))
@@ -78,6 +87,9 @@ def main() -> None:
            "mask_fraction": round((tp + fn) / max(1, c.sum()), 4),
            "scenes_with_a_detection_on_the_mask": hits,
            "machine": machine(), "load": load()}
+    if args.sweep:
+        row["iou_by_threshold"] = {f"{t:.1f}": round(int(tp) / max(1, int(tp + fp + fn)), 4)
+                                   for t, (tp, fp, fn) in zip(SWEEP, sweep)}
     emit(row, RESULTS_FILE)
 
 
