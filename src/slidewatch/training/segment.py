@@ -53,11 +53,11 @@ from slidewatch.training.losses import segmentation_loss
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Largest share of the input area the tile rule may ask for (also the rule when validation
 # cannot choose one): 0.5%, 251 pixels of a 224-pixel input (the largest area tried there is
-# 128, about 80 m2 at 0.8 m). An area
-# chosen freely on the validation split follows the training regions' landslide sizes and how
-# fully the model paints them there (up to 8,192 pixels measured); on a region the model never
-# saw its maps cover a smaller part of each landslide, and such areas ranked the tiles of held-
-# out regions worse than chance (generalisation benchmark, docs/results.md#tile-rule).
+# 128, about 80 m2 at 0.8 m). An area chosen freely on the validation split follows the
+# training regions' landslide sizes and how fully the model paints them there (up to 8,192
+# pixels measured); on a region the model never saw its maps cover a smaller part of each
+# landslide, and such areas ranked the tiles of held-out regions worse than chance
+# (generalisation benchmark, docs/results.md#tile-rule).
 MAX_MIN_AREA = 0.005
 DEFAULT_MIN_AREA = MAX_MIN_AREA
 MAX_POS_WEIGHT = 10.0
