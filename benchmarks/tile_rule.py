@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from slidewatch.data.masks import scene_samples
 from slidewatch.data.sampledata import REGIONS, locate
-from slidewatch.evaluation.segment import score_images
+from slidewatch.evaluation.segment import score_images, scored_tiles
 from slidewatch.experiments.demo import held_out_images
 from slidewatch.inference.ensemble import load_models
 from slidewatch.runtime import no_progress, resolve_device
@@ -32,10 +32,9 @@ AREAS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 def area_scores(tiles) -> tuple[np.ndarray, np.ndarray]:
-    """Truth and tile scores (tiles x areas) of the tiles that count."""
-    kept = [t for t in tiles if t["label"] >= 0]
-    return (np.array([t["label"] == 1 for t in kept], bool),
-            np.array([[t["scores_by_area"][k] for k in AREAS] for t in kept], float))
+    """Truth and tile scores (tiles x areas) of the tiles that count (:func:`scored_tiles`)."""
+    kept, y, _ = scored_tiles(tiles)
+    return y, np.array([[t["scores_by_area"][k] for k in AREAS] for t in kept], float)
 
 
 def main() -> None:

@@ -173,7 +173,7 @@ def test_min_area_is_chosen_by_youden_on_validation():
 
 
 def test_min_area_never_exceeds_the_cap_even_when_validation_prefers_more():
-    # at 224 px the cap is 0.5% of the input (250 pixels -> candidates up to 128); validation
+    # at 224 px the cap is 0.5% of the input (251 pixels -> candidates up to 128); validation
     # tiles that only a 2,048-pixel rule separates perfectly still get a rule within the cap
     from slidewatch.training.segment import MAX_MIN_AREA, area_candidates
 

@@ -59,7 +59,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # landslide, and such areas ranked the tiles of held-out regions worse than chance
 # (generalisation benchmark, docs/results.md#tile-rule).
 MAX_MIN_AREA = 0.005
-DEFAULT_MIN_AREA = MAX_MIN_AREA
 MAX_POS_WEIGHT = 10.0
 
 
@@ -254,7 +253,7 @@ def build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Modu
                      threshold=cfg.threshold, drop_rate=0.0, weights_source=str(
                          model.slidewatch_weights), task="segment",
                      standardize=cfg.data.standardize,
-                     segmentation=SegmentationSpec(max(1, round(DEFAULT_MIN_AREA * size * size))))
+                     segmentation=SegmentationSpec(max_area(size)))
     return model, meta
 
 
@@ -311,11 +310,16 @@ def pixel_row(prefix: str, loss: float, c: PixelCounts) -> dict:
                for k in ("iou", "f1", "precision", "recall", "mcc")}}
 
 
+def max_area(size: int) -> int:
+    """:data:`MAX_MIN_AREA` of a ``size`` x ``size`` input in pixels (at least 1): the largest
+    area the tile rule may ask for, and the rule when validation cannot choose one."""
+    return max(1, round(MAX_MIN_AREA * size * size))
+
+
 def area_candidates(size: int) -> list[int]:
-    """Minimum areas tried on validation: 1, 2, 4, ... pixels up to :data:`MAX_MIN_AREA` of
-    the input (at least 1)."""
+    """Minimum areas tried on validation: 1, 2, 4, ... pixels up to :func:`max_area`."""
     out, k = [], 1
-    while k <= max(1, int(MAX_MIN_AREA * size * size)):
+    while k <= max_area(size):
         out.append(k)
         k *= 2
     return out
@@ -358,7 +362,7 @@ def choose_min_area(top: np.ndarray, labels: np.ndarray, threshold: float, size:
     tiles lack a class or no area separates them at all (J <= 0)."""
     keep = labels >= 0
     y = labels[keep] == 1
-    default = max(1, round(DEFAULT_MIN_AREA * size * size))
+    default = max_area(size)
     if not y.any() or y.all():
         return default, "default", {}
     best, table = None, {}
