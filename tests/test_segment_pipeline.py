@@ -19,7 +19,7 @@ from slidewatch.data.inputs import image_dataset
 from slidewatch.inference.forward import batch_probabilities, predict_outputs, tile_scores
 from slidewatch.meta import ModelMeta, SegmentationSpec, read_meta
 from slidewatch.models.segmentation import Segmenter
-from slidewatch.training.segment import choose_min_area
+from slidewatch.training.segment import choose_min_area, rule_for_recall
 
 SIZE = 32
 
@@ -185,6 +185,48 @@ def test_min_area_never_exceeds_the_cap_even_when_validation_prefers_more():
     assert k <= round(MAX_MIN_AREA * 224 * 224) and max(table) == 128
     assert source == "default"  # no area within the cap separates them: the default share
     assert k == round(MAX_MIN_AREA * 224 * 224)
+
+
+def test_rule_for_recall_reaches_the_target_with_the_fewest_false_alarms():
+    # 4 landslide tiles, 4 landslide-free; the k-th largest probability is the tile score.
+    # One or two pixels: every landslide-free tile has three bright specks (0.95), so reaching
+    # recall 0.75 flags them all; with 4 pixels the specks drop out and 0.8 separates them.
+    top = np.zeros((8, 64))
+    top[:4, :16] = [[0.9], [0.8], [0.85], [0.3]]  # landslides: 16 pixels each
+    top[4:, :3] = 0.95  # landslide-free: three bright pixels, then two fainter
+    top[4:, 3:5] = 0.6
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    k, thr, table = rule_for_recall(top, labels, 0.75, 64)
+    assert table[1]["specificity"] == table[2]["specificity"] == 0.0
+    assert table[1]["recall"] >= 0.75
+    assert (k, thr) == (4, 0.8) and table[4] == {"threshold": 0.8, "recall": 0.75,
+                                                 "specificity": 1.0}
+    # recall 1.0 must take the faint fourth landslide too: the threshold falls to 0.3
+    assert rule_for_recall(top, labels, 1.0, 64)[1] == pytest.approx(0.3)
+    # a configured area is kept; only the threshold is chosen
+    assert rule_for_recall(top, labels, 0.75, 64, area=1)[:2] == (1, 0.8)
+    # left-out tiles (-1) do not count; no landslide tile is an error
+    labels[3] = -1
+    assert rule_for_recall(top, labels, 1.0, 64)[1] == pytest.approx(0.8)
+    with pytest.raises(Exception, match="no landslide tiles"):
+        rule_for_recall(top, np.zeros(8, int), 0.9, 64)
+
+
+def test_train_with_target_recall_sets_the_segmentation_threshold(blobs, tmp_path):
+    out = tmp_path / "m"
+    assert main(["train", "--task", "segment", "--model", "unet_tiny", "--weights", "none",
+                 "--data", str(blobs / "cls"), "--out", str(out), "--input-size", str(SIZE),
+                 "--phase1-epochs", "0", "--phase2-epochs", "2", "--phase2-lr", "0.02",
+                 "--unfreeze-layers", "100", "--batch-size", "8", "--quiet",
+                 "--target-recall", "0.9", "--seed", "1"]) == 0
+    meta = read_meta(out)
+    src = meta.extra["threshold_source"]
+    assert meta.segmentation.min_area_source == "target_recall"
+    assert src["threshold"] == meta.threshold != 0.5
+    chosen = src["areas"][str(meta.segmentation.min_area_pixels)]
+    assert chosen["threshold"] == pytest.approx(meta.threshold, abs=1e-6)
+    assert chosen["recall"] >= 0.9
+    assert all(chosen["specificity"] >= a["specificity"] for a in src["areas"].values())
 
 
 def test_segment_inputs_are_fitted_with_valid_pixels(tmp_path):

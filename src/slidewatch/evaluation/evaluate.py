@@ -325,7 +325,8 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
 
     if target_recall is not None:
         raise ConfigError("--target-recall: applies to classifiers; a segmentation model's "
-                          "threshold and tile rule are chosen when it is trained")
+                          "threshold and tile rule are chosen when it is trained (train "
+                          "--task segment --target-recall R)")
     if tabular:
         raise ConfigError("--tabular/--aux: a segmentation model takes image bands only")
     thr = float(meta.threshold if threshold is None else threshold)

@@ -493,16 +493,24 @@ def finish(s: Setup, out_dir: Path, history: list[dict], best: dict, metric: str
         s.model.load_state_dict(best["state"])
     if s.cfg.calibration == "temperature":
         s.meta.temperature = calibrate(s, log)
-    if s.segment is not None:  # the tile rule, chosen on validation with the best epoch
-        s.meta.segmentation = segment.tile_rule(s, log)
-    if s.cfg.target_recall is not None:
-        s.meta.threshold = recall_threshold(s, s.cfg.target_recall)
+    target = s.cfg.target_recall
+    if s.segment is not None and target is not None:  # tile rule and threshold together
+        s.meta.segmentation, s.meta.threshold, detail = segment.recall_rule(s, target, log)
         s.meta.extra["threshold_source"] = {
-            "rule": f"highest threshold reaching recall {s.cfg.target_recall:g} on the "
-                    "validation split", "threshold": s.meta.threshold,
-            "temperature": s.meta.temperature, **_validation_regions(s)}
-        log(f"threshold {s.meta.threshold:.4f}: recall {s.cfg.target_recall:g} on the "
-            "validation split")
+            "rule": f"highest threshold reaching tile recall {target:g} on the validation "
+                    "split, with the tile rule's area (up to the cap) that leaves the most "
+                    "landslide-free tiles below it; the same threshold draws the pixel maps",
+            "threshold": s.meta.threshold, "temperature": s.meta.temperature, **detail,
+            **_validation_regions(s)}
+    elif s.segment is not None:  # the tile rule, chosen on validation with the best epoch
+        s.meta.segmentation = segment.tile_rule(s, log)
+    elif target is not None:
+        s.meta.threshold = recall_threshold(s, target)
+        s.meta.extra["threshold_source"] = {
+            "rule": f"highest threshold reaching recall {target:g} on the validation split",
+            "threshold": s.meta.threshold, "temperature": s.meta.temperature,
+            **_validation_regions(s)}
+        log(f"threshold {s.meta.threshold:.4f}: recall {target:g} on the validation split")
     s.meta.extra.update({
         "best_epoch": best["epoch"],
         "early_stopping_metric": metric,

@@ -43,6 +43,7 @@ from slidewatch.data.masks import (
 from slidewatch.data.readers import probe
 from slidewatch.data.splits import Split, split_for
 from slidewatch.errors import ConfigError, DataError
+from slidewatch.evaluation import metrics
 from slidewatch.evaluation.pixels import PixelCounts, pixel_counts, pixel_scores
 from slidewatch.inference.forward import forward_logits
 from slidewatch.meta import ModelMeta, SegmentationSpec
@@ -381,6 +382,39 @@ def choose_min_area(top: np.ndarray, labels: np.ndarray, threshold: float, size:
     return best[0], "validation", table
 
 
+def rule_for_recall(top: np.ndarray, labels: np.ndarray, target: float, size: int,
+                    area: int | None = None) -> tuple[int, float, dict]:
+    """The tile rule and threshold for a target tile recall on the validation tiles: for each
+    area (``area`` when given, else 1, 2, 4 ... up to :func:`max_area`), the highest threshold
+    whose recall reaches ``target`` (``top``: each tile's largest pixel probabilities,
+    descending, N x K); the area whose threshold leaves the most landslide-free tiles below it
+    wins, ties to the smaller area. Without landslide-free tiles: ``area`` or the default."""
+    keep = labels >= 0
+    y = labels[keep] == 1
+    if not y.any():
+        raise ConfigError("target_recall: the validation split has no landslide tiles")
+    if area is None and not (~y).any():
+        area = max_area(size)
+    areas = [area] if area is not None else area_candidates(size)
+    best, table = None, {}
+    for k in areas:
+        if k > top.shape[1]:
+            break
+        score = top[keep, k - 1]
+        thr = float(np.clip(metrics.threshold_for_recall(y, score, target), 1e-4, 0.9999))
+        pred = score >= thr
+        rec = float((pred & y).sum() / y.sum())
+        spec = float((~pred & ~y).sum() / (~y).sum()) if (~y).any() else float("nan")
+        table[k] = {"threshold": round(thr, 6), "recall": round(rec, 4),
+                    "specificity": round(spec, 4)}
+        if best is None or spec > table[best]["specificity"] + 1e-12:
+            best = k
+    if best is None:
+        raise ConfigError(f"target_recall: the validation tiles are smaller than the tile "
+                          f"rule's {areas[0]} pixels")
+    return best, table[best]["threshold"], table
+
+
 @torch.no_grad()
 def validate(s, max_k: int | None = None) -> tuple[dict, np.ndarray | None]:
     """Loss and pixel scores of the validation split; with ``max_k``, also each tile's
@@ -416,6 +450,22 @@ def val_pixels(s, limit: int = 400_000) -> tuple[np.ndarray, np.ndarray]:
     z, y = np.concatenate(zs), np.concatenate(ys)
     step = max(1, len(z) // limit)
     return z[::step], y[::step]
+
+
+def recall_rule(s, target: float, log: Callable) -> tuple[SegmentationSpec, float, dict]:
+    """The tile rule (area and threshold) for ``target`` recall of the validation tiles
+    (:func:`rule_for_recall`); the configured area when ``segment.min_area`` is a number."""
+    if s.val_loader is None:
+        raise ConfigError("target_recall: needs a validation split (val_fraction > 0)")
+    ma, size = s.cfg.segment.min_area, s.meta.input_size
+    fixed = None if ma == "auto" else int(ma)
+    _, top = validate(s, max_k=fixed or max(area_candidates(size) or [1]))
+    k, thr, table = rule_for_recall(top, s.segment.val_labels, target, size, fixed)
+    r = table[k]
+    log(f"tile rule for recall {target:g}: landslide when >= {k} pixels reach {thr:.4f} "
+        f"(validation tiles: recall {r['recall']:.3f}, specificity {r['specificity']:.3f})")
+    source = "config" if fixed else "target_recall"
+    return SegmentationSpec(k, source), thr, {"areas": {str(a): v for a, v in table.items()}}
 
 
 def tile_rule(s, log: Callable) -> SegmentationSpec:
