@@ -127,6 +127,7 @@ def test_segmentation_ensemble_averages_the_maps(models, images):
     model, meta = load_models(dirs, "cpu")
     assert meta.segmentation.min_area_pixels == round((4 + 9) / 2)
     assert meta.threshold == pytest.approx(0.5)
+    assert meta.segmentation.tile_threshold is None and meta.tile_threshold() == meta.threshold
 
     def outputs(model, meta):
         samples = image_samples([images], sorted(images.glob("*.png")), meta.classes)
@@ -281,3 +282,17 @@ def test_ray_workers_score_an_ensemble_as_the_local_backend(models, tmp_path):
     with open_raster(tmp_path / "local" / "s_probability.tif") as a, \
             open_raster(tmp_path / "ray" / "s_probability.tif") as b:
         np.testing.assert_array_equal(b.read(1), a.read(1))
+
+
+def test_ensemble_tile_threshold_is_the_mean_of_the_members_tile_thresholds(models):
+    # a member with a tile threshold chosen for a target recall (0.8) and one without (its
+    # threshold, 0.6, decides its tiles): the ensemble decides tiles at 0.7, pixels at 0.5
+    from slidewatch.inference.ensemble import combine
+    from slidewatch.meta import read_meta
+
+    a, b = read_meta(models["seg1"]), read_meta(models["seg2"])
+    a.segmentation = SegmentationSpec(4, "target_recall", 0.8)
+    meta = combine([a, b], [models["seg1"], models["seg2"]])
+    assert meta.segmentation.tile_threshold == pytest.approx(0.7)
+    assert meta.threshold == pytest.approx(0.5)
+

@@ -16,10 +16,10 @@ from test_scan import StopAfter
 from slidewatch.cli.main import main
 from slidewatch.config.train import from_dict
 from slidewatch.data.inputs import image_dataset
+from slidewatch.evaluation.tile_rule import choose_min_area, rule_for_recall
 from slidewatch.inference.forward import batch_probabilities, predict_outputs, tile_scores
 from slidewatch.meta import ModelMeta, SegmentationSpec, read_meta
 from slidewatch.models.segmentation import Segmenter
-from slidewatch.training.segment import choose_min_area, rule_for_recall
 
 SIZE = 32
 
@@ -175,7 +175,7 @@ def test_min_area_is_chosen_by_youden_on_validation():
 def test_min_area_never_exceeds_the_cap_even_when_validation_prefers_more():
     # at 224 px the cap is 0.5% of the input (251 pixels -> candidates up to 128); validation
     # tiles that only a 2,048-pixel rule separates perfectly still get a rule within the cap
-    from slidewatch.training.segment import MAX_MIN_AREA, area_candidates
+    from slidewatch.evaluation.tile_rule import MAX_MIN_AREA, area_candidates
 
     assert area_candidates(224)[-1] == 128 and MAX_MIN_AREA * 224 * 224 < 256
     top = np.zeros((6, 4096))
@@ -188,31 +188,33 @@ def test_min_area_never_exceeds_the_cap_even_when_validation_prefers_more():
 
 
 def test_rule_for_recall_reaches_the_target_with_the_fewest_false_alarms():
-    # 4 landslide tiles, 4 landslide-free; the k-th largest probability is the tile score.
+    # 4 landslide tiles, 4 landslide-free; scores by area (the k-th largest probability).
     # One or two pixels: every landslide-free tile has three bright specks (0.95), so reaching
     # recall 0.75 flags them all; with 4 pixels the specks drop out and 0.8 separates them.
     top = np.zeros((8, 64))
     top[:4, :16] = [[0.9], [0.8], [0.85], [0.3]]  # landslides: 16 pixels each
     top[4:, :3] = 0.95  # landslide-free: three bright pixels, then two fainter
     top[4:, 3:5] = 0.6
+    scores = {k: top[:, k - 1] for k in (1, 2, 4, 8)}
     labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
-    k, thr, table = rule_for_recall(top, labels, 0.75, 64)
+    k, thr, table = rule_for_recall(scores, labels, 0.75, 8)
     assert table[1]["specificity"] == table[2]["specificity"] == 0.0
     assert table[1]["recall"] >= 0.75
     assert (k, thr) == (4, 0.8) and table[4] == {"threshold": 0.8, "recall": 0.75,
                                                  "specificity": 1.0}
     # recall 1.0 must take the faint fourth landslide too: the threshold falls to 0.3
-    assert rule_for_recall(top, labels, 1.0, 64)[1] == pytest.approx(0.3)
-    # a configured area is kept; only the threshold is chosen
-    assert rule_for_recall(top, labels, 0.75, 64, area=1)[:2] == (1, 0.8)
-    # left-out tiles (-1) do not count; no landslide tile is an error
+    assert rule_for_recall(scores, labels, 1.0, 8)[1] == pytest.approx(0.3)
+    # one area given: only the threshold is chosen
+    assert rule_for_recall({1: top[:, 0]}, labels, 0.75, 8)[:2] == (1, 0.8)
+    # left-out tiles (-1) do not count; without landslide-free tiles, the default area
     labels[3] = -1
-    assert rule_for_recall(top, labels, 1.0, 64)[1] == pytest.approx(0.8)
+    assert rule_for_recall(scores, labels, 1.0, 8)[1] == pytest.approx(0.8)
+    assert rule_for_recall(scores, np.array([1, 1, 1, 1, -1, -1, -1, -1]), 1.0, 8)[0] == 8
     with pytest.raises(Exception, match="no landslide tiles"):
-        rule_for_recall(top, np.zeros(8, int), 0.9, 64)
+        rule_for_recall(scores, np.zeros(8, int), 0.9, 8)
 
 
-def test_train_with_target_recall_sets_the_segmentation_threshold(blobs, tmp_path):
+def test_train_with_target_recall_sets_the_tile_threshold_not_the_maps(blobs, tmp_path):
     out = tmp_path / "m"
     assert main(["train", "--task", "segment", "--model", "unet_tiny", "--weights", "none",
                  "--data", str(blobs / "cls"), "--out", str(out), "--input-size", str(SIZE),
@@ -220,13 +222,25 @@ def test_train_with_target_recall_sets_the_segmentation_threshold(blobs, tmp_pat
                  "--unfreeze-layers", "100", "--batch-size", "8", "--quiet",
                  "--target-recall", "0.9", "--seed", "1"]) == 0
     meta = read_meta(out)
-    src = meta.extra["threshold_source"]
-    assert meta.segmentation.min_area_source == "target_recall"
-    assert src["threshold"] == meta.threshold != 0.5
-    chosen = src["areas"][str(meta.segmentation.min_area_pixels)]
-    assert chosen["threshold"] == pytest.approx(meta.threshold, abs=1e-6)
+    src, spec = meta.extra["threshold_source"], meta.segmentation
+    assert spec.min_area_source == "target_recall" and meta.threshold == 0.5
+    assert src["tile_threshold"] == spec.tile_threshold == meta.tile_threshold() != 0.5
+    chosen = src["areas"][str(spec.min_area_pixels)]
+    assert chosen["threshold"] == pytest.approx(spec.tile_threshold, abs=1e-6)
     assert chosen["recall"] >= 0.9
     assert all(chosen["specificity"] >= a["specificity"] for a in src["areas"].values())
+    # predict: labels by the tile threshold, landslide pixels at the model's threshold
+    csv_out = tmp_path / "p.csv"
+    assert main(["predict", str(out), str(blobs / "cls" / "landslide"),
+                 str(blobs / "cls" / "non_landslide"), "--out", str(csv_out), "--quiet"]) == 0
+    rows = [r.split(",") for r in csv_out.read_text().splitlines()[1:]]
+    assert all((r[2] == "landslide") == (float(r[1]) >= spec.tile_threshold) for r in rows)
+    assert any((float(r[1]) >= 0.5) != (float(r[1]) >= spec.tile_threshold) for r in rows)
+    # the rule survives a round trip through the metadata; a user's --threshold sets both
+    assert meta.tile_threshold(0.3) == 0.3
+    assert SegmentationSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(Exception, match="tile_threshold"):
+        SegmentationSpec.from_json({**spec.to_json(), "tile_threshold": 1.5})
 
 
 def test_segment_inputs_are_fitted_with_valid_pixels(tmp_path):

@@ -362,24 +362,35 @@ STANDARDIZE_RULES = ("none", "image")  # see slidewatch.data.standardize
 class SegmentationSpec:
     """How a segmentation model answers the tile question: a tile (or image) is a landslide
     when at least ``min_area_pixels`` of its pixels (counted at the model's input resolution)
-    have a landslide probability >= the model's ``threshold``. Its tile score is the
-    ``min_area_pixels``-th largest pixel probability, so score >= threshold is the same rule.
-    ``min_area_source``: ``validation`` (chosen on the validation split), ``default`` or
-    ``config``."""
+    have a landslide probability >= the tile threshold: ``tile_threshold`` when set (chosen
+    for a target recall), else the model's ``threshold``, which always draws the pixel maps.
+    Its tile score is the ``min_area_pixels``-th largest pixel probability, so score >= the
+    tile threshold is the same rule. ``min_area_source``: ``validation`` (chosen on the
+    validation split), ``target_recall`` (chosen with ``tile_threshold``), ``default``,
+    ``config`` or ``ensemble``."""
 
     min_area_pixels: int
     min_area_source: str = "default"
+    tile_threshold: float | None = None
 
     def to_json(self) -> dict:
-        return {"min_area_pixels": self.min_area_pixels, "min_area_source": self.min_area_source,
-                "tile_rule": "landslide when min_area_pixels pixels reach the threshold"}
+        out = {"min_area_pixels": self.min_area_pixels, "min_area_source": self.min_area_source,
+               "tile_rule": "landslide when min_area_pixels pixels reach the threshold"}
+        if self.tile_threshold is not None:
+            out["tile_threshold"] = self.tile_threshold
+            out["tile_rule"] = ("landslide when min_area_pixels pixels reach tile_threshold "
+                                "(the pixel maps use the model's threshold)")
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping, where: str = "segmentation") -> SegmentationSpec:
         get = _getter(d, *_split(where))
         return cls(min_area_pixels=get("min_area_pixels", _whole(1, 2**40),
                                        "a whole number of pixels >= 1"),
-                   min_area_source=get("min_area_source", _is_name, "a name", "default"))
+                   min_area_source=get("min_area_source", _is_name, "a name", "default"),
+                   tile_threshold=get("tile_threshold",
+                                      _optional(lambda v: _is_number(v) and 0 < v < 1),
+                                      "a number between 0 and 1 (exclusive)", None))
 
 
 @dataclass
@@ -410,6 +421,17 @@ class ModelMeta:
     @property
     def positive_class(self) -> str:
         return self.classes[self.positive_index]
+
+    def tile_threshold(self, threshold: float | None = None) -> float:
+        """The threshold of tile decisions: ``threshold`` when given (a user's flag sets tiles
+        and pixels alike), else a segmentation model's ``tile_threshold`` when it has one,
+        else the model's ``threshold``."""
+        if threshold is not None:
+            return float(threshold)
+        spec = self.segmentation
+        if spec is not None and spec.tile_threshold is not None:
+            return float(spec.tile_threshold)
+        return float(self.threshold)
 
     @property
     def negative_label(self) -> str:

@@ -329,7 +329,8 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
                           "--task segment --target-recall R)")
     if tabular:
         raise ConfigError("--tabular/--aux: a segmentation model takes image bands only")
-    thr = float(meta.threshold if threshold is None else threshold)
+    thr = meta.tile_threshold(threshold)  # tiles; pixels at the model's threshold (or the flag)
+    px_thr = float(meta.threshold if threshold is None else threshold)
     source = SOURCE_MODEL if threshold is None else SOURCE_FLAG
     items, tiles = sg.score_images(model, meta, sg.samples_of(roots, meta),
                                    batch_size=batch_size, device=dev, progress=progress,
@@ -357,7 +358,8 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
         "overall": score_block(y, prob, thr, names),
         "regions": {r: score_block(y[idx], prob[idx], thr, [names[i] for i in idx])
                     for r, idx in sorted(regions.items())},
-        "pixels": sg.segment_report(items, thr),
+        "pixel_threshold": px_thr,
+        "pixels": sg.segment_report(items, px_thr),
         "created": now_iso(), "versions": library_versions(),
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -368,7 +370,7 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
         for name in ("roc", "pr"):
             if plots[name] is None:
                 (tmp / f"{name}.png").unlink(missing_ok=True)
-        plots["overlays"] = sg.write_overlays(tmp / "overlays", items, roots, meta, thr)
+        plots["overlays"] = sg.write_overlays(tmp / "overlays", items, roots, meta, px_thr)
         result["plots"] = plots
         atomic_write_text(tmp / METRICS_FILE, json.dumps(result, indent=2) + "\n")
     return result

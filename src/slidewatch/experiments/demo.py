@@ -179,7 +179,7 @@ def evaluate_segmenter(model_dir, root: Path, region: str,
     items, tiles = score_images(model, meta, samples, batch_size=16,
                                 device=resolve_device("auto"), progress=no_progress, tta=tta)
     _, y, prob = scored_tiles(tiles)
-    row = _tile_row(y, prob, meta.threshold, meta, region)
+    row = _tile_row(y, prob, meta.tile_threshold(), meta, region)
     px = pixel_block(items, meta.threshold, objects=False)
     row.update({"pixel_iou": px["iou"], "pixel_f1": px["f1"],
                 "pixel_precision": px["precision"], "pixel_recall": px["recall"]})

@@ -194,7 +194,7 @@ def explain_one(model, meta, files: TileDataset, i: int, method: str, layer: str
     save_png(out / f"{stem}_overlay.png", overlay_picture(display_rgb(arr, meta.scale), cam))
     mask = masks.lookup(path, arr.shape[:2]) if masks is not None else None
     truth = true_class(path, meta.classes)
-    positive = prob >= meta.threshold
+    positive = prob >= meta.tile_threshold()  # a tile decision
     row = {"path": str(path), "probability": round(prob, 6), "predicted_positive": int(positive),
            "true_class": truth or "", "outcome": outcome(truth, positive, meta),
            "method": method, "target_layer": layer, "cam_size": f"{raw.shape[0]}x{raw.shape[1]}",

@@ -208,8 +208,10 @@ def combine(metas: Sequence[ModelMeta], model_dirs: Sequence[Path]) -> ModelMeta
     meta.threshold = sum(thresholds) / len(thresholds)
     if meta.task == "segment":
         areas = [m.segmentation.min_area_pixels for m in metas]
+        tiles = [m.tile_threshold() for m in metas]
+        own = any(m.segmentation.tile_threshold is not None for m in metas)
         meta.segmentation = SegmentationSpec(max(1, round(statistics.median(areas))),
-                                             "ensemble")
+                                             "ensemble", sum(tiles) / len(tiles) if own else None)
     meta.extra["ensemble"] = [str(d) for d in model_dirs]
     meta.extra["threshold_source"] = {"rule": "mean of the ensemble members' thresholds",
                                       "thresholds": thresholds}

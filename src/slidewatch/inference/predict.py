@@ -133,7 +133,8 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
     dirs = [model_dir, *ensemble]
     model, meta = load_models(dirs, dev, runtime)
     inputs = model_inputs(meta, tabular, aux, missing, unknown)
-    thr = meta.threshold if threshold is None else threshold
+    thr = meta.threshold if threshold is None else threshold  # pixels
+    tile_thr = meta.tile_threshold(threshold)  # decisions (a segmentation model's may differ)
     samples = image_samples(paths, files, meta.classes, meta.standardize == "image")
     ds = model_dataset(meta, samples, inputs=inputs)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
@@ -142,8 +143,8 @@ def predict_paths(model_dir: str | Path, paths: list[str | Path], *, threshold: 
     out = predict_outputs(model, meta, batches, dev, source=source, names=files, tta=tta,
                           threshold=thr)
     other = meta.negative_label
-    preds = [Prediction(str(f), float(p), meta.positive_class if p >= thr else other,
-                        bool(p >= thr)) for f, p in zip(files, out["probability"])]
+    preds = [Prediction(str(f), float(p), meta.positive_class if p >= tile_thr else other,
+                        bool(p >= tile_thr)) for f, p in zip(files, out["probability"])]
     if "landslide_pixels" in out:
         for pred, n, v in zip(preds, out["landslide_pixels"], out["valid_pixels"]):
             pred.landslide_pixels, pred.landslide_share = int(n), float(n / max(int(v), 1))

@@ -14,8 +14,10 @@ resume); this module supplies what differs for pixel maps:
   split (``val_iou`` ... for early stopping);
 * tile rule: a tile is a landslide when ``min_area_pixels`` pixels reach the threshold; with
   ``segment.min_area: auto`` the area maximising Youden's J (recall + specificity - 1) of the
-  validation tiles among areas up to :data:`MAX_MIN_AREA` of the input, else the value given
-  (:class:`slidewatch.meta.SegmentationSpec`).
+  validation tiles among areas up to
+  :data:`~slidewatch.evaluation.tile_rule.MAX_MIN_AREA` of the input, else the value given
+  (:class:`slidewatch.meta.SegmentationSpec`); with ``target_recall`` the area and the threshold
+  together (:func:`~slidewatch.evaluation.tile_rule.rule_for_recall`).
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ from slidewatch.data.masks import (
 from slidewatch.data.readers import probe
 from slidewatch.data.splits import Split, split_for
 from slidewatch.errors import ConfigError, DataError
-from slidewatch.evaluation import metrics
 from slidewatch.evaluation.pixels import PixelCounts, pixel_counts, pixel_scores
+from slidewatch.evaluation.tile_rule import (
+    area_candidates,
+    choose_min_area,
+    max_area,
+    rule_for_recall,
+)
 from slidewatch.inference.forward import forward_logits
 from slidewatch.meta import ModelMeta, SegmentationSpec
 from slidewatch.models.segmentation import SEGMENTERS, build_segmenter, encoder_module
@@ -52,14 +59,6 @@ from slidewatch.runtime import worker_init
 from slidewatch.training.losses import segmentation_loss
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# Largest share of the input area the tile rule may ask for (also the rule when validation
-# cannot choose one): 0.5%, 251 pixels of a 224-pixel input (the largest area tried there is
-# 128, about 80 m2 at 0.8 m). An area chosen freely on the validation split follows the
-# training regions' landslide sizes and how fully the model paints them there (up to 8,192
-# pixels measured); on a region the model never saw its maps cover a smaller part of each
-# landslide, and such areas ranked the tiles of held-out regions worse than chance
-# (generalisation benchmark, docs/results.md#tile-rule).
-MAX_MIN_AREA = 0.005
 MAX_POS_WEIGHT = 10.0
 
 
@@ -311,20 +310,6 @@ def pixel_row(prefix: str, loss: float, c: PixelCounts) -> dict:
                for k in ("iou", "f1", "precision", "recall", "mcc")}}
 
 
-def max_area(size: int) -> int:
-    """:data:`MAX_MIN_AREA` of a ``size`` x ``size`` input in pixels (at least 1): the largest
-    area the tile rule may ask for, and the rule when validation cannot choose one."""
-    return max(1, round(MAX_MIN_AREA * size * size))
-
-
-def area_candidates(size: int) -> list[int]:
-    """Minimum areas tried on validation: 1, 2, 4, ... pixels up to :func:`max_area`."""
-    out, k = [], 1
-    while k <= max_area(size):
-        out.append(k)
-        k *= 2
-    return out
-
 
 def tile_labels(ds: Dataset, min_landslide: float) -> np.ndarray:
     """1 (landslide tile: mask share >= ``min_landslide``, or any landslide in a class-folder
@@ -353,66 +338,6 @@ def _part(ds: Dataset, i: int) -> tuple[Dataset, int]:
         k = int(np.searchsorted(ds.cumulative_sizes, i, side="right"))
         return ds.datasets[k], i - (ds.cumulative_sizes[k - 1] if k else 0)
     return ds, i
-
-
-def choose_min_area(top: np.ndarray, labels: np.ndarray, threshold: float, size: int
-                    ) -> tuple[int, str, dict]:
-    """The tile rule's minimum area from validation tiles: ``top`` holds each tile's largest
-    pixel probabilities in descending order (N x K). Youden's J = recall + specificity - 1 of
-    the tiles, ties to the smaller area; the default share of the input when the validation
-    tiles lack a class or no area separates them at all (J <= 0)."""
-    keep = labels >= 0
-    y = labels[keep] == 1
-    default = max_area(size)
-    if not y.any() or y.all():
-        return default, "default", {}
-    best, table = None, {}
-    for k in area_candidates(size):
-        if k > top.shape[1]:
-            break
-        pred = top[keep, k - 1] >= threshold
-        rec = float((pred & y).sum() / y.sum())
-        spec = float((~pred & ~y).sum() / (~y).sum())
-        j = rec + spec - 1
-        table[k] = {"recall": round(rec, 4), "specificity": round(spec, 4)}
-        if best is None or j > best[1] + 1e-12:
-            best = (k, j)
-    if best is None or best[1] <= 0:
-        return default, "default", table
-    return best[0], "validation", table
-
-
-def rule_for_recall(top: np.ndarray, labels: np.ndarray, target: float, size: int,
-                    area: int | None = None) -> tuple[int, float, dict]:
-    """The tile rule and threshold for a target tile recall on the validation tiles: for each
-    area (``area`` when given, else 1, 2, 4 ... up to :func:`max_area`), the highest threshold
-    whose recall reaches ``target`` (``top``: each tile's largest pixel probabilities,
-    descending, N x K); the area whose threshold leaves the most landslide-free tiles below it
-    wins, ties to the smaller area. Without landslide-free tiles: ``area`` or the default."""
-    keep = labels >= 0
-    y = labels[keep] == 1
-    if not y.any():
-        raise ConfigError("target_recall: the validation split has no landslide tiles")
-    if area is None and not (~y).any():
-        area = max_area(size)
-    areas = [area] if area is not None else area_candidates(size)
-    best, table = None, {}
-    for k in areas:
-        if k > top.shape[1]:
-            break
-        score = top[keep, k - 1]
-        thr = float(np.clip(metrics.threshold_for_recall(y, score, target), 1e-4, 0.9999))
-        pred = score >= thr
-        rec = float((pred & y).sum() / y.sum())
-        spec = float((~pred & ~y).sum() / (~y).sum()) if (~y).any() else float("nan")
-        table[k] = {"threshold": round(thr, 6), "recall": round(rec, 4),
-                    "specificity": round(spec, 4)}
-        if best is None or spec > table[best]["specificity"] + 1e-12:
-            best = k
-    if best is None:
-        raise ConfigError(f"target_recall: the validation tiles are smaller than the tile "
-                          f"rule's {areas[0]} pixels")
-    return best, table[best]["threshold"], table
 
 
 @torch.no_grad()
@@ -452,20 +377,25 @@ def val_pixels(s, limit: int = 400_000) -> tuple[np.ndarray, np.ndarray]:
     return z[::step], y[::step]
 
 
-def recall_rule(s, target: float, log: Callable) -> tuple[SegmentationSpec, float, dict]:
-    """The tile rule (area and threshold) for ``target`` recall of the validation tiles
-    (:func:`rule_for_recall`); the configured area when ``segment.min_area`` is a number."""
+def recall_rule(s, target: float, log: Callable) -> tuple[SegmentationSpec, dict]:
+    """The tile rule (area and tile threshold) for ``target`` recall of the validation tiles
+    (:func:`~slidewatch.evaluation.tile_rule.rule_for_recall`); the configured area when
+    ``segment.min_area`` is a number. The model's threshold (pixel maps) stays as it is."""
     if s.val_loader is None:
         raise ConfigError("target_recall: needs a validation split (val_fraction > 0)")
     ma, size = s.cfg.segment.min_area, s.meta.input_size
     fixed = None if ma == "auto" else int(ma)
-    _, top = validate(s, max_k=fixed or max(area_candidates(size) or [1]))
-    k, thr, table = rule_for_recall(top, s.segment.val_labels, target, size, fixed)
+    areas = [fixed] if fixed else area_candidates(size)
+    _, top = validate(s, max_k=max(areas))
+    scores = {k: top[:, k - 1] for k in areas if k <= top.shape[1]}
+    k, thr, table = rule_for_recall(scores, s.segment.val_labels, target, max_area(size))
     r = table[k]
     log(f"tile rule for recall {target:g}: landslide when >= {k} pixels reach {thr:.4f} "
-        f"(validation tiles: recall {r['recall']:.3f}, specificity {r['specificity']:.3f})")
+        f"(validation tiles: recall {r['recall']:.3f}, specificity {r['specificity']:.3f}); "
+        f"pixel maps at {s.meta.threshold:g}")
     source = "config" if fixed else "target_recall"
-    return SegmentationSpec(k, source), thr, {"areas": {str(a): v for a, v in table.items()}}
+    return (SegmentationSpec(k, source, thr),
+            {"areas": {str(a): v for a, v in table.items()}})
 
 
 def tile_rule(s, log: Callable) -> SegmentationSpec:
