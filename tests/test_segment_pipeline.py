@@ -243,6 +243,42 @@ def test_train_with_target_recall_sets_the_tile_threshold_not_the_maps(blobs, tm
         SegmentationSpec.from_json({**spec.to_json(), "tile_threshold": 1.5})
 
 
+def test_evaluate_target_recall_stores_the_tile_rule_of_a_segmentation_model(
+        seg_model, blobs, tmp_path, capsys):
+    import shutil
+
+    md = shutil.copytree(seg_model, tmp_path / "m")
+    before = read_meta(md)
+    assert main(["evaluate", str(md), "--data", str(blobs / "cls"), "--out",
+                 str(tmp_path / "ev"), "--target-recall", "1.0", "--quiet"]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    meta = read_meta(md)
+    spec = meta.segmentation
+    assert m["threshold_source"] == "target_recall on validation"
+    assert m["threshold"] == pytest.approx(spec.tile_threshold)
+    assert m["pixel_threshold"] == meta.threshold == before.threshold  # maps unchanged
+    assert spec.min_area_source == "target_recall"
+    assert meta.extra["threshold_source"]["target_recall"] == 1.0
+    # every landslide image of the validation split reaches the stored tile rule
+    split = json.loads((md / "split.json").read_text())
+    val = [blobs / k for k in split["val"] if "/landslide/" in k]
+    assert val
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(md), *map(str, val), "--out", str(out), "--quiet"]) == 0
+    rows = [r.split(",") for r in out.read_text().splitlines()[1:]]
+    assert len(rows) == len(val) and all(r[2] == "landslide" for r in rows)
+    # a validation image that cannot be found is named, and the model is left as it was
+    md2 = shutil.copytree(seg_model, tmp_path / "m2")
+    (md2 / "split.json").write_text(json.dumps({**split, "val": ["cls/landslide/gone.png"]}))
+    capsys.readouterr()
+    assert main(["evaluate", str(md2), "--data", str(blobs / "cls"), "--out",
+                 str(tmp_path / "ev2"), "--target-recall", "0.9", "--quiet"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "split.json" in err and "gone.png" in err and len(err.splitlines()) == 1
+    assert read_meta(md2).segmentation == read_meta(seg_model).segmentation
+    assert not (tmp_path / "ev2").exists()
+
+
 def test_segment_inputs_are_fitted_with_valid_pixels(tmp_path):
     from slidewatch.data.folders import Sample
 

@@ -31,7 +31,14 @@ from slidewatch.evaluation.calibration import reliability
 from slidewatch.inference.ensemble import describe, is_onnx_path, load_models
 from slidewatch.inference.forward import predict_outputs
 from slidewatch.io_utils import atomic_dir, atomic_write_text, holding
-from slidewatch.meta import ModelMeta, library_versions, now_iso, read_meta, write_meta
+from slidewatch.meta import (
+    ModelMeta,
+    SegmentationSpec,
+    library_versions,
+    now_iso,
+    read_meta,
+    write_meta,
+)
 from slidewatch.runtime import no_progress, resolve_device
 
 METRICS_FILE = "metrics.json"
@@ -106,22 +113,58 @@ def _training_roots(model_dir: Path, meta: ModelMeta, extra: list[Path]) -> dict
     return found
 
 
-def validation_samples(model_dir: Path, meta: ModelMeta, extra_roots: list[Path]
-                       ) -> list[Sample]:
-    """Samples of the validation part of the model's ``split.json`` (keys
-    ``<root name>/<class>/<file>``), found under the training data roots; for a model that
-    standardises, a tile listed in its root's ``tiles.csv`` carries its scene's statistics,
-    as in training."""
+def _validation_keys(model_dir: Path) -> tuple[Path, list[str]]:
+    """The model's ``split.json`` and the keys of its validation part."""
     path = model_dir / SPLIT_FILE
     if not path.is_file():
         raise ConfigError(f"--target-recall: {path} not found; the model has no validation "
                           "split to set a threshold on")
     try:
         keys = json.loads(path.read_text(encoding="utf-8"))["val"]
+        keys = [str(k) for k in keys]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a split file ({exc})") from None
     if not keys:
         raise ConfigError(f"--target-recall: {path} has no validation images")
+    return path, keys
+
+
+def segment_validation_samples(model_dir: Path, meta: ModelMeta, extra_roots: list[Path]
+                               ) -> list:
+    """The images with masks of a segmentation model's validation split (keys
+    ``<dataset or scene folder>/<class or images>/<file>``), found under its training data
+    paths and ``extra_roots`` (scene folders, folders of them, class folders with masks/)."""
+    from slidewatch.data.masks import masked_samples
+
+    path, keys = _validation_keys(model_dir)
+    raw = list(meta.extra.get("data", {}).get("paths") or [])
+    raw += list(meta.extra.get("training", {}).get("data", {}).get("paths") or [])
+    found: dict[str, object] = {}
+    for root in [Path(os.path.expandvars(p)).expanduser() for p in raw] + list(extra_roots):
+        if not root.is_dir():
+            continue
+        try:
+            samples = masked_samples(root, meta.classes)
+        except DataError:
+            continue  # not a folder of images with masks
+        for s in samples:
+            key = f"{s.image.parent.parent.name}/{s.image.parent.name}/{s.image.name}"
+            found.setdefault(key, s)
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} of {len(keys)} validation images not found "
+                        f"under the training data (first: {missing[0]}); give their folder "
+                        "with --data")
+    return [found[k] for k in keys]
+
+
+def validation_samples(model_dir: Path, meta: ModelMeta, extra_roots: list[Path]
+                       ) -> list[Sample]:
+    """Samples of the validation part of the model's ``split.json`` (keys
+    ``<root name>/<class>/<file>``), found under the training data roots; for a model that
+    standardises, a tile listed in its root's ``tiles.csv`` carries its scene's statistics,
+    as in training."""
+    path, keys = _validation_keys(model_dir)
     roots = _training_roots(model_dir, meta, extra_roots)
     tables: dict[str, dict] = {}  # each root's tiles.csv: a tile's scene statistics
     samples = []
@@ -323,15 +366,17 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
     :mod:`slidewatch.evaluation.segment`); the same folder contract as a classifier's."""
     from slidewatch.evaluation import segment as sg
 
-    if target_recall is not None:
-        raise ConfigError("--target-recall: applies to classifiers; a segmentation model's "
-                          "threshold and tile rule are chosen when it is trained (train "
-                          "--task segment --target-recall R)")
     if tabular:
         raise ConfigError("--tabular/--aux: a segmentation model takes image bands only")
+    detail = None
+    if target_recall is not None:  # area and tile threshold on the validation split
+        meta.segmentation, detail = segment_recall_rule(model, meta, model_dir, roots,
+                                                        target_recall, batch_size, dev,
+                                                        progress)
     thr = meta.tile_threshold(threshold)  # tiles; pixels at the model's threshold (or the flag)
     px_thr = float(meta.threshold if threshold is None else threshold)
-    source = SOURCE_MODEL if threshold is None else SOURCE_FLAG
+    source = (SOURCE_FLAG if threshold is not None
+              else SOURCE_TARGET if target_recall is not None else SOURCE_MODEL)
     items, tiles = sg.score_images(model, meta, sg.samples_of(roots, meta),
                                    batch_size=batch_size, device=dev, progress=progress,
                                    tta=tta, source=name)
@@ -345,7 +390,7 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
         "model_dir": str(model_dir), "architecture": meta.architecture,
         "classes": list(meta.classes), "positive_class": meta.positive_class,
         "data": [str(r) for r in roots], "threshold": thr, "threshold_source": source,
-        "threshold_detail": None, "tta": tta, **_members(meta),
+        "threshold_detail": detail, "tta": tta, **_members(meta),
         "tile_rule": {**meta.segmentation.to_json(), "scene_window_rule":
                       f"the windows of the reference tiling (stride = input size); landslide "
                       f"when its mask share >= {sg.TILE_MIN_SHARE:g}, landslide-free without "
@@ -373,7 +418,40 @@ def _evaluate_segment(model, meta: ModelMeta, model_dir: Path, roots: list[Path]
         plots["overlays"] = sg.write_overlays(tmp / "overlays", items, roots, meta, px_thr)
         result["plots"] = plots
         atomic_write_text(tmp / METRICS_FILE, json.dumps(result, indent=2) + "\n")
+        if target_recall is not None:  # the model changes only with a complete evaluation
+            stored = read_meta(model_dir)
+            stored.segmentation = meta.segmentation
+            stored.extra["threshold_source"] = detail
+            write_meta(model_dir, stored)
     return result
+
+
+def segment_recall_rule(model, meta: ModelMeta, model_dir: Path, roots: list[Path],
+                        target: float, batch_size: int, dev, progress: Callable
+                        ) -> tuple[SegmentationSpec, dict]:
+    """A segmentation model's tile rule for ``target`` tile recall on its validation split
+    scored again (:func:`slidewatch.evaluation.tile_rule.rule_for_recall`): the area among
+    those up to the cap (the model's own when it was configured) and the tile threshold."""
+    from slidewatch.evaluation import segment as sg
+    from slidewatch.evaluation.tile_rule import area_candidates, max_area, rule_for_recall
+
+    samples = segment_validation_samples(model_dir, meta, roots)
+    spec = meta.segmentation
+    fixed = spec.min_area_source == "config"
+    areas = [spec.min_area_pixels] if fixed else area_candidates(meta.input_size)
+    _, tiles = sg.score_images(model, meta, samples, batch_size=batch_size, device=dev,
+                               progress=progress, areas=areas, source=model_dir)
+    labels = np.array([t["label"] for t in tiles], np.int8)
+    scores = {k: np.array([t["scores_by_area"][k] for t in tiles], float) for k in areas}
+    k, thr, table = rule_for_recall(scores, labels, target, max_area(meta.input_size))
+    detail = {"rule": f"tile threshold: the highest reaching tile recall {target:g} on the "
+                      "validation split (scored by evaluate), with the tile rule's area that "
+                      "leaves the most landslide-free tiles below it; pixel maps keep the "
+                      "threshold", "target_recall": target, "tile_threshold": thr,
+              "threshold": meta.threshold, "min_area_pixels": k,
+              "val_tiles": int((labels >= 0).sum()), "val_positives": int((labels == 1).sum()),
+              "areas": {str(a): v for a, v in table.items()}}
+    return SegmentationSpec(k, "config" if fixed else "target_recall", thr), detail
 
 
 def format_pixels(result: dict) -> str:
