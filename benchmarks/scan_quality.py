@@ -21,7 +21,7 @@ from rasterio.transform import from_origin
 from scan_common import RESULTS, emit, load, machine
 
 from slidewatch.data.readers import read_image, read_mask
-from slidewatch.meta import read_meta
+from slidewatch.inference.ensemble import ensemble_meta
 from slidewatch.scan.run import scan
 
 RESULTS_FILE = RESULTS / "scan-quality.jsonl"
@@ -50,17 +50,20 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=112)
     ap.add_argument("--blend", default="mean", choices=["mean", "hann"])
     ap.add_argument("--tta", action="store_true", help="average over flips and rotations")
+    ap.add_argument("--ensemble", action="append", default=[], metavar="DIR",
+                    help="another model folder whose maps are averaged with the model's "
+                    "(repeatable; the ensemble's threshold is the mean of theirs)")
     ap.add_argument("--sweep", action="store_true",
                     help="also the pixel IoU at thresholds 0.1-0.9 (headroom only: a threshold "
                     "chosen on these scenes would be tuned on the test set)")
     args = ap.parse_args()
     region = Path(args.region)
-    threshold = read_meta(args.model_dir).threshold
+    threshold = ensemble_meta([args.model_dir, *args.ensemble]).threshold
     with tempfile.TemporaryDirectory() as tmp:
         scenes = wrap_scenes(region, Path(tmp) / "scenes")
         t0 = time.perf_counter()
         summary = scan(args.model_dir, scenes, Path(tmp) / "out", stride=args.stride,
-                       blend=args.blend, tta=args.tta)
+                       blend=args.blend, tta=args.tta, ensemble=args.ensemble)
         seconds = time.perf_counter() - t0
         c = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn
         sweep = np.zeros((len(SWEEP), 3), dtype=np.int64)  # tp, fp, fn per threshold
@@ -77,7 +80,9 @@ def main() -> None:
                   np.sum(~pred & ~mask)]
             hits += bool(np.any(pred & mask))
     tp, fp, fn, tn = (int(v) for v in c)
-    row = {"benchmark": "scan_quality", "model": str(args.model_dir), "region": region.name,
+    row = {"benchmark": "scan_quality", "model": str(args.model_dir),
+           **({"ensemble": [str(d) for d in args.ensemble]} if args.ensemble else {}),
+           "region": region.name,
            "scenes": len(scenes), "stride": args.stride, "blend": args.blend, "tta": args.tta,
            "threshold": threshold, "windows": summary.windows, "seconds": round(seconds, 1),
            "pixel_recall": round(tp / max(1, tp + fn), 4),
