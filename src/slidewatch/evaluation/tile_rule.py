@@ -41,6 +41,7 @@ def area_candidates(size: int) -> list[int]:
         k *= 2
     return out
 
+
 def choose_min_area(top: np.ndarray, labels: np.ndarray, threshold: float, size: int
                     ) -> tuple[int, str, dict]:
     """The tile rule's minimum area from validation tiles: ``top`` holds each tile's largest
