@@ -15,7 +15,8 @@ from slidewatch.cli.common import echo, ensemble_option, progress, runtime_optio
 @click.option("--out", required=True, help="folder for metrics.json, predictions.csv, figures")
 @click.option("--threshold", type=float, default=None, help="override the model's threshold")
 @click.option("--target-recall", type=float, default=None,
-              help="set (and store in the model) the threshold reaching this validation recall")
+              help="set (and store in the model) the threshold reaching this validation "
+                   "recall (a segmentation model: its tile threshold and area; maps keep theirs)")
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an earlier evaluation in --out")

@@ -207,7 +207,8 @@ TRAIN_OPTIONS = [
     _opt("--patience", type=int, help="epochs without improvement before stopping"),
     _opt("--threshold", type=float, help="decision threshold stored in the model"),
     _opt("--target-recall", type=float,
-         help="store the threshold that reaches this recall on the validation split"),
+         help="store the threshold that reaches this recall on the validation split (a "
+              "segmentation model: its tile threshold, with the tile rule's area)"),
     _opt("--split-by", type=click.Choice(["image", "region", "tile"])),
     _opt("--val-fraction", type=float),
     _opt("--holdout-region", multiple=True, help="region(s) kept out of training"),
