@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from slidewatch.config.train import AugmentConfig
 from slidewatch.data.dataset import declared_valid, unit_and_valid
+from slidewatch.data.folders import Sample
 from slidewatch.data.readers import IMAGE_SUFFIXES, probe, read_image
 from slidewatch.data.transforms import (
     change_resolution,
@@ -55,6 +56,14 @@ class MaskedSample:
     mask: Path | None
     region: str
     group: str  # the source image, for splits by image
+
+
+def as_split_samples(samples: list[MaskedSample]) -> list[Sample]:
+    """The samples as the splitter sees them: label 0 (landslide) with a mask, else 1; keyed
+    in split files as ``<dataset or scene folder>/<class or images>/<file>``, as a
+    classifier's class-folder samples are."""
+    return [Sample(path=s.image, label=0 if s.mask is not None else 1, group=s.group,
+                   region=s.region, root=s.image.parent.parent) for s in samples]
 
 
 def _files(folder: Path) -> dict[str, Path]:

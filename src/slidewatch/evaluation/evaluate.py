@@ -96,13 +96,18 @@ def _check_holds(out: Path, inputs: list) -> None:
 # ------------------------------------------------------------- threshold from validation
 
 
+def _training_paths(meta: ModelMeta) -> list[Path]:
+    """The training data paths recorded in the model's metadata, ``$VARS`` and ``~`` expanded."""
+    raw = list(meta.extra.get("data", {}).get("paths") or [])
+    raw += list(meta.extra.get("training", {}).get("data", {}).get("paths") or [])
+    return [Path(os.path.expandvars(p)).expanduser() for p in raw]
+
+
 def _training_roots(model_dir: Path, meta: ModelMeta, extra: list[Path]) -> dict[str, Path]:
     """Dataset roots by folder name: the training paths in the metadata (scene folders as
     the model's ``tiles/<name>``), the model's ``tiles/`` folders, then ``extra``."""
-    raw = list(meta.extra.get("data", {}).get("paths") or [])
-    raw += list(meta.extra.get("training", {}).get("data", {}).get("paths") or [])
     found: dict[str, Path] = {}
-    candidates = [Path(os.path.expandvars(p)).expanduser() for p in raw]
+    candidates = _training_paths(meta)
     tiles = model_dir / "tiles"
     candidates += sorted(tiles.iterdir()) if tiles.is_dir() else []
     for path in candidates + list(extra):
@@ -134,22 +139,19 @@ def segment_validation_samples(model_dir: Path, meta: ModelMeta, extra_roots: li
     """The images with masks of a segmentation model's validation split (keys
     ``<dataset or scene folder>/<class or images>/<file>``), found under its training data
     paths and ``extra_roots`` (scene folders, folders of them, class folders with masks/)."""
-    from slidewatch.data.masks import masked_samples
+    from slidewatch.data.masks import as_split_samples, masked_samples
 
     path, keys = _validation_keys(model_dir)
-    raw = list(meta.extra.get("data", {}).get("paths") or [])
-    raw += list(meta.extra.get("training", {}).get("data", {}).get("paths") or [])
     found: dict[str, object] = {}
-    for root in [Path(os.path.expandvars(p)).expanduser() for p in raw] + list(extra_roots):
+    for root in _training_paths(meta) + list(extra_roots):
         if not root.is_dir():
             continue
         try:
             samples = masked_samples(root, meta.classes)
         except DataError:
             continue  # not a folder of images with masks
-        for s in samples:
-            key = f"{s.image.parent.parent.name}/{s.image.parent.name}/{s.image.name}"
-            found.setdefault(key, s)
+        for s, keyed in zip(samples, as_split_samples(samples)):  # keys as training wrote
+            found.setdefault(keyed.key, s)
     missing = [k for k in keys if k not in found]
     if missing:
         raise DataError(f"{path}: {len(missing)} of {len(keys)} validation images not found "
@@ -433,24 +435,25 @@ def segment_recall_rule(model, meta: ModelMeta, model_dir: Path, roots: list[Pat
     scored again (:func:`slidewatch.evaluation.tile_rule.rule_for_recall`): the area among
     those up to the cap (the model's own when it was configured) and the tile threshold."""
     from slidewatch.evaluation import segment as sg
-    from slidewatch.evaluation.tile_rule import area_candidates, max_area, rule_for_recall
+    from slidewatch.evaluation.tile_rule import (
+        areas_to_try,
+        max_area,
+        recall_source,
+        rule_for_recall,
+    )
 
     samples = segment_validation_samples(model_dir, meta, roots)
     spec = meta.segmentation
     fixed = spec.min_area_source == "config"
-    areas = [spec.min_area_pixels] if fixed else area_candidates(meta.input_size)
+    areas = areas_to_try(meta.input_size, spec.min_area_pixels if fixed else None)
     _, tiles = sg.score_images(model, meta, samples, batch_size=batch_size, device=dev,
                                progress=progress, areas=areas, source=model_dir)
     labels = np.array([t["label"] for t in tiles], np.int8)
     scores = {k: np.array([t["scores_by_area"][k] for t in tiles], float) for k in areas}
     k, thr, table = rule_for_recall(scores, labels, target, max_area(meta.input_size))
-    detail = {"rule": f"tile threshold: the highest reaching tile recall {target:g} on the "
-                      "validation split (scored by evaluate), with the tile rule's area that "
-                      "leaves the most landslide-free tiles below it; pixel maps keep the "
-                      "threshold", "target_recall": target, "tile_threshold": thr,
-              "threshold": meta.threshold, "min_area_pixels": k,
-              "val_tiles": int((labels >= 0).sum()), "val_positives": int((labels == 1).sum()),
-              "areas": {str(a): v for a, v in table.items()}}
+    detail = {**recall_source(target, k, thr, table), "scored_by": "evaluate",
+              "threshold": meta.threshold, "val_tiles": int((labels >= 0).sum()),
+              "val_positives": int((labels == 1).sum())}
     return SegmentationSpec(k, "config" if fixed else "target_recall", thr), detail
 
 

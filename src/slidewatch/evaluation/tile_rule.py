@@ -42,6 +42,19 @@ def area_candidates(size: int) -> list[int]:
     return out
 
 
+def areas_to_try(size: int, fixed: int | None = None) -> list[int]:
+    """The areas a rule is chosen among: ``fixed`` alone (an area given in the config), else
+    :func:`area_candidates`."""
+    return [fixed] if fixed else area_candidates(size)
+
+
+def _rates(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Recall and specificity (nan without landslide-free tiles) of tile decisions."""
+    rec = float((pred & y).sum() / y.sum())
+    spec = float((~pred & ~y).sum() / (~y).sum()) if (~y).any() else float("nan")
+    return rec, spec
+
+
 def choose_min_area(top: np.ndarray, labels: np.ndarray, threshold: float, size: int
                     ) -> tuple[int, str, dict]:
     """The tile rule's minimum area from validation tiles: ``top`` holds each tile's largest
@@ -57,9 +70,7 @@ def choose_min_area(top: np.ndarray, labels: np.ndarray, threshold: float, size:
     for k in area_candidates(size):
         if k > top.shape[1]:
             break
-        pred = top[keep, k - 1] >= threshold
-        rec = float((pred & y).sum() / y.sum())
-        spec = float((~pred & ~y).sum() / (~y).sum())
+        rec, spec = _rates(top[keep, k - 1] >= threshold, y)
         j = rec + spec - 1
         table[k] = {"recall": round(rec, 4), "specificity": round(spec, 4)}
         if best is None or j > best[1] + 1e-12:
@@ -89,11 +100,19 @@ def rule_for_recall(scores: Mapping[int, np.ndarray], labels: np.ndarray, target
     for k in areas:
         score = np.asarray(scores[k], float)[keep]
         thr = float(np.clip(metrics.threshold_for_recall(y, score, target), 1e-4, 0.9999))
-        pred = score >= thr
-        rec = float((pred & y).sum() / y.sum())
-        spec = float((~pred & ~y).sum() / (~y).sum()) if (~y).any() else float("nan")
+        rec, spec = _rates(score >= thr, y)
         table[k] = {"threshold": round(thr, 6), "recall": round(rec, 4),
                     "specificity": round(spec, 4)}
         if best is None or spec > table[best]["specificity"] + 1e-12:
             best = k
     return best, table[best]["threshold"], table
+
+
+def recall_source(target: float, area: int, threshold: float, table: dict) -> dict:
+    """The model's ``threshold_source`` for a rule of :func:`rule_for_recall` (the caller adds
+    where the validation tiles came from)."""
+    return {"rule": f"tile threshold: the highest reaching tile recall {target:g} on the "
+                    "validation split, with the tile rule's area (up to the cap) that leaves "
+                    "the most landslide-free tiles below it; pixel maps keep the threshold",
+            "target_recall": target, "tile_threshold": threshold, "min_area_pixels": area,
+            "areas": {str(a): v for a, v in table.items()}}

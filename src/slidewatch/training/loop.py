@@ -497,11 +497,7 @@ def finish(s: Setup, out_dir: Path, history: list[dict], best: dict, metric: str
     if s.segment is not None and target is not None:  # tile rule and threshold together
         s.meta.segmentation, detail = segment.recall_rule(s, target, log)
         s.meta.extra["threshold_source"] = {
-            "rule": f"tile threshold: the highest reaching tile recall {target:g} on the "
-                    "validation split, with the tile rule's area (up to the cap) that leaves "
-                    "the most landslide-free tiles below it; pixel maps keep the threshold",
-            "tile_threshold": s.meta.segmentation.tile_threshold,
-            "threshold": s.meta.threshold, "temperature": s.meta.temperature, **detail,
+            **detail, "threshold": s.meta.threshold, "temperature": s.meta.temperature,
             **_validation_regions(s)}
     elif s.segment is not None:  # the tile rule, chosen on validation with the best epoch
         s.meta.segmentation = segment.tile_rule(s, log)

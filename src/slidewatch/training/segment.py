@@ -33,13 +33,13 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 
 from slidewatch.config.train import TrainConfig
-from slidewatch.data.folders import Sample
 from slidewatch.data.masks import (
     JointTransform,
     MaskedImages,
     MaskedSample,
     SceneCrops,
     SceneTiles,
+    as_split_samples,
     masked_samples,
 )
 from slidewatch.data.readers import probe
@@ -48,8 +48,10 @@ from slidewatch.errors import ConfigError, DataError
 from slidewatch.evaluation.pixels import PixelCounts, pixel_counts, pixel_scores
 from slidewatch.evaluation.tile_rule import (
     area_candidates,
+    areas_to_try,
     choose_min_area,
     max_area,
+    recall_source,
     rule_for_recall,
 )
 from slidewatch.inference.forward import forward_logits
@@ -89,14 +91,6 @@ def find_samples(roots: list[Path], classes: list[str]) -> list[MaskedSample]:
 def from_class_folder(s: MaskedSample) -> bool:
     """A class-folder image (with or without a mask), not a scene of a scene folder."""
     return s.image.parent.name != "images"
-
-
-def as_split_samples(samples: list[MaskedSample]) -> list[Sample]:
-    """The samples as the splitter sees them: label 0 (landslide) with a mask, else 1; keyed
-    in split files as ``<dataset or scene folder>/<class or images>/<file>``, as a
-    classifier's class-folder samples are."""
-    return [Sample(path=s.image, label=0 if s.mask is not None else 1, group=s.group,
-                   region=s.region, root=s.image.parent.parent) for s in samples]
 
 
 def split(cfg: TrainConfig, samples: list[MaskedSample]) -> Split:
@@ -310,7 +304,6 @@ def pixel_row(prefix: str, loss: float, c: PixelCounts) -> dict:
                for k in ("iou", "f1", "precision", "recall", "mcc")}}
 
 
-
 def tile_labels(ds: Dataset, min_landslide: float) -> np.ndarray:
     """1 (landslide tile: mask share >= ``min_landslide``, or any landslide in a class-folder
     image), 0 (no landslide pixel), -1 (ambiguous, left out) for each item of ``ds``."""
@@ -379,13 +372,14 @@ def val_pixels(s, limit: int = 400_000) -> tuple[np.ndarray, np.ndarray]:
 
 def recall_rule(s, target: float, log: Callable) -> tuple[SegmentationSpec, dict]:
     """The tile rule (area and tile threshold) for ``target`` recall of the validation tiles
-    (:func:`~slidewatch.evaluation.tile_rule.rule_for_recall`); the configured area when
-    ``segment.min_area`` is a number. The model's threshold (pixel maps) stays as it is."""
+    (:func:`~slidewatch.evaluation.tile_rule.rule_for_recall`) and its description; the
+    configured area when ``segment.min_area`` is a number. The model's threshold (pixel maps)
+    stays as it is."""
     if s.val_loader is None:
         raise ConfigError("target_recall: needs a validation split (val_fraction > 0)")
     ma, size = s.cfg.segment.min_area, s.meta.input_size
     fixed = None if ma == "auto" else int(ma)
-    areas = [fixed] if fixed else area_candidates(size)
+    areas = areas_to_try(size, fixed)
     _, top = validate(s, max_k=max(areas))
     scores = {k: top[:, k - 1] for k in areas if k <= top.shape[1]}
     k, thr, table = rule_for_recall(scores, s.segment.val_labels, target, max_area(size))
@@ -394,8 +388,7 @@ def recall_rule(s, target: float, log: Callable) -> tuple[SegmentationSpec, dict
         f"(validation tiles: recall {r['recall']:.3f}, specificity {r['specificity']:.3f}); "
         f"pixel maps at {s.meta.threshold:g}")
     source = "config" if fixed else "target_recall"
-    return (SegmentationSpec(k, source, thr),
-            {"areas": {str(a): v for a, v in table.items()}})
+    return SegmentationSpec(k, source, thr), recall_source(target, k, thr, table)
 
 
 def tile_rule(s, log: Callable) -> SegmentationSpec:
@@ -405,8 +398,7 @@ def tile_rule(s, log: Callable) -> SegmentationSpec:
         return SegmentationSpec(int(ma), "config")
     if s.val_loader is None:
         return s.meta.segmentation
-    cands = area_candidates(size)
-    _, top = validate(s, max_k=cands[-1] if cands else 1)
+    _, top = validate(s, max_k=area_candidates(size)[-1])  # never empty: 1 is always tried
     k, source, table = choose_min_area(top, s.segment.val_labels, s.meta.threshold, size)
     if source == "validation":
         r = table[k]
