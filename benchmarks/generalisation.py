@@ -19,19 +19,30 @@ Variants of a recipe without a new file: ``--set augment.gain=0.2 --set
 ``--ensemble`` also scores, per region, the ensemble of those seeds' models (probabilities
 averaged), and ``--tta`` each model with test-time augmentation (8 flips and rotations).
 Folds trained earlier with the same recipe and seed are reused.
+
+``--adapt N`` asks what a few labelled images of the new region buy: each fold is trained
+further (``model.init_from``, phase 2 only, ``--adapt-epochs``) on N scene images of the
+held-out region drawn with the seed, mixed with as many of the fold's own training images or
+tiles, validated on the fold's validation split; then the fold and its adapted model are both
+scored on the region's other tiles (tags ``TAG+adaptN-before`` and ``TAG+adaptN``), so the two
+rows compare the same tiles. These rows are not leave-one-region-out: the model has seen N
+labelled images of the region.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 import yaml
 from scan_common import RESULTS, emit, load, machine
 
-from slidewatch.config.train import from_dict, load_yaml
+from slidewatch.config.train import from_dict, load_yaml, to_dict
+from slidewatch.data.masks import scene_samples
 from slidewatch.data.sampledata import REGIONS, locate
 from slidewatch.experiments.demo import (
     _fold,
@@ -41,6 +52,7 @@ from slidewatch.experiments.demo import (
     evaluate_segmenter,
     held_out_images,
 )
+from slidewatch.io_utils import atomic_write_text
 from slidewatch.runtime import no_progress
 
 RESULTS_FILE = RESULTS / "generalisation.jsonl"
@@ -65,6 +77,52 @@ def fold_config(recipe: dict, root: Path, tiles: Path, region: str,
         cfg["data"]["val_regions"] = [val]
     cfg["progress"] = False
     return from_dict(cfg)
+
+
+def adapt_groups(root: Path, region: str, n: int, seed: int) -> frozenset[str]:
+    """N scene images of ``region`` (as split groups, e.g. ``bijie/10009``) drawn with
+    ``seed``: the images a user would label in the new region."""
+    groups = sorted(s.group for s in scene_samples(root / "regions" / region))
+    if not 0 < n < len(groups):
+        raise SystemExit(f"--adapt {n}: {region} has {len(groups)} scene images; label fewer")
+    rng = np.random.default_rng(seed)
+    return frozenset(groups[i] for i in sorted(rng.choice(len(groups), n, replace=False)))
+
+
+def key_group(key: str, region: str) -> str:
+    """The split group of a split-file key of the held-out region: a reference tile
+    (``tiles/<class>/<region>__<stem>__r.._c...png``) or a scene image
+    (``<region>/images/<stem>.png``)."""
+    stem = PurePosixPath(key).stem
+    if "__" in stem:
+        where, image = stem.split("__")[:2]
+        return f"{where}/{image}"
+    return f"{region}/{stem}"
+
+
+def adapt_config(cfg, fold: Path, adapt_dir: Path, region: str, groups: frozenset[str],
+                 seed: int, epochs: int):
+    """The fold's recipe ``cfg``, continued from the fold's model on the ``groups`` images of the
+    held-out region and as many of the fold's training items (drawn with ``seed``); phase 2
+    only; the fold's validation split. Writes the split file beside ``adapt_dir``."""
+    split = json.loads((fold / "split.json").read_text())
+    new = [k for k in split["test"] if key_group(k, region) in groups]
+    if not new:
+        raise SystemExit(f"{fold}: no test item of {sorted(groups)} in split.json")
+    rng = np.random.default_rng(seed)
+    source = sorted(rng.choice(split["train"], min(len(new), len(split["train"])),
+                               replace=False).tolist())
+    path = adapt_dir.parent / f"{adapt_dir.name}.split.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"format": "slidewatch-split", "version": 1,
+                                        "train": sorted(new + source), "val": split["val"],
+                                        "test": []}, indent=1) + "\n")
+    d = to_dict(cfg)
+    d["data"].update({"split_file": str(path), "holdout_regions": [], "val_regions": []})
+    d["model"]["init_from"] = str(fold)
+    d["phase1"]["epochs"] = 0
+    d["phase2"]["epochs"] = epochs
+    return from_dict(d)
 
 
 def apply_set(recipe: dict, assignments: list[str]) -> dict:
@@ -108,6 +166,11 @@ def main() -> None:
     ap.add_argument("--val-region", default=None, metavar="A,B",
                     help="validate each fold on a region it does not train on: the first of "
                     "these that is not held out (thresholds and temperature come from it)")
+    ap.add_argument("--adapt", type=int, default=0, metavar="N",
+                    help="also continue each fold on N labelled scene images of the held-out "
+                    "region and score both on its other tiles (see the module doc)")
+    ap.add_argument("--adapt-epochs", type=int, default=5, metavar="E",
+                    help="phase-2 epochs of the --adapt training (default 5)")
     args = ap.parse_args()
     recipe = apply_set(load_yaml(args.config), args.set)
     tag = args.tag or args.config.stem
@@ -120,11 +183,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tiles = ensure_tiles(root, args.out, print)
     rows, t_all = [], time.perf_counter()
-    def score(dirs, region, held, tta=False):
-        return (evaluate_segmenter(dirs, root, region, held, tta=tta) if task == "segment"
-                else evaluate_region(dirs, tiles, region, held, tta=tta))
+    def score(dirs, region, held, tta=False, exclude=frozenset()):
+        return (evaluate_segmenter(dirs, root, region, held, tta=tta, exclude=exclude)
+                if task == "segment"
+                else evaluate_region(dirs, tiles, region, held, tta=tta, exclude=exclude))
 
-    def record(row, region, seed, name, t0, cfg):
+    def record(row, region, seed, name, t0, cfg, **more):
         rec = {"benchmark": "generalisation", "config": str(args.config), "tag": name,
                "set": args.set, "seed": seed, "task": task,
                "val_regions": list(cfg.data.val_regions),
@@ -133,7 +197,7 @@ def main() -> None:
                **{k: row.get(k) for k in KEYS},
                "steps_per_epoch": cfg.steps_per_epoch,
                "seconds": round(time.perf_counter() - t0, 1),
-               "machine": machine("cpu"), "load": load()}
+               "machine": machine("cpu"), "load": load(), **more}
         emit(rec, RESULTS_FILE)
         rows.append(rec)
 
@@ -151,6 +215,18 @@ def main() -> None:
                 t0 = time.perf_counter()
                 record(score(run_dir, region, held, tta=True), region, seed, tag + "+tta", t0,
                        cfg)
+            if args.adapt:
+                t0 = time.perf_counter()
+                groups = adapt_groups(root, region, args.adapt, seed)
+                adapt_dir = out / f"seed{seed}" / f"holdout-{region}-adapt{args.adapt}"
+                acfg = adapt_config(cfg, run_dir, adapt_dir, region, groups, seed,
+                                    args.adapt_epochs)
+                _fold(adapt_dir, acfg, print, no_progress,
+                      f"{tag} (seed {seed}) without {region}, + {args.adapt} of its images")
+                name = f"{tag}+adapt{args.adapt}"
+                for label, d in ((name + "-before", run_dir), (name, adapt_dir)):
+                    record(score(d, region, held, exclude=groups), region, seed, label, t0,
+                           acfg, adapt_images=sorted(groups))
         if args.ensemble and len(members) > 1:
             t0 = time.perf_counter()
             record(score(members, region, held), region, "+".join(map(str, seeds)),

@@ -106,6 +106,13 @@ def test_every_path_gives_the_model_the_same_tensor(world, recorder, tmp_path):
     assert block["tiles"] == 12
     rows = rows_of(recorder)
     assert len(rows) == 12 and all(torch.equal(r, expected) for r in rows), "demo"
+    from slidewatch.data.folders import scan_class_folders
+
+    one = next(s.group for s in scan_class_folders(root / "tiles") if s.region == "north")
+    left = demo.evaluate_region(model, root / "tiles", "north", exclude=frozenset({one}))
+    kept = [s for s in scan_class_folders(root / "tiles")
+            if s.region == "north" and s.group != one]
+    assert left["tiles"] == len(kept) < 12  # that image's tiles are left out
 
 
 def test_nodata_is_one_rule_for_files_and_scan_windows(world, recorder, tmp_path):

@@ -310,6 +310,47 @@ def test_segment_config_rules():
             from_dict(bad)
 
 
+def test_init_from_continues_a_segmentation_model(seg_model, blobs, tmp_path):
+    """A few more epochs from a trained segmenter (e.g. on a new region's labelled images):
+    its architecture and band normalisation are kept; with a learning rate near 0 its
+    weights stay the old ones (a model built afresh would start from random weights)."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "more"
+    assert main(["train", "--task", "segment", "--init-from", str(seg_model), "--data",
+                 str(blobs / "cls"), "--out", str(out), "--phase1-epochs", "0",
+                 "--phase2-epochs", "1", "--phase2-lr", "1e-12", "--unfreeze-layers", "100",
+                 "--batch-size", "8", "--quiet", "--early-stopping-metric", "val_iou"]) == 0
+    old, new = read_meta(seg_model), read_meta(out)
+    assert new.architecture == old.architecture == "unet_tiny"
+    assert new.weights_source == f"init_from:{seg_model}"
+    assert new.extra["init_from"] == str(seg_model)
+    assert (new.mean, new.std, new.input_size) == (old.mean, old.std, old.input_size)
+    a, b = load_file(seg_model / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    # and with a learning rate it learns on: the weights move
+    out2 = tmp_path / "more2"
+    assert main(["train", "--task", "segment", "--init-from", str(seg_model), "--data",
+                 str(blobs / "cls"), "--out", str(out2), "--phase1-epochs", "0",
+                 "--phase2-epochs", "1", "--phase2-lr", "0.01", "--unfreeze-layers", "100",
+                 "--batch-size", "8", "--quiet", "--early-stopping-metric", "val_iou"]) == 0
+    c = load_file(out2 / "model.safetensors")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("case, needle", [("classifier", "a classify model"),
+                                           ("standardize", "data.standardize")])
+def test_init_from_refuses_a_model_that_does_not_fit(capsys, tmp_path, blobs, seg_model,
+                                                       tiny_model, case, needle):
+    src, extra = (tiny_model, []) if case == "classifier" else \
+        (seg_model, ["--standardize", "image"])
+    run_bad(capsys, ["train", "--task", "segment", "--init-from", src, "--data",
+                     blobs / "cls", "--out", tmp_path / "m", "--quiet", *extra],
+            needle, watch=(blobs,), progress_lines=True)
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
 def test_segment_on_data_without_masks_is_one_line(capsys, tmp_path):
     data = tmp_path / "d"
     rng = np.random.default_rng(0)

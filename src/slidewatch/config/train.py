@@ -527,6 +527,5 @@ def _validate_task(cfg: TrainConfig) -> None:
            f"must be auto or a whole number of pixels >= 1, got {ma!r}")
     _check(sg.crops_per_image >= 1, "segment.crops_per_image", "must be >= 1")
     _check(0.0 <= sg.positive_share <= 1.0, "segment.positive_share", "must be in [0, 1]")
-    _check(not cfg.model.init_from, "model.init_from", "applies to task classify only")
     _check(cfg.tabular.path is None and not cfg.aux.dem and cfg.sizes.source is None,
            "task", "segment takes image bands only (no tabular, aux or sizes inputs)")

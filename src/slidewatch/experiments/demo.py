@@ -139,11 +139,14 @@ def _load(model_dirs) -> tuple:
 
 
 def evaluate_region(model_dir, tiles: Path, region: str,
-                    extra: list[MaskedSample] = (), tta: bool = False) -> dict:
+                    extra: list[MaskedSample] = (), tta: bool = False,
+                    exclude: frozenset[str] = frozenset()) -> dict:
     """Tile-level scores of a classifier (a model folder, or a list of them: an ensemble) on
-    one region's tiles (and ``extra`` images); ``tta``: test-time augmentation."""
+    one region's tiles (and ``extra`` images); ``tta``: test-time augmentation; ``exclude``:
+    source images (groups, e.g. ``bijie/10009``) whose tiles are left out."""
     model, meta = _load(model_dir)
-    samples = [s for s in scan_class_folders(tiles) if s.region == region]
+    samples = [s for s in scan_class_folders(tiles)
+               if s.region == region and s.group not in exclude]
     samples += [Sample(path=s.image, label=0 if s.mask is not None else 1, group=s.group,
                        region=region) for s in extra]
     ds = image_dataset(meta, samples)
@@ -168,14 +171,16 @@ def _tile_row(y: np.ndarray, prob: np.ndarray, threshold: float, meta, region: s
 
 
 def evaluate_segmenter(model_dir, root: Path, region: str,
-                       extra: list[MaskedSample] = (), tta: bool = False) -> dict:
+                       extra: list[MaskedSample] = (), tta: bool = False,
+                       exclude: frozenset[str] = frozenset()) -> dict:
     """A segmentation model on one held-out region: tile scores on the windows of the
     reference tiling (the classifier's tiles) and the ``extra`` images, pixel IoU and F1 over
-    the region's scenes and those images."""
+    the region's scenes and those images; ``exclude``: scenes (groups) left out."""
     from slidewatch.evaluation.segment import pixel_block, score_images, scored_tiles
 
     model, meta = _load(model_dir)
-    samples = scene_samples(root / "regions" / region) + list(extra)
+    samples = [s for s in scene_samples(root / "regions" / region)
+               if s.group not in exclude] + list(extra)
     items, tiles = score_images(model, meta, samples, batch_size=16,
                                 device=resolve_device("auto"), progress=no_progress, tta=tta)
     _, y, prob = scored_tiles(tiles)

@@ -227,6 +227,8 @@ def input_size(cfg: TrainConfig) -> int:
 def build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Module, ModelMeta]:
     """The segmenter and its metadata (statistics filled in by :func:`prepare_data`)."""
     m = cfg.model
+    if m.init_from:
+        return continue_from(cfg, in_chans, log)
     model = build_segmenter(m.name, in_chans=in_chans, weights=m.weights)
     pretrained = model.slidewatch_weights != "none"
     mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if in_chans == 3 else \
@@ -248,6 +250,40 @@ def build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Modu
                          model.slidewatch_weights), task="segment",
                      standardize=cfg.data.standardize,
                      segmentation=SegmentationSpec(max_area(size)))
+    return model, meta
+
+
+def continue_from(cfg: TrainConfig, in_chans: int,
+                  log: Callable) -> tuple[torch.nn.Module, ModelMeta]:
+    """A segmentation model folder (``model.init_from``) to train further, e.g. on a few
+    labelled images of a new region. It keeps its architecture and band normalisation (it
+    counts as pretrained: BatchNorm statistics stay frozen); the tile rule is chosen again on
+    the new validation split. Another task, band count or standardisation rule is a
+    ConfigError naming the folder."""
+    from slidewatch.models.checkpoint import load_model
+
+    path = cfg.model.init_from
+    model, prev = load_model(path)
+    where = f"--init-from {path}"
+    if prev.task != "segment":
+        raise ConfigError(f"{where}: a {prev.task} model; --task segment continues from a "
+                          "segmentation model")
+    if prev.in_chans != in_chans:
+        raise ConfigError(f"{where}: that model takes {prev.in_chans} bands; this data has "
+                          f"{in_chans}")
+    if prev.standardize != cfg.data.standardize:
+        raise ConfigError(f"{where}: that model was trained with data.standardize "
+                          f"{prev.standardize}; set the same (got {cfg.data.standardize})")
+    log(f"continuing from {path} ({prev.architecture})")
+    model.slidewatch_weights = f"init_from:{path}"
+    size = cfg.model.input_size or prev.input_size
+    meta = ModelMeta(architecture=prev.architecture, classes=list(cfg.data.classes),
+                     in_chans=in_chans, input_size=size, mean=list(prev.mean),
+                     std=list(prev.std), scale=cfg.data.scale, grayscale=cfg.augment.grayscale,
+                     threshold=cfg.threshold, drop_rate=0.0,
+                     weights_source=f"init_from:{path}", task="segment",
+                     standardize=prev.standardize, segmentation=SegmentationSpec(max_area(size)))
+    meta.extra = {"init_from": str(path)}
     return model, meta
 
 
