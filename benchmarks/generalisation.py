@@ -226,7 +226,7 @@ def main() -> None:
                 name = f"{tag}+adapt{args.adapt}"
                 for label, d in ((name + "-before", run_dir), (name, adapt_dir)):
                     record(score(d, region, held, exclude=groups), region, seed, label, t0,
-                           acfg, adapt_images=sorted(groups))
+                           acfg, adapt_images=sorted(groups), adapt_epochs=args.adapt_epochs)
         if args.ensemble and len(members) > 1:
             t0 = time.perf_counter()
             record(score(members, region, held), region, "+".join(map(str, seeds)),
