@@ -24,9 +24,10 @@ Folds trained earlier with the same recipe and seed are reused.
 further (``model.init_from``, phase 2 only, ``--adapt-epochs``) on N scene images of the
 held-out region drawn with the seed, mixed with as many of the fold's own training images or
 tiles, validated on the fold's validation split; then the fold and its adapted model are both
-scored on the region's other tiles (tags ``TAG+adaptN-before`` and ``TAG+adaptN``), so the two
-rows compare the same tiles. These rows are not leave-one-region-out: the model has seen N
-labelled images of the region.
+scored on the region's other tiles (tags ``TAG+adaptN-before`` and ``TAG+adaptN``;
+``TAG+adaptNxE`` with ``--adapt-epochs E`` other than 5), so the two rows compare the same
+tiles. These rows are not leave-one-region-out: the model has seen N labelled images of the
+region.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from slidewatch.io_utils import atomic_write_text
 from slidewatch.runtime import no_progress
 
 RESULTS_FILE = RESULTS / "generalisation.jsonl"
+ADAPT_EPOCHS = 5
 KEYS = ("roc_auc", "pr_auc", "f1", "specificity", "recall", "recall_at_fpr_0.1",
         "fpr_at_recall_0.9", "flagged", "pixel_iou", "pixel_f1")
 
@@ -169,8 +171,9 @@ def main() -> None:
     ap.add_argument("--adapt", type=int, default=0, metavar="N",
                     help="also continue each fold on N labelled scene images of the held-out "
                     "region and score both on its other tiles (see the module doc)")
-    ap.add_argument("--adapt-epochs", type=int, default=5, metavar="E",
-                    help="phase-2 epochs of the --adapt training (default 5)")
+    ap.add_argument("--adapt-epochs", type=int, default=ADAPT_EPOCHS, metavar="E",
+                    help=f"phase-2 epochs of the --adapt training (default {ADAPT_EPOCHS}; "
+                    "another number is named in the tag: TAG+adaptNxE)")
     args = ap.parse_args()
     recipe = apply_set(load_yaml(args.config), args.set)
     tag = args.tag or args.config.stem
@@ -218,12 +221,14 @@ def main() -> None:
             if args.adapt:
                 t0 = time.perf_counter()
                 groups = adapt_groups(root, region, args.adapt, seed)
-                adapt_dir = out / f"seed{seed}" / f"holdout-{region}-adapt{args.adapt}"
+                what = f"adapt{args.adapt}" + (f"x{args.adapt_epochs}"
+                                               if args.adapt_epochs != ADAPT_EPOCHS else "")
+                adapt_dir = out / f"seed{seed}" / f"holdout-{region}-{what}"
                 acfg = adapt_config(cfg, run_dir, adapt_dir, region, groups, seed,
                                     args.adapt_epochs)
                 _fold(adapt_dir, acfg, print, no_progress,
                       f"{tag} (seed {seed}) without {region}, + {args.adapt} of its images")
-                name = f"{tag}+adapt{args.adapt}"
+                name = f"{tag}+{what}"
                 for label, d in ((name + "-before", run_dir), (name, adapt_dir)):
                     record(score(d, region, held, exclude=groups), region, seed, label, t0,
                            acfg, adapt_images=sorted(groups), adapt_epochs=args.adapt_epochs)
