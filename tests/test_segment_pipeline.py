@@ -351,6 +351,14 @@ def test_init_from_refuses_a_model_that_does_not_fit(capsys, tmp_path, blobs, se
     assert not (tmp_path / "m" / "model.safetensors").exists()
 
 
+def test_a_classifier_does_not_continue_a_segmentation_model(capsys, tmp_path, blobs,
+                                                             seg_model):
+    run_bad(capsys, ["train", "--init-from", seg_model, "--data", blobs / "cls", "--out",
+                     tmp_path / "m", "--quiet"], "continue it with --task segment",
+            watch=(blobs,), progress_lines=True)
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
 def test_segment_on_data_without_masks_is_one_line(capsys, tmp_path):
     data = tmp_path / "d"
     rng = np.random.default_rng(0)

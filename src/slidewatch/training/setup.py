@@ -210,6 +210,9 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
     m, classes = cfg.model, cfg.data.classes
     if m.init_from:
         model, prev = load_model(m.init_from)
+        if prev.task != cfg.task:
+            raise ConfigError(f"--init-from {m.init_from}: a {prev.task} model; continue it "
+                              f"with --task {prev.task}")
         if len(prev.classes) != len(classes) or prev.in_chans != in_chans:
             raise ConfigError(f"--init-from {m.init_from}: that model takes {prev.in_chans} bands "
                               f"and {len(prev.classes)} classes; this data has {in_chans} and "
