@@ -23,7 +23,8 @@ Folds trained earlier with the same recipe and seed are reused.
 ``--adapt N`` asks what a few labelled images of the new region buy: each fold is trained
 further (``model.init_from``, phase 2 only, ``--adapt-epochs``) on N scene images of the
 held-out region drawn with the seed, mixed with as many of the fold's own training images or
-tiles, validated on the fold's validation split; then the fold and its adapted model are both
+tiles, validated on the fold's validation split (a segmentation model keeps the fold's tile
+area; its tile threshold is chosen again); then the fold and its adapted model are both
 scored on the region's other tiles (tags ``TAG+adaptN-before`` and ``TAG+adaptN``;
 ``TAG+adaptNxE`` with ``--adapt-epochs E`` other than 5), so the two rows compare the same
 tiles. These rows are not leave-one-region-out: the model has seen N labelled images of the
@@ -124,6 +125,9 @@ def adapt_config(cfg, fold: Path, adapt_dir: Path, region: str, groups: frozense
     d["model"]["init_from"] = str(fold)
     d["phase1"]["epochs"] = 0
     d["phase2"]["epochs"] = epochs
+    if d.get("task") == "segment":  # the fold's tile area: only the weights and threshold move
+        rule = json.loads((fold / "slidewatch.json").read_text())["segmentation"]
+        d["segment"]["min_area"] = int(rule["min_area_pixels"])
     return from_dict(d)
 
 
@@ -231,7 +235,8 @@ def main() -> None:
                 name = f"{tag}+{what}"
                 for label, d in ((name + "-before", run_dir), (name, adapt_dir)):
                     record(score(d, region, held, exclude=groups), region, seed, label, t0,
-                           acfg, adapt_images=sorted(groups), adapt_epochs=args.adapt_epochs)
+                           acfg, adapt_images=sorted(groups), adapt_epochs=args.adapt_epochs,
+                           adapt_min_area=acfg.segment.min_area if task == "segment" else None)
         if args.ensemble and len(members) > 1:
             t0 = time.perf_counter()
             record(score(members, region, held), region, "+".join(map(str, seeds)),

@@ -68,5 +68,9 @@ def test_adapt_config_trains_on_the_chosen_images_and_as_many_others(gen, tmp_pa
     assert split["val"] == val and split["test"] == []
     assert acfg.model.init_from == str(fold) and acfg.data.holdout_regions == []
     assert (acfg.phase1.epochs, acfg.phase2.epochs) == (0, 4)
+    seg = from_dict({"task": "segment", "data": {"paths": ["x"]}})
+    (fold / "slidewatch.json").write_text(json.dumps({"segmentation": {"min_area_pixels": 64}}))
+    scfg = gen.adapt_config(seg, fold, out, "north", frozenset({"north/s1"}), 0, 4)
+    assert scfg.segment.min_area == 64  # the fold's tile area is kept
     with pytest.raises(SystemExit, match="no test item"):
         gen.adapt_config(cfg, fold, out, "north", frozenset({"north/zz"}), 0, 4)
