@@ -37,13 +37,14 @@ import argparse
 import copy
 import json
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import yaml
 from scan_common import RESULTS, emit, load, machine
 
 from slidewatch.config.train import from_dict, load_yaml, to_dict
+from slidewatch.data.folders import name_group
 from slidewatch.data.masks import scene_samples
 from slidewatch.data.sampledata import REGIONS, locate
 from slidewatch.experiments.demo import (
@@ -55,6 +56,7 @@ from slidewatch.experiments.demo import (
     held_out_images,
 )
 from slidewatch.io_utils import atomic_write_text
+from slidewatch.meta import read_meta
 from slidewatch.runtime import no_progress
 
 RESULTS_FILE = RESULTS / "generalisation.jsonl"
@@ -92,24 +94,13 @@ def adapt_groups(root: Path, region: str, n: int, seed: int) -> frozenset[str]:
     return frozenset(groups[i] for i in sorted(rng.choice(len(groups), n, replace=False)))
 
 
-def key_group(key: str, region: str) -> str:
-    """The split group of a split-file key of the held-out region: a reference tile
-    (``tiles/<class>/<region>__<stem>__r.._c...png``) or a scene image
-    (``<region>/images/<stem>.png``)."""
-    stem = PurePosixPath(key).stem
-    if "__" in stem:
-        where, image = stem.split("__")[:2]
-        return f"{where}/{image}"
-    return f"{region}/{stem}"
-
-
-def adapt_config(cfg, fold: Path, adapt_dir: Path, region: str, groups: frozenset[str],
-                 seed: int, epochs: int):
+def adapt_config(cfg, fold: Path, adapt_dir: Path, groups: frozenset[str], seed: int,
+                 epochs: int):
     """The fold's recipe ``cfg``, continued from the fold's model on the ``groups`` images of the
     held-out region and as many of the fold's training items (drawn with ``seed``); phase 2
     only; the fold's validation split. Writes the split file beside ``adapt_dir``."""
     split = json.loads((fold / "split.json").read_text())
-    new = [k for k in split["test"] if key_group(k, region) in groups]
+    new = [k for k in split["test"] if name_group(k) in groups]
     if not new:
         raise SystemExit(f"{fold}: no test item of {sorted(groups)} in split.json")
     rng = np.random.default_rng(seed)
@@ -125,9 +116,8 @@ def adapt_config(cfg, fold: Path, adapt_dir: Path, region: str, groups: frozense
     d["model"]["init_from"] = str(fold)
     d["phase1"]["epochs"] = 0
     d["phase2"]["epochs"] = epochs
-    if d.get("task") == "segment":  # the fold's tile area: only the weights and threshold move
-        rule = json.loads((fold / "slidewatch.json").read_text())["segmentation"]
-        d["segment"]["min_area"] = int(rule["min_area_pixels"])
+    if cfg.task == "segment":  # the fold's tile area: only the weights and threshold move
+        d["segment"]["min_area"] = read_meta(fold).segmentation.min_area_pixels
     return from_dict(d)
 
 
@@ -228,8 +218,7 @@ def main() -> None:
                 what = f"adapt{args.adapt}" + (f"x{args.adapt_epochs}"
                                                if args.adapt_epochs != ADAPT_EPOCHS else "")
                 adapt_dir = out / f"seed{seed}" / f"holdout-{region}-{what}"
-                acfg = adapt_config(cfg, run_dir, adapt_dir, region, groups, seed,
-                                    args.adapt_epochs)
+                acfg = adapt_config(cfg, run_dir, adapt_dir, groups, seed, args.adapt_epochs)
                 _fold(adapt_dir, acfg, print, no_progress,
                       f"{tag} (seed {seed}) without {region}, + {args.adapt} of its images")
                 name = f"{tag}+{what}"

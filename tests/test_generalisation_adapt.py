@@ -13,6 +13,8 @@ import pytest
 from conftest import make_scene
 
 from slidewatch.config.train import from_dict
+from slidewatch.data.folders import name_group
+from slidewatch.meta import ModelMeta, SegmentationSpec
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -29,10 +31,10 @@ def gen():
     return module
 
 
-def test_key_group_names_the_source_image(gen):
-    assert gen.key_group("tiles/landslide/bijie__10009__r0_c224.png", "bijie") == "bijie/10009"
-    assert gen.key_group("bijie/images/10009.png", "bijie") == "bijie/10009"
-    assert gen.key_group("bijie/landslide/ls_001.jpg", "bijie") == "bijie/ls_001"
+def test_name_group_names_the_source_image_of_a_split_key():
+    assert name_group("tiles/landslide/bijie__10009__r0_c224.png") == "bijie/10009"
+    assert name_group("bijie/images/10009.png") == "bijie/10009"
+    assert name_group("bijie/landslide/ls_001.jpg") == "bijie/ls_001"
 
 
 def test_adapt_groups_are_drawn_from_the_region_with_the_seed(gen, tmp_path):
@@ -60,7 +62,7 @@ def test_adapt_config_trains_on_the_chosen_images_and_as_many_others(gen, tmp_pa
     cfg = from_dict({"data": {"paths": ["x"], "holdout_regions": ["north"]},
                      "phase1": {"epochs": 1}, "phase2": {"epochs": 2}})
     out = tmp_path / "holdout-north-adapt1"
-    acfg = gen.adapt_config(cfg, fold, out, "north", frozenset({"north/s1"}), 0, 4)
+    acfg = gen.adapt_config(cfg, fold, out, frozenset({"north/s1"}), 0, 4)
     split = json.loads(Path(acfg.data.split_file).read_text())
     new = [k for k in split["train"] if "north__" in k]
     assert sorted(new) == sorted(k for k in test if "__s1__" in k)  # s0 and s2 stay unseen
@@ -69,8 +71,11 @@ def test_adapt_config_trains_on_the_chosen_images_and_as_many_others(gen, tmp_pa
     assert acfg.model.init_from == str(fold) and acfg.data.holdout_regions == []
     assert (acfg.phase1.epochs, acfg.phase2.epochs) == (0, 4)
     seg = from_dict({"task": "segment", "data": {"paths": ["x"]}})
-    (fold / "slidewatch.json").write_text(json.dumps({"segmentation": {"min_area_pixels": 64}}))
-    scfg = gen.adapt_config(seg, fold, out, "north", frozenset({"north/s1"}), 0, 4)
+    meta = ModelMeta(architecture="unet_tiny", classes=["landslide", "non_landslide"],
+                     in_chans=3, input_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                     task="segment", segmentation=SegmentationSpec(64))
+    (fold / "slidewatch.json").write_text(json.dumps(meta.to_json()))
+    scfg = gen.adapt_config(seg, fold, out, frozenset({"north/s1"}), 0, 4)
     assert scfg.segment.min_area == 64  # the fold's tile area is kept
     with pytest.raises(SystemExit, match="no test item"):
-        gen.adapt_config(cfg, fold, out, "north", frozenset({"north/zz"}), 0, 4)
+        gen.adapt_config(cfg, fold, out, frozenset({"north/zz"}), 0, 4)

@@ -155,6 +155,14 @@ def _opt(value: str | None, kind):
     return None if value in (None, "") else kind(value)
 
 
+def name_group(key: str) -> str:
+    """The group (source image) of a split-file key (:attr:`Sample.key`: root folder name +
+    relative path) as its file name tells it, without ``tiles.csv``: ``<region>/<stem>`` for a
+    tile ``<region>__<stem>__r<row>_c<col>``, else ``<root>/<stem>``."""
+    parts = Path(key).parts
+    return _meta_from_name(Path(parts[0]), Path(key))["group"]
+
+
 def _meta_from_name(root: Path, path: Path) -> dict:
     match = _TILE_NAME.match(path.stem)
     if match is None:

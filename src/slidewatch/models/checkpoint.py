@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from slidewatch.errors import WeightsError
+from slidewatch.errors import ConfigError, WeightsError
 from slidewatch.io_utils import atomic_write_bytes, atomic_write_text
 from slidewatch.meta import META_FILE, WEIGHTS_FILE, ModelMeta, library_versions, now_iso, read_meta
 from slidewatch.runtime import prepare_model
@@ -61,4 +61,15 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
         raise WeightsError(f"{wpath}: does not fit {meta.architecture}: {detail}") from None
 
     prepare_model(model, torch.device(device)).eval()
+    return model, meta
+
+
+def load_init_model(model_dir: str | Path, task: str):
+    """``(model, meta)`` of the folder that ``--init-from`` continues, for training ``task``;
+    a folder of the other task is a ConfigError naming it (a classifier cannot continue a
+    segmenter, nor the reverse)."""
+    model, meta = load_model(model_dir)
+    if meta.task != task:
+        raise ConfigError(f"--init-from {model_dir}: a {meta.task} model; continue it with "
+                          f"--task {meta.task}")
     return model, meta

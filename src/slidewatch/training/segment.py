@@ -225,15 +225,34 @@ def input_size(cfg: TrainConfig) -> int:
 
 
 def build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Module, ModelMeta]:
-    """The segmenter and its metadata (statistics filled in by :func:`prepare_data`)."""
+    """The segmenter and its metadata (statistics filled in by :func:`prepare_data`): built
+    afresh, or with ``model.init_from`` the folder it continues (:func:`continue_from`)."""
     m = cfg.model
     if m.init_from:
-        return continue_from(cfg, in_chans, log)
-    model = build_segmenter(m.name, in_chans=in_chans, weights=m.weights)
-    pretrained = model.slidewatch_weights != "none"
+        model, mean, std, size = continue_from(cfg, in_chans, log)
+    else:
+        model = build_segmenter(m.name, in_chans=in_chans, weights=m.weights)
+        mean, std = _encoder_statistics(model, in_chans)
+        size = input_size(cfg)
+    meta = ModelMeta(architecture=model.architecture, classes=list(cfg.data.classes),
+                     in_chans=in_chans, input_size=size, mean=mean, std=std,
+                     scale=cfg.data.scale, grayscale=cfg.augment.grayscale,
+                     threshold=cfg.threshold, drop_rate=0.0, weights_source=str(
+                         model.slidewatch_weights), task="segment",
+                     standardize=cfg.data.standardize,
+                     segmentation=SegmentationSpec(max_area(size)))
+    if m.init_from:
+        meta.extra = {"init_from": str(m.init_from)}
+    return model, meta
+
+
+def _encoder_statistics(model: torch.nn.Module, in_chans: int) -> tuple[list, list]:
+    """The band mean and std a new segmenter normalises with: its pretrained encoder's (timm's
+    data config) for 3 bands, else ImageNet's, or 0.5 for other band counts (then replaced
+    by the training data's own statistics)."""
     mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if in_chans == 3 else \
         ([0.5] * in_chans, [0.5] * in_chans)
-    if pretrained and in_chans == 3:
+    if model.slidewatch_weights != "none" and in_chans == 3:
         try:
             import timm.data
 
@@ -242,32 +261,20 @@ def build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Modu
                 mean, std = [float(v) for v in dc["mean"]], [float(v) for v in dc["std"]]
         except (AttributeError, KeyError, TypeError, ValueError, RuntimeError):
             pass
-    size = input_size(cfg)
-    meta = ModelMeta(architecture=model.architecture, classes=list(cfg.data.classes),
-                     in_chans=in_chans, input_size=size, mean=mean, std=std,
-                     scale=cfg.data.scale, grayscale=cfg.augment.grayscale,
-                     threshold=cfg.threshold, drop_rate=0.0, weights_source=str(
-                         model.slidewatch_weights), task="segment",
-                     standardize=cfg.data.standardize,
-                     segmentation=SegmentationSpec(max_area(size)))
-    return model, meta
+    return mean, std
 
 
-def continue_from(cfg: TrainConfig, in_chans: int,
-                  log: Callable) -> tuple[torch.nn.Module, ModelMeta]:
-    """A segmentation model folder (``model.init_from``) to train further, e.g. on a few
-    labelled images of a new region. It keeps its architecture and band normalisation (it
-    counts as pretrained: BatchNorm statistics stay frozen); the tile rule is chosen again on
-    the new validation split. Another task, band count or standardisation rule is a
-    ConfigError naming the folder."""
-    from slidewatch.models.checkpoint import load_model
+def continue_from(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple:
+    """``(model, mean, std, input size)`` of the segmentation model folder that
+    ``model.init_from`` trains further, e.g. on a few labelled images of a new region. It keeps
+    its architecture and band normalisation (it counts as pretrained: BatchNorm statistics
+    stay frozen); the tile rule is chosen again on the new validation split. Another task,
+    band count or standardisation rule is a ConfigError naming the folder."""
+    from slidewatch.models.checkpoint import load_init_model
 
     path = cfg.model.init_from
-    model, prev = load_model(path)
+    model, prev = load_init_model(path, "segment")
     where = f"--init-from {path}"
-    if prev.task != "segment":
-        raise ConfigError(f"{where}: a {prev.task} model; --task segment continues from a "
-                          "segmentation model")
     if prev.in_chans != in_chans:
         raise ConfigError(f"{where}: that model takes {prev.in_chans} bands; this data has "
                           f"{in_chans}")
@@ -276,15 +283,7 @@ def continue_from(cfg: TrainConfig, in_chans: int,
                           f"{prev.standardize}; set the same (got {cfg.data.standardize})")
     log(f"continuing from {path} ({prev.architecture})")
     model.slidewatch_weights = f"init_from:{path}"
-    size = cfg.model.input_size or prev.input_size
-    meta = ModelMeta(architecture=prev.architecture, classes=list(cfg.data.classes),
-                     in_chans=in_chans, input_size=size, mean=list(prev.mean),
-                     std=list(prev.std), scale=cfg.data.scale, grayscale=cfg.augment.grayscale,
-                     threshold=cfg.threshold, drop_rate=0.0,
-                     weights_source=f"init_from:{path}", task="segment",
-                     standardize=prev.standardize, segmentation=SegmentationSpec(max_area(size)))
-    meta.extra = {"init_from": str(path)}
-    return model, meta
+    return model, list(prev.mean), list(prev.std), cfg.model.input_size or prev.input_size
 
 
 def pos_weight(cfg: TrainConfig, share: float) -> float | None:

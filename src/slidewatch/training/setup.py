@@ -34,7 +34,7 @@ from slidewatch.io_utils import (
 )
 from slidewatch.meta import META_FILE, WEIGHTS_FILE, ModelMeta
 from slidewatch.models import build_model, model_data_config
-from slidewatch.models.checkpoint import load_model
+from slidewatch.models.checkpoint import load_init_model
 from slidewatch.runtime import prepare_model, resolve_device, seed_everything, worker_init
 from slidewatch.training.distributed import (
     DistContext,
@@ -209,10 +209,7 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
     """The model and the parts of its metadata that do not depend on data statistics."""
     m, classes = cfg.model, cfg.data.classes
     if m.init_from:
-        model, prev = load_model(m.init_from)
-        if prev.task != cfg.task:
-            raise ConfigError(f"--init-from {m.init_from}: a {prev.task} model; continue it "
-                              f"with --task {prev.task}")
+        model, prev = load_init_model(m.init_from, cfg.task)
         if len(prev.classes) != len(classes) or prev.in_chans != in_chans:
             raise ConfigError(f"--init-from {m.init_from}: that model takes {prev.in_chans} bands "
                               f"and {len(prev.classes)} classes; this data has {in_chans} and "
