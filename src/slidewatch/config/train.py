@@ -97,7 +97,9 @@ class AugmentConfig:
     probability of JPEG re-encoding at quality 30-90; ``resolution`` [low, high]: the ground
     resolution changes by a factor drawn log-uniformly in that range (2 = pixels twice as
     coarse: the scene shrinks to half size and is reflected at the border), image and mask
-    together."""
+    together. ``mixstyle``: the probability, per batch and stage, of MixStyle in the first
+    three backbone stages (feature statistics mixed between the batch's images,
+    :mod:`slidewatch.models.mixstyle`); training only, the saved model is a plain one."""
 
     enabled: bool = True
     resize: Optional[int] = None
@@ -122,6 +124,7 @@ class AugmentConfig:
     noise: float = 0.0
     jpeg: float = 0.0
     resolution: Optional[list[float]] = None
+    mixstyle: float = 0.0
 
 
 @dataclass
@@ -460,7 +463,8 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("brightness", "contrast", "saturation", "random_grayscale", "channel_shuffle",
                 "gain", "false_colour", "blur", "sharpen", "jpeg"):
         _check(0.0 <= getattr(a, key) < 1.0, f"augment.{key}", "must be in [0, 1)")
-    for key, top in (("offset", 0.5), ("noise", 0.5), ("hue", 0.5), ("gamma", 2.0)):
+    for key, top in (("offset", 0.5), ("noise", 0.5), ("hue", 0.5), ("gamma", 2.0),
+                     ("mixstyle", 1.0)):
         _check(0.0 <= getattr(a, key) <= top, f"augment.{key}", f"must be in [0, {top}]")
     r = a.resolution
     _check(r is None or (len(r) == 2 and 0.25 <= r[0] <= r[1] <= 4.0), "augment.resolution",

@@ -33,7 +33,7 @@ from slidewatch.io_utils import (
     remove_stale_temporaries,
 )
 from slidewatch.meta import META_FILE, WEIGHTS_FILE, ModelMeta
-from slidewatch.models import build_model, model_data_config
+from slidewatch.models import build_model, mixstyle, model_data_config
 from slidewatch.models.checkpoint import load_init_model
 from slidewatch.runtime import prepare_model, resolve_device, seed_everything, worker_init
 from slidewatch.training.distributed import (
@@ -313,6 +313,10 @@ def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable,
         raise ConfigError("--data: give at least one dataset folder (or data.paths in the config)")
     device, roots, state = main_first(ctx, _output_and_roots, cfg, out_dir, resume, log, ctx)
     s = everywhere(ctx, _prepare, cfg, out_dir, roots, device, log, ctx)
+    if cfg.augment.enabled and cfg.augment.mixstyle > 0:  # training-only hooks, never saved
+        mixstyle.attach(s.model, cfg.augment.mixstyle)
+        log(f"mixstyle: p {cfg.augment.mixstyle:g} after the first {mixstyle.STAGES} backbone "
+            "stages (training only)")
     if state is not None:
         s.resume_state = state
         everywhere(ctx, load_resume, s)
