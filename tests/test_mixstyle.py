@@ -102,6 +102,7 @@ def test_training_with_mixstyle_changes_the_weights_not_the_model_folder(tiny_ti
     """The same seeded run with and without MixStyle: other weights, the same tensors saved,
     and the saved model predicts with no hook attached (a plain model folder)."""
     from _factories import tiny_config
+
     from slidewatch.models.checkpoint import load_model
     from slidewatch.training.loop import train
 
@@ -120,6 +121,7 @@ def test_training_with_mixstyle_changes_the_weights_not_the_model_folder(tiny_ti
 
 def test_mixstyle_out_of_range_is_a_config_error(tiny_tiles):
     from _factories import tiny_config
+
     from slidewatch.config.train import validate
 
     with pytest.raises(ConfigError, match="augment.mixstyle"):
