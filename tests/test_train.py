@@ -132,6 +132,18 @@ def test_init_from_continues_a_fine_tuned_model(trained, data, tmp_path):
     assert res.history[0]["phase"] == 2
 
 
+def test_init_from_refuses_another_standardisation_rule(trained, data, tmp_path):
+    """The model was trained on raw bands; continuing it on per-image standardised inputs
+    would change what it sees without a word: refused, naming the folder, nothing written."""
+    out, _ = trained
+    cfg = tiny_config(data, **{"model.init_from": str(out), "phase1.epochs": 0,
+                               "data.standardize": "image"})
+    with pytest.raises(ConfigError, match=f"--init-from {out}: that model was trained with "
+                       "data.standardize none; set the same"):
+        train(cfg, tmp_path / "second")
+    assert not (tmp_path / "second").exists()
+
+
 def test_weights_of_another_architecture_are_refused(trained, data, tmp_path):
     out, _ = trained
     cfg = tiny_config(data, **{"model.name": "test_resnet", "model.weights": str(out)})

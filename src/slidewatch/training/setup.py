@@ -214,12 +214,15 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
             raise ConfigError(f"--init-from {m.init_from}: that model takes {prev.in_chans} bands "
                               f"and {len(prev.classes)} classes; this data has {in_chans} and "
                               f"{len(classes)}")
+        if prev.standardize != cfg.data.standardize:  # the same rule as a segmenter's
+            raise ConfigError(f"--init-from {m.init_from}: that model was trained with "
+                              f"data.standardize {prev.standardize}; set the same (got "
+                              f"{cfg.data.standardize})")
         log(f"continuing from {m.init_from} ({prev.architecture})")
         prev.classes = list(classes)
         prev.extra = {"init_from": str(m.init_from)}
         prev.weights_source = f"init_from:{m.init_from}"
         prev.threshold = cfg.threshold
-        prev.standardize = cfg.data.standardize
         if m.input_size:
             prev.input_size = m.input_size
         return model, prev
