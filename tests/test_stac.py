@@ -656,3 +656,144 @@ def test_a_static_catalogue_over_http_and_a_bad_one(capsys, tmp_path, static_cat
     code, _, err = run(capsys, "imagery", "search", "--stac", bad, "--collection", S2,
                        "--bbox", bbox_text(area_bbox), "--dates", "2023-01-01/..")
     assert code == 2 and err.count("\n") == 1 and f"{bad}: reading the static catalogue" in err
+
+
+# ---------------------------------------------------------------- cloud masks (--cloud-mask)
+
+SCL_RES = 20.0  # Sentinel-2's SCL is at 20 m, the bands here at 10 m
+
+
+def scl_array(fill: int) -> np.ndarray:
+    """An SCL raster over the assets' footprint at 20 m: class ``fill`` (4: vegetation) with,
+    inside the test area, a block of cloud (9), of cloud shadow (3), of cirrus (10), of
+    SCL's nodata (0, not a cloud: the pixel stays valid) and of water (6)."""
+    scl = np.full((SIZE // 2, SIZE // 2), fill, np.uint8)
+    # the area is asset rows 250..300, cols 100..150 at 10 m = rows 125..150, cols 50..75 at 20 m
+    scl[125:131, 50:58] = 9
+    scl[140:146, 52:60] = 3
+    scl[128:134, 66:70] = 10
+    scl[144:150, 68:75] = 0
+    scl[133:137, 60:64] = 6
+    return scl
+
+
+@pytest.fixture
+def scl_api(assets):
+    """The test API where the two UTM S2 items also carry an ``SCL`` asset (the first with the
+    blocks of :func:`scl_array`, the second all cloud); the EPSG:4326 item has none."""
+    files, arrays = assets
+    scl = {"S2_20230501": scl_array(4), "S2_20230615": np.full((SIZE // 2, SIZE // 2), 9,
+                                                               np.uint8)}
+
+    def build(base):
+        collections, items = build_catalogue(base, arrays)
+        for item in items:
+            if item["id"] in scl:
+                item["assets"]["SCL"] = {"href": f"{base}/assets/{item['id']}_SCL.tif",
+                                         "type": "image/tiff; application=geotiff",
+                                         "roles": ["data"]}
+        return collections, items
+
+    with StacServer(build) as server:
+        server.files.update(files)
+        t = from_origin(*ORIGIN, SCL_RES, SCL_RES)
+        for item, arr in scl.items():
+            server.files[f"{item}_SCL.tif"] = cog_bytes(arr, UTM, t, nodata=0)
+        yield server, scl
+
+
+def test_cloud_mask_makes_the_scl_cloud_pixels_nodata(capsys, tmp_path, scl_api, assets,
+                                                      area_bbox):
+    api, scl = scl_api
+    _, arrays = assets
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "imagery", "fetch", "--stac", api.url, "--collection", S2,
+                       "--bbox", bbox_text(area_bbox), "--dates", "2023-05-01", "--out", out,
+                       "--bands", "B04,B03,B02", "--cloud-mask", "scl", "--no-progress")
+    assert code == 0, err
+    with rasterio.open(out / "20230501_S2_20230501.tif") as ds:
+        data, valid, t = ds.read(), ds.read_masks(1) > 0, ds.transform
+    rows, cols = np.mgrid[0:data.shape[1], 0:data.shape[2]]
+    # the SCL pixel under each output pixel's centre
+    x, y = t.c + (cols + 0.5) * t.a, t.f + (rows + 0.5) * t.e
+    srow = ((ORIGIN[1] - y) // SCL_RES).astype(int)
+    scol = ((x - ORIGIN[0]) // SCL_RES).astype(int)
+    classes = scl["S2_20230501"][srow, scol]
+    cloudy = np.isin(classes, [3, 8, 9, 10])
+    assert 0 < cloudy.sum() < cloudy.size and (classes == 0).any() and (classes == 6).any()
+    np.testing.assert_array_equal(valid, ~cloudy)  # SCL nodata and water stay valid
+    assert (data[:, cloudy] == 0).all()  # the file's nodata
+    for k, band in enumerate(BANDS):  # the other pixels are the asset's, unchanged
+        want = expected_window(arrays, "S2_20230501", band, t, data.shape[1], data.shape[2])
+        np.testing.assert_array_equal(data[k][~cloudy], want[~cloudy])
+    doc = json.loads((out / ITEMS_JSON).read_text())
+    assert doc["cloud_mask"] == "SCL:3,8,9,10"
+    (item,) = doc["areas"][0]["items"]
+    assert item["masked"] == pytest.approx(cloudy.mean(), abs=1e-6)
+    assert item["coverage"] == pytest.approx(1 - cloudy.mean(), abs=1e-6)
+
+
+def test_an_item_that_is_all_cloud_is_left_out_and_said(capsys, tmp_path, scl_api, area_bbox):
+    api, _ = scl_api
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "imagery", "fetch", "--stac", api.url, "--collection", S2,
+                       "--bbox", bbox_text(area_bbox), "--dates", "2023-04-01/2023-06-30",
+                       "--out", out, "--cloud-mask", "SCL:9", "--no-progress")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["20230501_S2_20230501.tif", ITEMS_JSON]
+    assert "item S2_20230615: every valid pixel over area bbox is cloud; left out" in err
+    items = json.loads((out / ITEMS_JSON).read_text())["areas"][0]["items"]
+    assert items[1]["file"] is None and items[1]["masked"] == 1.0
+    assert items[1]["note"] == "every valid pixel is cloud (--cloud-mask SCL:9)"
+    assert 0 < items[0]["masked"] < 0.2  # only the class-9 block of the first item
+
+
+def test_an_item_without_the_mask_asset_is_named_before_anything_is_read(capsys, tmp_path,
+                                                                         scl_api, area_bbox):
+    api, _ = scl_api
+    code, _, err = run(capsys, "imagery", "fetch", "--stac", api.url, "--collection", S2,
+                       "--bbox", bbox_text(area_bbox), "--dates", "2023-04-01/2023-08-31",
+                       "--out", tmp_path / "o", "--cloud-mask", "scl")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "item S2_20230720: no asset SCL for --cloud-mask (assets: B02, B03, B04" in err
+    assert not [r for r in api.log if r[1].startswith("/assets/")]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("clouds", "--cloud-mask clouds: give scl"),
+    ("SCL:", "--cloud-mask SCL:: give scl"),
+    ("SCL:8,high", "--cloud-mask SCL:8,high: class values must be integers"),
+])
+def test_a_bad_cloud_mask_is_one_line(capsys, tmp_path, spec, needle):
+    code, _, err = run(capsys, "imagery", "fetch", "--stac", "http://127.0.0.1:9/",
+                       "--collection", S2, "--bbox", "87,27,87.1,27.1", "--dates", "2023-05-01",
+                       "--out", tmp_path / "o", "--cloud-mask", spec)
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+
+
+def test_a_class_mask_read_coarser_keeps_class_values(tmp_path):
+    """Onto a grid 4x coarser, a class mask is decimated by the mode (no averaged class such as
+    6.5 between 4 and 9); bands are averaged."""
+    from rasterio.crs import CRS
+
+    from slidewatch.stac.fetch import read_onto_grid
+    from slidewatch.stac.grid import TargetGrid
+
+    rng = np.random.default_rng(0)
+    classes = np.where(rng.random((64, 64)) < 0.3, 9, 4).astype(np.uint8)
+    path = tmp_path / "scl.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8",
+                       crs=UTM, transform=from_origin(*ORIGIN, 10, 10)) as ds:
+        ds.write(classes, 1)
+    grid = TargetGrid(CRS.from_string(UTM), from_origin(*ORIGIN, 40, 40), 16, 16)
+    with rasterio.open(path) as ds:
+        mode, valid = read_onto_grid(ds, [1], grid, categorical=True)
+        mean, _ = read_onto_grid(ds, [1], grid)
+    assert valid.all() and set(np.unique(mode)) <= {4.0, 9.0}
+    assert not set(np.unique(mean)) <= {4.0, 9.0}  # the bands' path averages
+    # the mode of each 4x4 block
+    blocks = classes.reshape(16, 4, 16, 4).transpose(0, 2, 1, 3).reshape(16, 16, 16)
+    nines = (blocks == 9).sum(-1)
+    decided = nines != 8  # ties are GDAL's choice
+    np.testing.assert_array_equal(mode[0][decided], np.where(nines > 8, 9, 4)[decided])

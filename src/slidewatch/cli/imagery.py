@@ -123,22 +123,27 @@ def search_cmd(url, collection, bbox, around, radius, dates, max_cloud, bands, s
               help="pixel size in metres  [default: the first item's]")
 @click.option("--resampling", type=click.Choice(RESAMPLING), default=DEFAULTS["resampling"],
               show_default=True, help="warping onto the area's grid")
+@click.option("--cloud-mask", default=None, metavar="SPEC",
+              help="make cloud pixels nodata: scl (Sentinel-2 SCL classes 3, 8, 9, 10) or "
+                   "ASSET:V1,V2,... (class values of that asset)")
 @click.option("--overwrite", is_flag=True, help="replace an existing output folder")
 def fetch_cmd(url, collection, bbox, around, radius, dates, max_cloud, bands, signer, headers,
               timeout, max_items, lat_column, lon_column, id_column, date_column, no_progress,
-              out, resolution, resampling, overwrite) -> None:
+              out, resolution, resampling, cloud_mask, overwrite) -> None:
     """Fetch the window of every item over the area(s) onto one grid per area (the first
     item's CRS, or the UTM zone; --resolution) as COG GeoTIFFs tagged with acquisition time,
     collection, item id and cloud cover, plus OUT/items.json."""
-    from slidewatch.stac.fetch import fetch_imagery
+    from slidewatch.stac.fetch import fetch_imagery, parse_cloud_mask
 
+    mask = parse_cloud_mask(cloud_mask)
     areas, window, names, hdrs = _request(url, collection, bbox, around, radius, dates,
                                           max_cloud, bands, headers, lat_column, lon_column,
                                           id_column, date_column)
     summary = fetch_imagery(url, collection, areas, window, out, max_cloud=max_cloud,
                             bands=names, resolution=resolution, resampling=resampling,
                             signer=signer, headers=hdrs, timeout=timeout, max_items=max_items,
-                            overwrite=overwrite, progress=progress(not no_progress))
+                            overwrite=overwrite, cloud_mask=mask,
+                            progress=progress(not no_progress))
     _report(summary)
     grids = {r.grid.to_json()["crs"] for r in summary.areas if r.grid}
     echo(f"{summary.images} image(s) in {sum(1 for r in summary.areas if r.grid)} area(s) on "

@@ -20,6 +20,13 @@ acquisition time in the tags, and ``items.json`` (what was used).
 * Nodata: a pixel is valid when every band is (the sources' masks and nodata, finite); invalid
   pixels are the first asset's nodata value, or masked by an internal mask when it declares
   none. An item with no valid pixel on the grid is left out (items.json says so).
+* Clouds (``--cloud-mask``, :func:`parse_cloud_mask`): ``scl`` (Sentinel-2's scene
+  classification asset: cloud shadow 3, cloud medium 8 and high probability 9, thin cirrus
+  10) or ``ASSET:V1,V2,...`` (any class-valued asset). The mask asset is read onto the grid
+  with nearest (decimated by the mode), and pixels whose class is listed become nodata, so a
+  scan gives them no weight. An item without that asset is a DataError before anything is
+  read; an item whose every valid pixel is cloud is left out (items.json says so); the share
+  of each item's valid pixels masked is in items.json (``masked``).
 * Files: ``<YYYYMMDD>_<item id>.tif`` (COG through GDAL's COG driver, deflate, 256 px blocks,
   overviews; a tiled GeoTIFF with overviews where the driver is missing), tags of
   :mod:`slidewatch.stac.tags`, band descriptions = band names. The folder is built whole or
@@ -69,6 +76,10 @@ DEFAULT_RADIUS = 500.0  # metres around an inventory point
 RESAMPLING = ("nearest", "bilinear", "cubic", "average")
 DEFAULT_RESAMPLING = "bilinear"
 COG_OPTIONS = {"compress": "deflate", "blocksize": 256, "overview_resampling": "average"}
+# Sentinel-2 L2A scene classification: 3 cloud shadow, 8 / 9 cloud medium / high probability,
+# 10 thin cirrus
+SCL_CLOUDS = (3, 8, 9, 10)
+CLOUD_MASK_PRESETS = {"scl": ("SCL", SCL_CLOUDS)}
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -203,6 +214,49 @@ def band_sources(item, bands: Sequence[str] | None) -> list[BandSource]:
     return found
 
 
+@dataclass(frozen=True)
+class CloudMask:
+    """Pixels whose value in the class-valued asset ``asset`` is one of ``values`` become
+    nodata."""
+
+    asset: str
+    values: tuple[int, ...]
+
+    @property
+    def text(self) -> str:
+        return f"{self.asset}:{','.join(map(str, self.values))}"
+
+
+def parse_cloud_mask(text: str | None) -> CloudMask | None:
+    """``scl`` or ``ASSET:V1,V2,...`` (see the module doc); None stays None."""
+    if text is None:
+        return None
+    raw = str(text).strip()
+    if raw.lower() in CLOUD_MASK_PRESETS:
+        return CloudMask(*CLOUD_MASK_PRESETS[raw.lower()])
+    asset, sep, values = raw.partition(":")
+    hint = ("give scl (Sentinel-2's SCL classes 3, 8, 9, 10) or ASSET:V1,V2,... (the class "
+            "values of that asset to drop, e.g. SCL:3,8,9,10)")
+    if not sep or not asset.strip() or not values.strip():
+        raise ConfigError(f"--cloud-mask {text}: {hint}")
+    try:
+        classes = tuple(sorted({int(v) for v in values.split(",")}))
+    except ValueError:
+        raise ConfigError(f"--cloud-mask {text}: class values must be integers; {hint}") \
+            from None
+    return CloudMask(asset.strip(), classes)
+
+
+def mask_href(item, mask: CloudMask) -> str:
+    """The address of ``item``'s mask asset (its key matched without regard to case: Earth
+    Search says ``scl``, Planetary Computer ``SCL``); a DataError naming the item if none."""
+    for key, asset in item.assets.items():
+        if key.lower() == mask.asset.lower():
+            return asset.href
+    raise DataError(f"item {item.id}: no asset {mask.asset} for --cloud-mask (assets: "
+                    f"{', '.join(sorted(item.assets)) or 'none'})")
+
+
 def parse_bands(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -236,11 +290,13 @@ def _resampling(name: str):
     return Resampling[name]
 
 
-def read_onto_grid(ds, indexes: Sequence[int], grid: TargetGrid, resampling: str = "bilinear"
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
+def read_onto_grid(ds, indexes: Sequence[int], grid: TargetGrid, resampling: str = "bilinear",
+                   *, categorical: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """The bands ``indexes`` of an open raster on ``grid``: ``(C x H x W float64 with NaN where
     invalid, H x W valid)``; None when the raster does not reach the grid. Reads only the
-    window that covers the grid, decimated towards the grid's resolution."""
+    window that covers the grid, decimated towards the grid's resolution. ``categorical``
+    (class values, e.g. a cloud mask): decimated by the mode and warped by nearest, so no
+    value is invented."""
     from affine import Affine
     from rasterio.enums import Resampling
     from rasterio.warp import reproject, transform_bounds
@@ -261,8 +317,11 @@ def read_onto_grid(ds, indexes: Sequence[int], grid: TargetGrid, resampling: str
     factor = min((right - left) / grid.width / src_x, (top - bottom) / grid.height / src_y)
     factor = max(1, int(factor + 1e-6))
     shape = (len(indexes), math.ceil(win.height / factor), math.ceil(win.width / factor))
+    coarse = Resampling.mode if categorical else Resampling.average
     data = ds.read(list(indexes), window=win, out_shape=shape, masked=True,
-                   resampling=Resampling.average if factor > 1 else Resampling.nearest)
+                   resampling=coarse if factor > 1 else Resampling.nearest)
+    if categorical:
+        resampling = "nearest"
     src = np.ma.filled(data.astype(np.float64), np.nan)
     src[:, ~np.isfinite(src).all(axis=0)] = np.nan
     src_t = ds.window_transform(win) @ Affine.scale(win.width / shape[2],
@@ -286,14 +345,18 @@ class Image:
     dtype: str
     nodata: float | None  # None: an internal mask marks the invalid pixels
     bands: list[str]  # one name per output band
+    masked: float = 0.0  # share of the bands' valid pixels made nodata by the cloud mask
 
     @property
     def coverage(self) -> float:
         return float(self.valid.mean())
 
 
-def read_item(sources: list[BandSource], grid: TargetGrid, resampling: str) -> Image | None:
-    """Every band of ``sources`` on ``grid``; None when the item has no valid pixel there."""
+def read_item(sources: list[BandSource], grid: TargetGrid, resampling: str,
+              cloud: tuple[str, Sequence[int]] | None = None) -> Image | None:
+    """Every band of ``sources`` on ``grid``; None when the item has no valid pixel there.
+    ``cloud``: (address of a class-valued mask asset, the values that make a pixel nodata);
+    an image whose every valid pixel is masked comes back with no valid pixel."""
     arrays, names, dtypes, nodata = [], [], [], None
     valid = np.ones((grid.height, grid.width), bool)
     for k, s in enumerate(sources):
@@ -322,6 +385,20 @@ def read_item(sources: list[BandSource], grid: TargetGrid, resampling: str) -> I
             names += [d or f"{s.name}_{i}" for d, i in zip(descriptions, indexes, strict=True)]
     if not valid.any():
         return None
+    masked = 0.0
+    if cloud is not None:
+        href, values = cloud
+        with raster.open_url(href) as ds:
+            try:
+                got = read_onto_grid(ds, [1], grid, categorical=True)
+            except raster_errors() as exc:
+                raise DataError(f"{href}: cannot read the cloud mask ({raster.one_line(exc)})"
+                                ) from None
+        if got is not None:
+            classes, known = got
+            cloudy = valid & known & np.isin(classes[0], list(values))
+            masked = float(cloudy.sum() / valid.sum())
+            valid &= ~cloudy
     dtype = np.result_type(*dtypes)
     data = np.concatenate(arrays)
     if nodata is not None and np.isnan(nodata) and dtype.kind != "f":
@@ -331,7 +408,7 @@ def read_item(sources: list[BandSource], grid: TargetGrid, resampling: str) -> I
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         data = np.clip(np.rint(data), info.min, info.max)
-    return Image(data.astype(dtype), valid, dtype.name, nodata, names)
+    return Image(data.astype(dtype), valid, dtype.name, nodata, names, masked)
 
 
 def raster_errors() -> tuple[type[BaseException], ...]:
@@ -390,6 +467,7 @@ class Found:
     file: str | None = None  # relative to the output folder, once written
     coverage: float | None = None
     note: str | None = None  # why it was left out
+    masked: float | None = None  # share of its valid pixels made nodata by --cloud-mask
 
 
 @dataclass
@@ -457,7 +535,8 @@ def _area_grid(result: AreaResult, sources: list[BandSource], resolution: float 
 
 
 def _items_json(url: str, collection: str, dates: DateRange, max_cloud, bands, resampling,
-                results: list[AreaResult], fetched: bool) -> dict:
+                results: list[AreaResult], fetched: bool,
+                cloud_mask: CloudMask | None = None) -> dict:
     areas = []
     for r in results:
         entry = {"name": r.area.name, "bbox": list(r.area.bbox),
@@ -471,11 +550,13 @@ def _items_json(url: str, collection: str, dates: DateRange, max_cloud, bands, r
                 "datetime": tag_names.iso(f.time), "cloud_cover": f.cloud,
                 "self": _strip_query(item.get_self_href() or ""),
                 "assets": {k: _strip_query(a.href) for k, a in item.assets.items()},
-                "file": f.file, "coverage": f.coverage, "note": f.note})
+                "file": f.file, "coverage": f.coverage, "masked": f.masked,
+                "note": f.note})
         areas.append(entry)
     return {"format": FORMAT, "format_version": 1, "stac": url, "collection": collection,
             "dates": dates.text, "max_cloud": max_cloud, "bands": list(bands) if bands else None,
             "resampling": resampling if fetched else None, "fetched": fetched,
+            "cloud_mask": cloud_mask.text if cloud_mask else None,
             "created": tag_names.iso(dt.datetime.now(dt.timezone.utc)), "areas": areas}
 
 
@@ -510,10 +591,13 @@ def fetch_imagery(url: str, collection: str, areas: Sequence[Area], dates: DateR
                   resampling: str = DEFAULT_RESAMPLING, signer=None,
                   headers: dict[str, str] | None = None, timeout: float = DEFAULT_TIMEOUT,
                   max_items: int = DEFAULT_MAX_ITEMS, overwrite: bool = False,
+                  cloud_mask: str | CloudMask | None = None,
                   progress: Callable = no_progress) -> ImagerySummary:
     """Search, then read every item's bands onto its area's grid and write them (see the
     module doc). All or nothing: an error leaves no output folder."""
     _resampling(resampling)
+    if not isinstance(cloud_mask, CloudMask):
+        cloud_mask = parse_cloud_mask(cloud_mask)
     check_max_cloud(max_cloud)
     if resolution is not None and not (resolution > 0 and math.isfinite(resolution)):
         raise ConfigError(f"--resolution: must be > 0, got {resolution}")
@@ -524,9 +608,11 @@ def fetch_imagery(url: str, collection: str, areas: Sequence[Area], dates: DateR
         raise ConfigError(f"{out}: exists and is not empty; pass --overwrite to replace it")
     catalog = open_catalog(url, signer=signer, headers=headers, timeout=timeout)
     results = _search_areas(catalog, collection, areas, dates, max_cloud, max_items, progress)
-    for r in results:  # every item has the bands before anything is read
+    for r in results:  # every item has the bands (and the mask) before anything is read
         for f in r.found:
             band_sources(f.item, bands)
+            if cloud_mask is not None:
+                mask_href(f.item, cloud_mask)
     warnings = []
     total = sum(len(r.found) for r in results)
     with remote_env(timeout, headers), atomic_dir(out, overwrite=overwrite) as tmp:
@@ -539,14 +625,23 @@ def fetch_imagery(url: str, collection: str, areas: Sequence[Area], dates: DateR
             folder.mkdir(exist_ok=True)
             for f in r.found:
                 next(steps, None)
-                sources = band_sources(catalog.sign(f.item), bands)  # signed just in time
+                signed = catalog.sign(f.item)  # signed just in time
+                sources = band_sources(signed, bands)
                 if r.grid is None:
                     r.grid = _area_grid(r, sources, resolution)
-                image = read_item(sources, r.grid, resampling)
+                cloud = (None if cloud_mask is None
+                         else (mask_href(signed, cloud_mask), cloud_mask.values))
+                image = read_item(sources, r.grid, resampling, cloud)
                 if image is None:
                     f.note = "no valid pixel on the area's grid"
                     warnings.append(f"item {f.item.id}: no valid pixel over area "
                                     f"{r.area.name or 'bbox'}; left out")
+                    continue
+                f.masked = round(image.masked, 6) if cloud_mask is not None else None
+                if not image.valid.any():
+                    f.note = f"every valid pixel is cloud (--cloud-mask {cloud_mask.text})"
+                    warnings.append(f"item {f.item.id}: every valid pixel over area "
+                                    f"{r.area.name or 'bbox'} is cloud; left out")
                     continue
                 name = f"{f.time:%Y%m%d}_{safe_name(f.item.id)}.tif"
                 tags = tag_names.image_tags(f.time, f.item.collection_id or collection,
@@ -558,6 +653,7 @@ def fetch_imagery(url: str, collection: str, areas: Sequence[Area], dates: DateR
         if not any(r.written for r in results):
             raise DataError(f"{url}: none of the {total} item(s) found has valid pixels over "
                             f"the area(s)")
-        doc = _items_json(url, collection, dates, max_cloud, bands, resampling, results, True)
+        doc = _items_json(url, collection, dates, max_cloud, bands, resampling, results, True,
+                          cloud_mask)
         atomic_write_text(tmp / ITEMS_JSON, json.dumps(doc, indent=2) + "\n")
     return ImagerySummary(out, out / ITEMS_JSON, results, warnings)
