@@ -133,16 +133,15 @@ def fetch_cmd(url, collection, bbox, around, radius, dates, max_cloud, bands, si
     """Fetch the window of every item over the area(s) onto one grid per area (the first
     item's CRS, or the UTM zone; --resolution) as COG GeoTIFFs tagged with acquisition time,
     collection, item id and cloud cover, plus OUT/items.json."""
-    from slidewatch.stac.fetch import fetch_imagery, parse_cloud_mask
+    from slidewatch.stac.fetch import fetch_imagery
 
-    mask = parse_cloud_mask(cloud_mask)
     areas, window, names, hdrs = _request(url, collection, bbox, around, radius, dates,
                                           max_cloud, bands, headers, lat_column, lon_column,
                                           id_column, date_column)
     summary = fetch_imagery(url, collection, areas, window, out, max_cloud=max_cloud,
                             bands=names, resolution=resolution, resampling=resampling,
                             signer=signer, headers=hdrs, timeout=timeout, max_items=max_items,
-                            overwrite=overwrite, cloud_mask=mask,
+                            overwrite=overwrite, cloud_mask=cloud_mask,
                             progress=progress(not no_progress))
     _report(summary)
     grids = {r.grid.to_json()["crs"] for r in summary.areas if r.grid}

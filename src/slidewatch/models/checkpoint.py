@@ -64,12 +64,17 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
     return model, meta
 
 
-def load_init_model(model_dir: str | Path, task: str):
-    """``(model, meta)`` of the folder that ``--init-from`` continues, for training ``task``;
-    a folder of the other task is a ConfigError naming it (a classifier cannot continue a
-    segmenter, nor the reverse)."""
+def load_init_model(model_dir: str | Path, task: str, standardize: str):
+    """``(model, meta)`` of the folder that ``--init-from`` continues, for training ``task``
+    with the ``data.standardize`` rule ``standardize``; a folder of the other task (a
+    classifier cannot continue a segmenter, nor the reverse) or trained with another rule is
+    a ConfigError naming it."""
     model, meta = load_model(model_dir)
     if meta.task != task:
         raise ConfigError(f"--init-from {model_dir}: a {meta.task} model; continue it with "
                           f"--task {meta.task}")
+    if meta.standardize != standardize:
+        raise ConfigError(f"--init-from {model_dir}: that model was trained with "
+                          f"data.standardize {meta.standardize}; set the same (got "
+                          f"{standardize})")
     return model, meta

@@ -33,8 +33,7 @@ STAGES = 3  # after the first three stages past the stem (the paper: res1-res3 o
 EPS = 1e-6
 
 
-def mix_statistics(x: torch.Tensor, alpha: float = ALPHA, *,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def mix_statistics(x: torch.Tensor, alpha: float = ALPHA) -> torch.Tensor:
     """``x`` (B, C, H, W) with each sample's channel statistics mixed with another sample's."""
     b = x.shape[0]
     if b < 2:
@@ -43,7 +42,7 @@ def mix_statistics(x: torch.Tensor, alpha: float = ALPHA, *,
     sigma = (x.var(dim=(2, 3), keepdim=True) + EPS).sqrt().detach()
     normed = (x - mu) / sigma
     lam = torch.distributions.Beta(alpha, alpha).sample((b, 1, 1, 1)).to(x)
-    perm = torch.randperm(b, generator=generator, device="cpu").to(x.device)
+    perm = torch.randperm(b, device=x.device)
     mu_mix = lam * mu + (1 - lam) * mu[perm]
     sigma_mix = lam * sigma + (1 - lam) * sigma[perm]
     return normed * sigma_mix + mu_mix
@@ -66,8 +65,7 @@ def stage_modules(model: nn.Module, n: int = STAGES) -> list[tuple[str, nn.Modul
                 break
             prefix.append(column[0])
         name = ".".join(prefix)
-        # a stage of one layer: its parent container is the stage (the hook goes on the layer)
-        if name and name in modules and isinstance(modules[name], nn.Module):
+        if name in modules and name:  # "" would be the whole model
             found.append((name, modules[name]))
         if len(found) == n:
             break

@@ -227,10 +227,11 @@ class CloudMask:
         return f"{self.asset}:{','.join(map(str, self.values))}"
 
 
-def parse_cloud_mask(text: str | None) -> CloudMask | None:
-    """``scl`` or ``ASSET:V1,V2,...`` (see the module doc); None stays None."""
-    if text is None:
-        return None
+def parse_cloud_mask(text: str | CloudMask | None) -> CloudMask | None:
+    """``scl`` or ``ASSET:V1,V2,...`` (see the module doc); None and a CloudMask stay as
+    they are."""
+    if text is None or isinstance(text, CloudMask):
+        return text
     raw = str(text).strip()
     if raw.lower() in CLOUD_MASK_PRESETS:
         return CloudMask(*CLOUD_MASK_PRESETS[raw.lower()])
@@ -320,8 +321,6 @@ def read_onto_grid(ds, indexes: Sequence[int], grid: TargetGrid, resampling: str
     coarse = Resampling.mode if categorical else Resampling.average
     data = ds.read(list(indexes), window=win, out_shape=shape, masked=True,
                    resampling=coarse if factor > 1 else Resampling.nearest)
-    if categorical:
-        resampling = "nearest"
     src = np.ma.filled(data.astype(np.float64), np.nan)
     src[:, ~np.isfinite(src).all(axis=0)] = np.nan
     src_t = ds.window_transform(win) @ Affine.scale(win.width / shape[2],
@@ -329,7 +328,7 @@ def read_onto_grid(ds, indexes: Sequence[int], grid: TargetGrid, resampling: str
     out = np.full((len(indexes), grid.height, grid.width), np.nan, np.float64)
     reproject(src, out, src_transform=src_t, src_crs=ds.crs, src_nodata=np.nan,
               dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
-              resampling=_resampling(resampling))
+              resampling=_resampling("nearest" if categorical else resampling))
     valid = np.isfinite(out).all(axis=0)
     if not valid.any():
         return None
@@ -352,6 +351,26 @@ class Image:
         return float(self.valid.mean())
 
 
+def _read_asset(ds, href: str, indexes: Sequence[int], grid: TargetGrid, resampling: str,
+                what: str = "it", *, categorical: bool = False):
+    """:func:`read_onto_grid` with GDAL's errors as one DataError naming the asset."""
+    try:
+        return read_onto_grid(ds, indexes, grid, resampling, categorical=categorical)
+    except raster_errors() as exc:
+        raise DataError(f"{href}: cannot read {what} ({raster.one_line(exc)})") from None
+
+
+def _cloud_pixels(href: str, values: Sequence[int], grid: TargetGrid) -> np.ndarray:
+    """H x W: the grid's pixels whose class in the mask asset ``href`` is one of ``values``
+    (pixels the mask does not cover or marks nodata are not cloud)."""
+    with raster.open_url(href) as ds:
+        got = _read_asset(ds, href, [1], grid, "nearest", "the cloud mask", categorical=True)
+    if got is None:
+        return np.zeros((grid.height, grid.width), bool)
+    classes, known = got
+    return known & np.isin(classes[0], list(values))
+
+
 def read_item(sources: list[BandSource], grid: TargetGrid, resampling: str,
               cloud: tuple[str, Sequence[int]] | None = None) -> Image | None:
     """Every band of ``sources`` on ``grid``; None when the item has no valid pixel there.
@@ -366,10 +385,7 @@ def read_item(sources: list[BandSource], grid: TargetGrid, resampling: str,
             if bad:
                 raise DataError(f"{s.href}: band {bad[0]} of asset {s.asset} does not exist "
                                 f"(bands 1..{ds.count})")
-            try:
-                got = read_onto_grid(ds, indexes, grid, resampling)
-            except raster_errors() as exc:
-                raise DataError(f"{s.href}: cannot read it ({raster.one_line(exc)})") from None
+            got = _read_asset(ds, s.href, indexes, grid, resampling)
             if k == 0:
                 nodata = ds.nodata
             dtypes += [ds.dtypes[i - 1] for i in indexes]
@@ -387,18 +403,9 @@ def read_item(sources: list[BandSource], grid: TargetGrid, resampling: str,
         return None
     masked = 0.0
     if cloud is not None:
-        href, values = cloud
-        with raster.open_url(href) as ds:
-            try:
-                got = read_onto_grid(ds, [1], grid, categorical=True)
-            except raster_errors() as exc:
-                raise DataError(f"{href}: cannot read the cloud mask ({raster.one_line(exc)})"
-                                ) from None
-        if got is not None:
-            classes, known = got
-            cloudy = valid & known & np.isin(classes[0], list(values))
-            masked = float(cloudy.sum() / valid.sum())
-            valid &= ~cloudy
+        cloudy = valid & _cloud_pixels(*cloud, grid)
+        masked = float(cloudy.sum() / valid.sum())
+        valid &= ~cloudy
     dtype = np.result_type(*dtypes)
     data = np.concatenate(arrays)
     if nodata is not None and np.isnan(nodata) and dtype.kind != "f":
@@ -596,8 +603,7 @@ def fetch_imagery(url: str, collection: str, areas: Sequence[Area], dates: DateR
     """Search, then read every item's bands onto its area's grid and write them (see the
     module doc). All or nothing: an error leaves no output folder."""
     _resampling(resampling)
-    if not isinstance(cloud_mask, CloudMask):
-        cloud_mask = parse_cloud_mask(cloud_mask)
+    cloud_mask = parse_cloud_mask(cloud_mask)
     check_max_cloud(max_cloud)
     if resolution is not None and not (resolution > 0 and math.isfinite(resolution)):
         raise ConfigError(f"--resolution: must be > 0, got {resolution}")

@@ -273,14 +273,11 @@ def continue_from(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple:
     from slidewatch.models.checkpoint import load_init_model
 
     path = cfg.model.init_from
-    model, prev = load_init_model(path, "segment")
+    model, prev = load_init_model(path, "segment", cfg.data.standardize)
     where = f"--init-from {path}"
     if prev.in_chans != in_chans:
         raise ConfigError(f"{where}: that model takes {prev.in_chans} bands; this data has "
                           f"{in_chans}")
-    if prev.standardize != cfg.data.standardize:
-        raise ConfigError(f"{where}: that model was trained with data.standardize "
-                          f"{prev.standardize}; set the same (got {cfg.data.standardize})")
     log(f"continuing from {path} ({prev.architecture})")
     model.slidewatch_weights = f"init_from:{path}"
     return model, list(prev.mean), list(prev.std), cfg.model.input_size or prev.input_size

@@ -209,15 +209,11 @@ def _build(cfg: TrainConfig, in_chans: int, log: Callable) -> tuple[torch.nn.Mod
     """The model and the parts of its metadata that do not depend on data statistics."""
     m, classes = cfg.model, cfg.data.classes
     if m.init_from:
-        model, prev = load_init_model(m.init_from, cfg.task)
+        model, prev = load_init_model(m.init_from, cfg.task, cfg.data.standardize)
         if len(prev.classes) != len(classes) or prev.in_chans != in_chans:
             raise ConfigError(f"--init-from {m.init_from}: that model takes {prev.in_chans} bands "
                               f"and {len(prev.classes)} classes; this data has {in_chans} and "
                               f"{len(classes)}")
-        if prev.standardize != cfg.data.standardize:  # the same rule as a segmenter's
-            raise ConfigError(f"--init-from {m.init_from}: that model was trained with "
-                              f"data.standardize {prev.standardize}; set the same (got "
-                              f"{cfg.data.standardize})")
         log(f"continuing from {m.init_from} ({prev.architecture})")
         prev.classes = list(classes)
         prev.extra = {"init_from": str(m.init_from)}
