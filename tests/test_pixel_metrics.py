@@ -21,7 +21,7 @@ from slidewatch.evaluation.pixels import (
     pixel_counts,
     pixel_scores,
 )
-from slidewatch.training.losses import segmentation_loss, soft_dice_loss
+from slidewatch.training.losses import lovasz_hinge, segmentation_loss, soft_dice_loss
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -76,11 +76,39 @@ def test_objects_found_by_iou_and_counted_by_size():
     assert object_counts(pred, truth, match_iou=0.2)["found"] == 2
 
 
+def test_lovasz_hinge_of_a_hard_map_is_twice_its_jaccard_loss():
+    """On logits of +-1 the Lovasz extension equals the set function: 2 * (1 - IoU)."""
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        truth = rng.random((2, 1, 12, 12)) < 0.2
+        pred = truth ^ (rng.random(truth.shape) < 0.15)
+        logits = torch.tensor(np.where(pred, 1.0, -1.0), dtype=torch.float32)
+        target = torch.tensor(truth, dtype=torch.float32)
+        iou = jaccard_score(truth.ravel(), pred.ravel())
+        assert float(lovasz_hinge(logits, target)) == pytest.approx(2 * (1 - iou), abs=1e-5)
+        # pixels outside ``valid`` count for nothing
+        valid = torch.ones_like(target, dtype=torch.bool)
+        valid[1] = False
+        iou0 = jaccard_score(truth[0].ravel(), pred[0].ravel())
+        assert float(lovasz_hinge(logits, target, valid)) == pytest.approx(2 * (1 - iou0),
+                                                                           abs=1e-5)
+    # a confident right map costs nothing; a batch without landslides pays its worst pixel
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., :2, :2] = 1
+    assert float(lovasz_hinge((target * 2 - 1) * 3, target)) == 0.0
+    logits = torch.full((1, 1, 4, 4), -2.0)
+    logits[..., 0, 0] = 0.5
+    assert float(lovasz_hinge(logits, torch.zeros(1, 1, 4, 4))) == pytest.approx(1.5)
+    logits.requires_grad_(True)
+    lovasz_hinge(logits, torch.zeros(1, 1, 4, 4)).backward()
+    assert logits.grad[0, 0, 0, 0] > 0 and float(logits.grad.abs().sum()) == pytest.approx(1.0)
+
+
 def test_losses_fall_as_the_map_improves_and_handle_empty_masks():
     target = torch.zeros(2, 1, 8, 8)
     target[0, 0, 2:5, 2:5] = 1
     good, bad = (target * 2 - 1) * 6, -(target * 2 - 1) * 6
-    for kind in ("bce_dice", "focal_dice", "bce", "dice"):
+    for kind in ("bce_dice", "focal_dice", "bce", "dice", "bce_lovasz"):
         assert segmentation_loss(good, target, kind) < segmentation_loss(bad, target, kind)
     empty = torch.zeros(1, 1, 8, 8)
     assert float(soft_dice_loss(torch.full((1, 1, 8, 8), -10.0), empty)) < 0.01

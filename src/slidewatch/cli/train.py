@@ -195,7 +195,7 @@ TRAIN_OPTIONS = [
     _opt("--early-stopping-metric", type=click.Choice(
         ["val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2",
          "val_iou", "val_mcc"]), help="val_iou/val_mcc: pixel scores of --task segment"),
-    _opt("--loss", type=click.Choice(["bce_dice", "focal_dice", "bce", "dice"]),
+    _opt("--loss", type=click.Choice(["bce_dice", "focal_dice", "bce", "dice", "bce_lovasz"]),
          help="--task segment: the pixel loss"),
     _opt("--pos-weight", type=_auto_or(float),
          help="--task segment: weight of landslide pixels (auto, none or a number)"),

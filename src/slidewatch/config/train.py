@@ -33,7 +33,7 @@ SCHEDULES = ("cosine", "constant", "step")
 STOP_METRICS = ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_f2")
 # validation metrics of a segmentation run (pixels of the landslide class)
 SEGMENT_METRICS = ("val_loss", "val_iou", "val_f1", "val_precision", "val_recall", "val_mcc")
-SEGMENT_LOSSES = ("bce_dice", "focal_dice", "bce", "dice")
+SEGMENT_LOSSES = ("bce_dice", "focal_dice", "bce", "dice", "bce_lovasz")
 
 
 @dataclass
@@ -143,7 +143,8 @@ class PhaseConfig:
 class SegmentConfig:
     """Settings of ``task: segment`` (pixel maps learnt from the masks).
 
-    ``loss``: BCE (or focal) plus soft Dice on the landslide pixels; ``pos_weight``: weight of
+    ``loss``: BCE (or focal) plus soft Dice on the landslide pixels, or BCE plus the Lovasz
+    hinge (``bce_lovasz``, a surrogate of 1 - IoU); ``pos_weight``: weight of
     landslide pixels in the BCE part, ``auto`` = sqrt(background / landslide pixels) of the
     training masks (capped at 10), or a number, or ``none``. Scene folders give
     ``crops_per_image`` random crops per epoch, a share ``positive_share`` of them centred on a
@@ -153,7 +154,7 @@ class SegmentConfig:
     at most 0.5% of the input area: larger areas learnt on the training regions do not
     transfer to new ones), else a whole number."""
 
-    loss: Literal["bce_dice", "focal_dice", "bce", "dice"] = "bce_dice"
+    loss: Literal["bce_dice", "focal_dice", "bce", "dice", "bce_lovasz"] = "bce_dice"
     pos_weight: Union[str, float] = "auto"
     crops_per_image: int = 8
     positive_share: float = 0.5

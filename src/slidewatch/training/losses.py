@@ -4,7 +4,9 @@
 with an optional weight on landslide pixels, or the focal loss) plus soft Dice of the landslide
 class. Dice is computed over the whole batch (pooled pixels), with a smoothing of 1 pixel, so a
 batch without any landslide pixel has a defined Dice term that is small when the prediction is
-empty too. Inputs: logits and 0/1 masks, both N x 1 x H x W; ``valid`` (N x 1 x H x W bool,
+empty too. ``bce_lovasz``: the same BCE plus the Lovasz hinge (Berman et al. 2018,
+:func:`lovasz_hinge`), a convex surrogate of the landslide class's Jaccard loss (1 - IoU) over
+the batch's pooled pixels. Inputs: logits and 0/1 masks, both N x 1 x H x W; ``valid`` (N x 1 x H x W bool,
 optional) leaves nodata pixels out of both terms.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("bce_dice", "focal_dice", "bce", "dice")
+LOSSES = ("bce_dice", "focal_dice", "bce", "dice", "bce_lovasz")
 SMOOTH = 1.0
 
 
@@ -25,6 +27,29 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor,
         p, t = p * valid, t * valid
     inter = (p * t).sum()
     return 1.0 - (2.0 * inter + SMOOTH) / (p.sum() + t.sum() + SMOOTH)
+
+
+def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor,
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The Lovasz extension of the Jaccard loss of the landslide class, over the hinge errors
+    ``1 - logit * sign`` (sign +1 on landslide pixels, -1 elsewhere) of all the valid pixels of
+    the batch together. For logits of +-1 (a hard map) it is twice 1 - IoU of that map; a batch
+    without a landslide pixel is charged its largest hinge error (its Jaccard loss is 1 as soon
+    as one pixel is called a landslide)."""
+    logits, target = logits.float().reshape(-1), target.float().reshape(-1)
+    if valid is not None:
+        keep = valid.reshape(-1).bool()
+        logits, target = logits[keep], target[keep]
+    if not len(logits):
+        return logits.sum()
+    errors = 1.0 - logits * (2.0 * target - 1.0)
+    errors, order = torch.sort(errors, descending=True)
+    truth = target[order]
+    # Jaccard loss of the first k sorted pixels called wrong, k = 1..n, and its increments
+    positives = truth.sum()
+    jaccard = 1.0 - (positives - truth.cumsum(0)) / (positives + (1.0 - truth).cumsum(0))
+    grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return torch.dot(F.relu(errors), grad)
 
 
 def pixel_loss(logits: torch.Tensor, target: torch.Tensor, *, focal_gamma: float | None = None,
@@ -53,11 +78,13 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "b
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and masks {tuple(target.shape)} differ")
     total = logits.new_zeros((), dtype=torch.float32)
-    if kind in ("bce_dice", "bce"):
+    if kind in ("bce_dice", "bce", "bce_lovasz"):
         total = total + pixel_loss(logits, target, pos_weight=pos_weight, valid=valid)
     if kind == "focal_dice":
         total = total + pixel_loss(logits, target, focal_gamma=focal_gamma,
                                    pos_weight=pos_weight, valid=valid)
+    if kind == "bce_lovasz":
+        return total + lovasz_hinge(logits, target, valid)
     if kind != "bce":
         total = total + soft_dice_loss(logits, target, valid)
     return total
