@@ -6,8 +6,8 @@ class. Dice is computed over the whole batch (pooled pixels), with a smoothing o
 batch without any landslide pixel has a defined Dice term that is small when the prediction is
 empty too. ``bce_lovasz``: the same BCE plus the Lovasz hinge (Berman et al. 2018,
 :func:`lovasz_hinge`), a convex surrogate of the landslide class's Jaccard loss (1 - IoU) over
-the batch's pooled pixels. Inputs: logits and 0/1 masks, both N x 1 x H x W; ``valid`` (N x 1 x H x W bool,
-optional) leaves nodata pixels out of both terms.
+the batch's pooled pixels. Inputs: logits and 0/1 masks, both N x 1 x H x W; ``valid``
+(N x 1 x H x W bool, optional) leaves nodata pixels out of both terms.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "b
         total = total + pixel_loss(logits, target, focal_gamma=focal_gamma,
                                    pos_weight=pos_weight, valid=valid)
     if kind == "bce_lovasz":
-        return total + lovasz_hinge(logits, target, valid)
-    if kind != "bce":
+        total = total + lovasz_hinge(logits, target, valid)
+    elif kind != "bce":
         total = total + soft_dice_loss(logits, target, valid)
     return total
