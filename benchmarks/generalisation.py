@@ -66,13 +66,15 @@ KEYS = ("roc_auc", "pr_auc", "f1", "specificity", "recall", "recall_at_fpr_0.1",
 
 
 def fold_config(recipe: dict, root: Path, tiles: Path, region: str,
-                val_regions: list[str] | None = None):
+                val_regions: list[str] | None = None, scenes: bool = False):
     """The recipe for the fold without ``region``; with ``val_regions``, the first of them
-    that is not held out becomes the fold's validation region (``data.val_regions``)."""
+    that is not held out becomes the fold's validation region (``data.val_regions``);
+    ``scenes``: a classifier trains on tiles it cuts from the regions' scene folders with the
+    recipe's ``data.tile`` and ``data.stride`` instead of on the reference tiles."""
     cfg = copy.deepcopy(recipe)
     bijie = bijie_dataset(root)
     extra = [str(bijie)] if bijie is not None else []
-    if cfg.get("task", "classify") == "segment":
+    if cfg.get("task", "classify") == "segment" or scenes:
         paths = [str(root / "regions" / r) for r in REGIONS] + extra
     else:
         paths = [str(tiles)] + extra
@@ -162,6 +164,10 @@ def main() -> None:
     ap.add_argument("--val-region", default=None, metavar="A,B",
                     help="validate each fold on a region it does not train on: the first of "
                     "these that is not held out (thresholds and temperature come from it)")
+    ap.add_argument("--train-scenes", action="store_true",
+                    help="a classifier fold trains on tiles cut from the regions' scene folders "
+                    "with the recipe's data.tile and data.stride (e.g. --set data.stride=112) "
+                    "instead of the reference tiles; the tiles it is scored on do not change")
     ap.add_argument("--adapt", type=int, default=0, metavar="N",
                     help="also continue each fold on N labelled scene images of the held-out "
                     "region and score both on its other tiles (see the module doc)")
@@ -189,6 +195,7 @@ def main() -> None:
         rec = {"benchmark": "generalisation", "config": str(args.config), "tag": name,
                "set": args.set, "seed": seed, "task": task,
                "val_regions": list(cfg.data.val_regions),
+               **({"train_scenes": True} if args.train_scenes else {}),
                "region": region, "tiles": row["tiles"],
                "landslide_tiles": row["landslide_tiles"],
                **{k: row.get(k) for k in KEYS},
@@ -202,7 +209,8 @@ def main() -> None:
         members = []
         for seed in seeds:
             t0 = time.perf_counter()
-            cfg = fold_config({**recipe, "seed": seed}, root, tiles, region, val_regions)
+            cfg = fold_config({**recipe, "seed": seed}, root, tiles, region, val_regions,
+                              args.train_scenes)
             run_dir = out / f"seed{seed}" / f"holdout-{region}"
             _fold(run_dir, cfg, print, no_progress, f"{tag} (seed {seed}) without {region}")
             members.append(run_dir)

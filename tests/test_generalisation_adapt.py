@@ -79,3 +79,16 @@ def test_adapt_config_trains_on_the_chosen_images_and_as_many_others(gen, tmp_pa
     assert scfg.segment.min_area == 64  # the fold's tile area is kept
     with pytest.raises(SystemExit, match="no test item"):
         gen.adapt_config(cfg, fold, out, frozenset({"north/zz"}), 0, 4)
+
+
+def test_fold_config_trains_a_classifier_on_scene_folders_only_when_asked(gen, tmp_path):
+    """--train-scenes: a classifier fold's data are the regions' scene folders (tiled by the
+    recipe's stride), the held-out region still held out; without it, the reference tiles."""
+    root, tiles = tmp_path / "data", tmp_path / "tiles"
+    recipe = {"data": {"stride": 112}, "model": {"name": "test_efficientnet"}}
+    plain = gen.fold_config(recipe, root, tiles, "nepal")
+    assert plain.data.paths == [str(tiles)]
+    scenes = gen.fold_config(recipe, root, tiles, "nepal", scenes=True)
+    assert scenes.data.paths == [str(root / "regions" / r) for r in gen.REGIONS]
+    assert scenes.data.holdout_regions == ["nepal"] and scenes.data.stride == 112
+    assert scenes.task == "classify"
