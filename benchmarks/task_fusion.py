@@ -27,13 +27,12 @@ from scan_common import RESULTS, emit, machine
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from slidewatch.data.folders import Sample, scan_class_folders
 from slidewatch.data.inputs import image_dataset
 from slidewatch.data.masks import scene_samples
 from slidewatch.data.sampledata import REGIONS, locate
 from slidewatch.evaluation.metrics import fpr_at_recall
 from slidewatch.evaluation.segment import score_images
-from slidewatch.experiments.demo import _load, held_out_images
+from slidewatch.experiments.demo import _load, held_out_images, region_tiles
 from slidewatch.inference.forward import predict_outputs
 from slidewatch.runtime import no_progress, resolve_device
 
@@ -43,9 +42,7 @@ RESULTS_FILE = RESULTS / "task-fusion.jsonl"
 def classifier_scores(fold: Path, tiles: Path, root: Path, region: str) -> tuple[dict, float]:
     """``{tile name: (probability, is landslide)}`` of a classifier fold, and its threshold."""
     model, meta = _load(fold)
-    samples = [s for s in scan_class_folders(tiles) if s.region == region]
-    samples += [Sample(path=s.image, label=0 if s.mask is not None else 1, group=s.group,
-                       region=region) for s in held_out_images(root, region, meta.classes)]
+    samples = region_tiles(tiles, region, held_out_images(root, region, meta.classes))
     loader = DataLoader(image_dataset(meta, samples), batch_size=64)
     prob = predict_outputs(model, meta, loader, resolve_device("auto"))["probability"]
     return ({s.path.stem: (float(p), s.label == meta.positive_index)
@@ -101,7 +98,10 @@ def main() -> None:
                                       args.tiles, root, region)
             s, t2 = segmenter_scores(args.segmenter_run / f"seed{seed}" / f"holdout-{region}",
                                      root, region)
-            cls.append(c), seg.append(s), tc.append(t1), ts.append(t2)
+            cls.append(c)
+            seg.append(s)
+            tc.append(t1)
+            ts.append(t2)
         names = sorted(set.intersection(*(set(d) for d in cls + seg)))
         y = np.array([cls[0][n][1] for n in names])
         if any((np.array([d[n][1] for n in names]) != y).any() for d in cls + seg):
@@ -109,7 +109,7 @@ def main() -> None:
         c = [np.array([d[n][0] for n in names]) for d in cls]
         s = [np.array([d[n][0] for n in names]) for d in seg]
         k = range(len(seeds))
-        halves = [list(k)[: len(k) // 2], list(k)[len(k) // 2:]]
+        halves = [k[: len(k) // 2], k[len(k) // 2:]]
         rows = {
             "1 classifier": [([c[i]], tc[i]) for i in k],
             "2 classifiers": [([c[i], c[j]], (tc[i] + tc[j]) / 2)

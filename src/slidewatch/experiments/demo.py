@@ -138,6 +138,18 @@ def _load(model_dirs) -> tuple:
     return load_models(dirs, resolve_device("auto"))
 
 
+def region_tiles(tiles: Path, region: str, extra: list[MaskedSample] = (),
+                 exclude: frozenset[str] = frozenset()) -> list[Sample]:
+    """The tiles a classifier is scored on for one region: its reference tiles in ``tiles``
+    (less the source images in ``exclude``) and the ``extra`` images (class-folder images:
+    landslide when they have a mask)."""
+    samples = [s for s in scan_class_folders(tiles)
+               if s.region == region and s.group not in exclude]
+    samples += [Sample(path=s.image, label=0 if s.mask is not None else 1, group=s.group,
+                       region=region) for s in extra]
+    return samples
+
+
 def evaluate_region(model_dir, tiles: Path, region: str,
                     extra: list[MaskedSample] = (), tta: bool = False,
                     exclude: frozenset[str] = frozenset()) -> dict:
@@ -145,10 +157,7 @@ def evaluate_region(model_dir, tiles: Path, region: str,
     one region's tiles (and ``extra`` images); ``tta``: test-time augmentation; ``exclude``:
     source images (groups, e.g. ``bijie/10009``) whose tiles are left out."""
     model, meta = _load(model_dir)
-    samples = [s for s in scan_class_folders(tiles)
-               if s.region == region and s.group not in exclude]
-    samples += [Sample(path=s.image, label=0 if s.mask is not None else 1, group=s.group,
-                       region=region) for s in extra]
+    samples = region_tiles(tiles, region, extra, exclude)
     ds = image_dataset(meta, samples)
     prob = predict_outputs(model, meta, DataLoader(ds, batch_size=64), resolve_device("auto"),
                            tta=tta)["probability"]
