@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 from scan_common import RESULTS, emit, load, machine
 
-from slidewatch.config.train import from_dict, load_yaml, to_dict
+from slidewatch.config.train import DataConfig, from_dict, load_yaml, to_dict
 from slidewatch.data.folders import name_group
 from slidewatch.data.masks import scene_samples
 from slidewatch.data.sampledata import REGIONS, locate
@@ -61,6 +61,7 @@ from slidewatch.runtime import no_progress
 
 RESULTS_FILE = RESULTS / "generalisation.jsonl"
 ADAPT_EPOCHS = 5
+REFERENCE_TILING = (224, 224, 0.05)  # tile, stride, landslide share: ensure_tiles' tiles
 KEYS = ("roc_auc", "pr_auc", "f1", "specificity", "recall", "recall_at_fpr_0.1",
         "fpr_at_recall_0.9", "flagged", "pixel_iou", "pixel_f1")
 
@@ -70,8 +71,11 @@ def fold_config(recipe: dict, root: Path, tiles: Path, region: str,
     """The recipe for the fold without ``region``; with ``val_regions``, the first of them
     that is not held out becomes the fold's validation region (``data.val_regions``);
     ``scenes``: a classifier trains on tiles it cuts from the regions' scene folders with the
-    recipe's ``data.tile`` and ``data.stride`` instead of on the reference tiles."""
+    recipe's ``data.tile`` and ``data.stride`` instead of on the reference tiles; a recipe whose
+    own tiling is not the reference's (:func:`own_tiling`) always does, so that the benchmark
+    measures the recipe as it trains."""
     cfg = copy.deepcopy(recipe)
+    scenes = scenes or own_tiling(recipe)
     bijie = bijie_dataset(root)
     extra = [str(bijie)] if bijie is not None else []
     if cfg.get("task", "classify") == "segment" or scenes:
@@ -84,6 +88,14 @@ def fold_config(recipe: dict, root: Path, tiles: Path, region: str,
         cfg["data"]["val_regions"] = [val]
     cfg["progress"] = False
     return from_dict(cfg)
+
+
+def own_tiling(recipe: dict) -> bool:
+    """Whether a recipe tiles scenes otherwise than the reference tiling that the folds are
+    scored on (:data:`REFERENCE_TILING`, ``ensure_tiles``' own)."""
+    given, default = recipe.get("data") or {}, DataConfig()
+    return (given.get("tile", default.tile), given.get("stride", default.stride),
+            given.get("min_landslide", default.min_landslide)) != REFERENCE_TILING
 
 
 def adapt_groups(root: Path, region: str, n: int, seed: int) -> frozenset[str]:
@@ -167,7 +179,8 @@ def main() -> None:
     ap.add_argument("--train-scenes", action="store_true",
                     help="a classifier fold trains on tiles cut from the regions' scene folders "
                     "with the recipe's data.tile and data.stride (e.g. --set data.stride=112) "
-                    "instead of the reference tiles; the tiles it is scored on do not change")
+                    "instead of the reference tiles; the tiles it is scored on do not change "
+                    "(implied when the recipe's tiling is not the reference's)")
     ap.add_argument("--adapt", type=int, default=0, metavar="N",
                     help="also continue each fold on N labelled scene images of the held-out "
                     "region and score both on its other tiles (see the module doc)")
@@ -195,7 +208,7 @@ def main() -> None:
         rec = {"benchmark": "generalisation", "config": str(args.config), "tag": name,
                "set": args.set, "seed": seed, "task": task,
                "val_regions": list(cfg.data.val_regions),
-               **({"train_scenes": True} if args.train_scenes else {}),
+               **({"train_scenes": True} if args.train_scenes or own_tiling(recipe) else {}),
                "region": region, "tiles": row["tiles"],
                "landslide_tiles": row["landslide_tiles"],
                **{k: row.get(k) for k in KEYS},

@@ -47,6 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model_dir")
     ap.add_argument("region", help="a scene folder with images/ and masks/")
+    ap.add_argument("--tile", type=int, default=None,
+                    help="window size in pixels (default: the model's input size)")
     ap.add_argument("--stride", type=int, default=112)
     ap.add_argument("--blend", default="mean", choices=["mean", "hann"])
     ap.add_argument("--tta", action="store_true", help="average over flips and rotations")
@@ -62,7 +64,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scenes = wrap_scenes(region, Path(tmp) / "scenes")
         t0 = time.perf_counter()
-        summary = scan(args.model_dir, scenes, Path(tmp) / "out", stride=args.stride,
+        summary = scan(args.model_dir, scenes, Path(tmp) / "out", tile=args.tile,
+                       stride=args.stride,
                        blend=args.blend, tta=args.tta, ensemble=args.ensemble)
         seconds = time.perf_counter() - t0
         c = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn
@@ -83,7 +86,8 @@ def main() -> None:
     row = {"benchmark": "scan_quality", "model": str(args.model_dir),
            **({"ensemble": [str(d) for d in args.ensemble]} if args.ensemble else {}),
            "region": region.name,
-           "scenes": len(scenes), "stride": args.stride, "blend": args.blend, "tta": args.tta,
+           "scenes": len(scenes), **({"tile": args.tile} if args.tile else {}),
+           "stride": args.stride, "blend": args.blend, "tta": args.tta,
            "threshold": threshold, "windows": summary.windows, "seconds": round(seconds, 1),
            "pixel_recall": round(tp / max(1, tp + fn), 4),
            "pixel_precision": round(tp / max(1, tp + fp), 4),

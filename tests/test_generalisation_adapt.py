@@ -81,14 +81,20 @@ def test_adapt_config_trains_on_the_chosen_images_and_as_many_others(gen, tmp_pa
         gen.adapt_config(cfg, fold, out, frozenset({"north/zz"}), 0, 4)
 
 
-def test_fold_config_trains_a_classifier_on_scene_folders_only_when_asked(gen, tmp_path):
-    """--train-scenes: a classifier fold's data are the regions' scene folders (tiled by the
-    recipe's stride), the held-out region still held out; without it, the reference tiles."""
+def test_fold_config_trains_a_classifier_on_scene_folders_when_asked_or_tiled_its_own_way(
+        gen, tmp_path):
+    """--train-scenes, or a recipe whose tiling is not the reference's (a stride of 112): a
+    classifier fold's data are the regions' scene folders (tiled by the recipe), the held-out
+    region still held out; a recipe with the reference tiling trains on the reference tiles."""
     root, tiles = tmp_path / "data", tmp_path / "tiles"
-    recipe = {"data": {"stride": 112}, "model": {"name": "test_efficientnet"}}
-    plain = gen.fold_config(recipe, root, tiles, "nepal")
-    assert plain.data.paths == [str(tiles)]
-    scenes = gen.fold_config(recipe, root, tiles, "nepal", scenes=True)
+    reference = {"data": {"stride": 224}, "model": {"name": "test_efficientnet"}}
+    assert gen.fold_config(reference, root, tiles, "nepal").data.paths == [str(tiles)]
+    asked = gen.fold_config(reference, root, tiles, "nepal", scenes=True)
+    assert asked.data.paths == [str(root / "regions" / r) for r in gen.REGIONS]
+    own = {"data": {"stride": 112}, "model": {"name": "test_efficientnet"}}
+    scenes = gen.fold_config(own, root, tiles, "nepal")
     assert scenes.data.paths == [str(root / "regions" / r) for r in gen.REGIONS]
     assert scenes.data.holdout_regions == ["nepal"] and scenes.data.stride == 112
     assert scenes.task == "classify"
+    assert not gen.own_tiling({"data": {"tile": 224, "min_landslide": 0.05}})
+    assert gen.own_tiling({"data": {"min_landslide": 0.1}})
