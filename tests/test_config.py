@@ -99,8 +99,9 @@ def test_benchmark_recipes_are_the_demos():
 
 
 def test_reference_recipe_is_the_benchmarked_variant():
-    """configs/sample-regions.yaml is the benchmark's variant `cls-std` (README table): the
-    demo's classifier recipe plus per-scene standardisation, on all the sample data."""
+    """configs/sample-regions.yaml is the benchmark's variant `cls-std-s112` (README table):
+    the demo's classifier recipe plus per-scene standardisation and training tiles at stride
+    112, on all the sample data."""
     from pathlib import Path
 
     from slidewatch.config.train import to_dict
@@ -108,7 +109,7 @@ def test_reference_recipe_is_the_benchmarked_variant():
     root = Path(__file__).parents[1] / "configs"
     fold = {"paths": ["t", "b"], "holdout_regions": ["nepal"]}
     demo = load_yaml(root / "demo-classify.yaml")
-    demo["data"].update({**fold, "standardize": "image"})
+    demo["data"].update({**fold, "standardize": "image", "stride": 112})
     ref = load_yaml(root / "sample-regions.yaml")
     assert len(ref["data"]["paths"]) == 5  # four scene regions and the Bijie dataset
     ref["data"].update(fold)
