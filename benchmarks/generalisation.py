@@ -208,7 +208,9 @@ def main() -> None:
         rec = {"benchmark": "generalisation", "config": str(args.config), "tag": name,
                "set": args.set, "seed": seed, "task": task,
                "val_regions": list(cfg.data.val_regions),
-               **({"train_scenes": True} if args.train_scenes or own_tiling(recipe) else {}),
+               **({"train_scenes": True} if task == "classify" and (args.train_scenes
+                                                                     or own_tiling(recipe))
+                  else {}),
                "region": region, "tiles": row["tiles"],
                "landslide_tiles": row["landslide_tiles"],
                **{k: row.get(k) for k in KEYS},
