@@ -48,6 +48,7 @@ from slidewatch.data.folders import name_group
 from slidewatch.data.masks import scene_samples
 from slidewatch.data.sampledata import REGIONS, locate
 from slidewatch.experiments.demo import (
+    REFERENCE_TILING,
     _fold,
     bijie_dataset,
     ensure_tiles,
@@ -61,7 +62,6 @@ from slidewatch.runtime import no_progress
 
 RESULTS_FILE = RESULTS / "generalisation.jsonl"
 ADAPT_EPOCHS = 5
-REFERENCE_TILING = (224, 224, 0.05)  # tile, stride, landslide share: ensure_tiles' tiles
 KEYS = ("roc_auc", "pr_auc", "f1", "specificity", "recall", "recall_at_fpr_0.1",
         "fpr_at_recall_0.9", "flagged", "pixel_iou", "pixel_f1")
 
@@ -92,7 +92,7 @@ def fold_config(recipe: dict, root: Path, tiles: Path, region: str,
 
 def own_tiling(recipe: dict) -> bool:
     """Whether a recipe tiles scenes otherwise than the reference tiling that the folds are
-    scored on (:data:`REFERENCE_TILING`, ``ensure_tiles``' own)."""
+    scored on (``slidewatch.experiments.demo.REFERENCE_TILING``)."""
     given, default = recipe.get("data") or {}, DataConfig()
     return (given.get("tile", default.tile), given.get("stride", default.stride),
             given.get("min_landslide", default.min_landslide)) != REFERENCE_TILING
@@ -194,6 +194,7 @@ def main() -> None:
              else [recipe.get("seed", 0)])
     task = recipe.get("task", "classify")
     val_regions = args.val_region.split(",") if args.val_region else None
+    train_scenes = task == "classify" and (args.train_scenes or own_tiling(recipe))
     root = locate(args.data, download=False)
     out = args.out / tag
     out.mkdir(parents=True, exist_ok=True)
@@ -208,9 +209,7 @@ def main() -> None:
         rec = {"benchmark": "generalisation", "config": str(args.config), "tag": name,
                "set": args.set, "seed": seed, "task": task,
                "val_regions": list(cfg.data.val_regions),
-               **({"train_scenes": True} if task == "classify" and (args.train_scenes
-                                                                     or own_tiling(recipe))
-                  else {}),
+               **({"train_scenes": True} if train_scenes else {}),
                "region": region, "tiles": row["tiles"],
                "landslide_tiles": row["landslide_tiles"],
                **{k: row.get(k) for k in KEYS},
@@ -225,7 +224,7 @@ def main() -> None:
         for seed in seeds:
             t0 = time.perf_counter()
             cfg = fold_config({**recipe, "seed": seed}, root, tiles, region, val_regions,
-                              args.train_scenes)
+                              train_scenes)
             run_dir = out / f"seed{seed}" / f"holdout-{region}"
             _fold(run_dir, cfg, print, no_progress, f"{tag} (seed {seed}) without {region}")
             members.append(run_dir)

@@ -40,6 +40,9 @@ TASKS = ("classify", "segment")
 # Reference F1 published with the sample data: frozen Lite0 features + logistic regression.
 REFERENCE_F1 = {"sichuan": 0.73, "bijie": 0.37}
 BIJIE_DATASET = ("datasets", "bijie")
+# The reference tiling (tile, stride, landslide share of a landslide tile): the tiles the
+# demo's classifier trains on and both tasks are scored on (:func:`ensure_tiles`).
+REFERENCE_TILING = (224, 224, 0.05)
 
 
 def demo_config(tiles: Path, holdout: str, quick: bool = False,
@@ -94,15 +97,16 @@ def segment_config(data: list[Path], holdout: str, quick: bool = False) -> Train
     return from_dict(cfg)
 
 
-def ensure_tiles(data_root: Path, out: Path, log: Callable, tile: int = 224,
+def ensure_tiles(data_root: Path, out: Path, log: Callable, tile: int = REFERENCE_TILING[0],
                  stride: int | None = None, name: str = "tiles") -> Path:
     """Tiles of the four regions (5% rule), made once. The default (stride = tile) is the
-    reference tiling that the classifier trains on and both tasks are scored on."""
+    reference tiling (:data:`REFERENCE_TILING`)."""
     tiles = out / name
     if (tiles / "tiles.csv").is_file():
         return tiles
     scenes = [data_root / "regions" / r for r in REGIONS]
-    summary = tile_scenes(scenes, tiles, tile=tile, stride=stride or tile)
+    summary = tile_scenes(scenes, tiles, tile=tile, stride=stride or tile,
+                          min_landslide=REFERENCE_TILING[2])
     log(f"tiled the sample regions (tile {tile}, stride {stride or tile}) -> {tiles}\n"
         f"{summary.table()}")
     return tiles
