@@ -84,7 +84,9 @@ def test_stride_overlap_and_custom_classes(tmp_path, rng):
     scene = make_scene(tmp_path, "r", {"a": (image, mask)})
     summary = tile_scenes([scene], tmp_path / "o", tile=20, stride=10, classes=("pos", "neg"))
     assert summary.counts == {"r": {"pos": 0, "neg": 9}}
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["neg", "pos", "tiles.csv"]
+    listed = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert listed == ["masks", "neg", "pos", "tiles.csv"]
+    assert not any((tmp_path / "o" / "masks").iterdir())  # no landslide tile: no mask piece
 
 
 def test_jpeg_image_with_tif_rgb_mask_and_two_regions(tmp_path, rng):

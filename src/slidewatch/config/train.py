@@ -214,6 +214,10 @@ class TrainConfig:
     # "validation": the best epoch of all phases is kept (the pass may be dropped);
     # "always": the model is the last epoch of the pass
     hard_negative_keep: Literal["validation", "always"] = "validation"
+    # weight of the training-only mask loss of a classifier (0: none): a 1x1 head on the
+    # backbone's last feature map learns the landslide share of each cell from the masks that
+    # tiles and class folders carry (slidewatch.training.mask_loss); never saved
+    mask_loss: float = 0.0
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -489,6 +493,13 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.hard_negatives >= 0, "hard_negatives", "must be >= 0")
     _check(cfg.hard_negative_epochs >= 1, "hard_negative_epochs", "must be >= 1")
     _check(0.0 < cfg.hard_negative_share < 1.0, "hard_negative_share", "must be in (0, 1)")
+    _check(cfg.mask_loss >= 0, "mask_loss", "must be >= 0")
+    if cfg.mask_loss > 0:
+        _check(cfg.task == "classify", "mask_loss", "is for classifiers (--task segment "
+               "learns from the masks themselves)")
+        _check(not (is_multimodal(cfg) or cfg.aux.dem), "mask_loss", "applies to image-only "
+               "models; leave out tabular, aux (terrain), sizes and fusion inputs")
+        _check(not a.grayscale, "mask_loss", "does not combine with augment.grayscale")
     _check(0.0 < cfg.threshold < 1.0, "threshold", f"must be in (0, 1), got {cfg.threshold}")
     _check(0 <= cfg.seed < 2**63, "seed", f"must be from 0 to 2**63 - 1, got {cfg.seed}")
     _check(cfg.target_recall is None or 0.0 < cfg.target_recall <= 1.0, "target_recall",

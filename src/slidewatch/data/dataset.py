@@ -86,7 +86,9 @@ class TileDataset(Dataset):
     sample's ``scene_stats`` when it has them (a tile cut from a scene: its scene image's,
     from ``tiles.csv``; rescaled to the model's explicit ``scale``), else None: the file's
     own whole-image statistics (a class-folder image, a bare file, a tile of an older
-    ``tiles.csv``).
+    ``tiles.csv``). ``masks``: called with an index and the image's (H, W), the sample's
+    landslide mask as H x W 0/1 or None (unknown); items then also carry ``mask`` and
+    ``mask_known`` (:class:`slidewatch.data.masks.TileMasks`, for the training-only mask loss).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class TileDataset(Dataset):
         pixel_size: float | None = None,
         standardize: Callable[[np.ndarray, np.ndarray, ImageStats | None], np.ndarray]
         | None = None,
+        masks: Callable[[int, tuple[int, int]], np.ndarray | None] | None = None,
     ) -> None:
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable or None, got {type(transform).__name__}")
@@ -113,6 +116,7 @@ class TileDataset(Dataset):
         self.scale = scale
         self.bands, self.dem, self.pixel_size = bands, dem, pixel_size
         self.standardize = standardize
+        self.masks = masks
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self._terrain: dict[int, np.ndarray] = {}
 
@@ -190,9 +194,25 @@ class TileDataset(Dataset):
         i = int(i) % len(self)
         unit = self.unit_image(i)
         image = torch.from_numpy(unit.transpose(2, 0, 1).copy())  # never a view of the cache
+        if self.masks is not None:  # the mask rides as the last band through the geometry
+            return self._with_mask(i, image)
         if self.transform is not None:
             image = self.transform(image)
         return {"image": image, "label": int(self.samples[i].label), "index": i}
+
+    def _with_mask(self, i: int, image: torch.Tensor) -> dict:
+        """Item ``i`` with ``mask`` (1 x H x W, the landslide share of each pixel after the
+        transform) and ``mask_known`` (0.0 when the sample has no mask: its mask is zeros
+        and is not to be learnt from). The transform must keep the last band's values
+        (``TrainTransform(color_bands=...)``)."""
+        found = self.masks(i, tuple(image.shape[-2:]))
+        mask = torch.zeros((1, *image.shape[-2:])) if found is None else \
+            torch.from_numpy(np.asarray(found, dtype=np.float32))[None]
+        x = torch.cat([image, mask])
+        if self.transform is not None:
+            x = self.transform(x)
+        return {"image": x[:-1], "label": int(self.samples[i].label), "index": i,
+                "mask": x[-1:].clamp(0, 1), "mask_known": float(found is not None)}
 
 
 def class_counts(samples: Sequence[Sample], n_classes: int) -> list[int]:

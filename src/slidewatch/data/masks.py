@@ -127,6 +127,41 @@ def masked_samples(root: str | Path, classes: Sequence[str]) -> list[MaskedSampl
     return [s for scene in scenes for s in scene_samples(scene)]
 
 
+class TileMasks:
+    """The landslide mask of each image of a classification dataset, for the training-only mask
+    loss (``mask_loss``): a landslide image (``positive`` label) has the mask
+    ``<root>/masks/<stem>.*`` of its dataset root (the layout of class folders with masks, and
+    of tiles cut from scene folders) or none (unknown: not learnt from); any other image is
+    landslide-free, an all-zero mask. Masks are read as :func:`read_binary_mask` reads them
+    (0/255 or 0/1, the image's size), when asked for."""
+
+    def __init__(self, samples: Sequence[Sample], positive: int = 0):
+        self.samples = list(samples)
+        self.positive = positive
+        self._found: dict[Path, dict[str, Path]] = {}
+
+    def path(self, i: int) -> Path | None:
+        """The mask file of landslide sample ``i``, or None."""
+        sample = self.samples[i]
+        root = sample.root if sample.root is not None else sample.path.parent.parent
+        if root not in self._found:
+            self._found[root] = _files(root / MASKS_DIR)
+        return self._found[root].get(sample.path.stem)
+
+    def known(self) -> tuple[int, int]:
+        """``(landslide images with a mask, landslide images)``: landslide-free images always
+        have theirs (all zero)."""
+        found = [self.path(i) is not None for i, s in enumerate(self.samples)
+                 if s.label == self.positive]
+        return sum(found), len(found)
+
+    def __call__(self, i: int, shape: tuple[int, int]) -> np.ndarray | None:
+        if self.samples[i].label != self.positive:
+            return np.zeros(shape, np.float32)
+        path = self.path(i)
+        return None if path is None else read_binary_mask(path, shape).astype(np.float32)
+
+
 def read_binary_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A mask as bool H x W: 255 (or 1) is landslide, 0 is not; any other value is refused
     with the values found. ``shape``: the image's (H, W), which the mask must match."""

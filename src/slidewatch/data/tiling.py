@@ -2,7 +2,11 @@
 
 A scene folder holds ``images/`` and ``masks/`` with matching file stems. Each tile lies fully
 inside its image; it is a landslide tile if the mask covers at least ``min_landslide`` of it,
-landslide-free if the mask covers none of it, and dropped otherwise.
+landslide-free if the mask covers none of it, and dropped otherwise. Each landslide tile's
+piece of the mask is written beside it as ``masks/<tile stem>.png`` (0 / 255; a landslide-free
+tile's mask is all zero by definition), the layout of class folders with masks
+(:mod:`slidewatch.data.masks`), so the tiles carry their pixel labels to a training-only mask
+loss (``mask_loss``) or to ``--task segment``.
 
 ``tiles.csv`` has the standard columns (:data:`~slidewatch.data.folders.CSV_COLUMNS`: path,
 label, source image as ``<region>/<stem>``, row, col, landslide fraction, region) and the
@@ -28,6 +32,7 @@ from rasterio.errors import RasterioError
 from slidewatch.data.dataset import declared_valid
 from slidewatch.data.folders import CSV_COLUMNS, TILES_CSV, validate_classes
 from slidewatch.data.imagestats import SCENE_COLUMNS, format_values
+from slidewatch.data.masks import MASKS_DIR
 from slidewatch.data.readers import (
     IMAGE_SUFFIXES,
     georef,
@@ -243,11 +248,21 @@ def _tile_one(job: _Job, out: Path, opts: dict, summary: TilingSummary, writer) 
         target = (out / label / name).with_suffix(tile_suffix(pixels, profile))
         with quiet_writing(target, RASTER_WRITE_ERRORS):  # a full disk: one line naming it
             written = write_tile(out / label / name, pixels, profile)
+        if label == classes[0]:  # its piece of the mask, beside it (see the module doc)
+            _write_mask(out / MASKS_DIR / f"{name}.png", mask[r : r + tile, c : c + tile])
         counts[label] += 1
         writer.writerow(
             [written.relative_to(out).as_posix(), label, f"{job.region}/{job.image.stem}",
              r, c, f"{frac:.6f}", job.region, *scene]
         )
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    from PIL import Image
+
+    with quiet_writing(path, RASTER_WRITE_ERRORS):
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L").save(
+            path, format="PNG", compress_level=1)
 
 
 def tile_scenes(
@@ -265,6 +280,9 @@ def tile_scenes(
     :data:`TILING_COLUMNS`, with each scene image's statistics)."""
     _validate(tile, stride, min_landslide)
     classes = validate_classes(classes)
+    if MASKS_DIR in classes:
+        raise ConfigError(f"--classes: '{MASKS_DIR}' is the folder of the tiles' masks; give "
+                          "the classes other names")
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, scene_dirs)
     jobs, skipped, regions = _collect(scene_dirs, tile)
@@ -272,7 +290,7 @@ def tile_scenes(
     counts = {region: {name: 0 for name in classes} for region in regions}
     summary = TilingSummary(out_dir, out_dir / TILES_CSV, counts, 0, skipped)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for name in classes:
+        for name in (*classes, MASKS_DIR):
             (tmp / name).mkdir()
         with open_output(tmp / TILES_CSV, newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)

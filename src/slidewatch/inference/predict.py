@@ -12,6 +12,8 @@ from typing import Callable
 
 from torch.utils.data import DataLoader
 
+from slidewatch.data.folders import TILES_CSV
+from slidewatch.data.masks import MASKS_DIR
 from slidewatch.data.readers import IMAGE_SUFFIXES, file_problem
 from slidewatch.errors import ConfigError, DataError
 from slidewatch.inference.ensemble import describe, load_models
@@ -46,13 +48,16 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
 
 def _folder_images(folder: Path) -> list[Path]:
     """Files with an image suffix under ``folder`` (symbolic links to folders not followed);
-    the first entry that is no readable file is a DataError naming it."""
+    the first entry that is no readable file is a DataError naming it. The ``masks/`` of a
+    tile folder (one holding ``tiles.csv``) are labels, not images: left out."""
     found = []
 
     def unlisted(exc: OSError) -> None:
         raise DataError(f"{exc.filename}: cannot list folder ({exc.strerror or exc})")
 
     for root, dirs, files in os.walk(folder, onerror=unlisted):
+        if TILES_CSV in files and MASKS_DIR in dirs:
+            dirs.remove(MASKS_DIR)
         for name in sorted(files) + sorted(dirs):
             f = Path(root, name)
             if f.suffix.lower() not in IMAGE_SUFFIXES:

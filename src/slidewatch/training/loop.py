@@ -123,7 +123,7 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
         set_batchnorm_eval(model)
     if s.segment is not None:
         return _train_segment_epoch(s, model, optimizer, step0, total, base_lr, progress, desc)
-    losses, ys, probs, size_losses = [], [], [], []
+    losses, ys, probs, size_losses, mask_losses = [], [], [], [], []
     step = step0
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch(s))
     steps = steps_per_epoch(s)
@@ -139,6 +139,8 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
         losses.append(loss.item() * len(y))
         if "loss_size" in parts:
             size_losses.append(parts["loss_size"] * len(y))
+        if "loss_mask" in parts:
+            mask_losses.append(parts["loss_mask"] * len(y))
         ys.append((batch["label"] == s.meta.positive_index).numpy())
         probs.append(torch.softmax(logits.detach(), 1)[:, s.meta.positive_index].cpu().numpy())
     loss_sum, y_all, p_all = sum(losses), np.concatenate(ys), np.concatenate(probs)
@@ -150,6 +152,8 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
         if s.dist.enabled:
             size_sum = sum(distributed.gather_objects(s.dist, size_sum))
         row["train_loss_size"] = size_sum / len(y_all)
+    if mask_losses:  # the mask part (unweighted) of the loss above
+        row["train_loss_mask"] = sum(mask_losses) / len(y_all)
     return row
 
 
@@ -179,7 +183,11 @@ def batch_loss(s: Setup, model: torch.nn.Module, batch: dict, y: torch.Tensor
     plain model; landslide + size loss with their weights for a multi-modal one."""
     if s.multimodal is None:
         logits = forward_logits(model, batch["image"], s.meta, s.device)
-        return logits, s.loss_fn(logits, y), {}
+        loss = s.loss_fn(logits, y)
+        if s.mask_head is None:
+            return logits, loss, {}
+        mask_loss = s.mask_head.loss(batch, s.device)  # the features of this very pass
+        return logits, loss + s.mask_head.weight * mask_loss, {"loss_mask": mask_loss.item()}
     from slidewatch.training.multimodal import task_loss
 
     out = forward_outputs(model, batch, s.meta, s.device)
@@ -289,6 +297,8 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, progress: Callable,
             f"{summary['trainable_params']:,} of {summary['total_params']:,} parameters "
             f"trainable ({len(unfrozen)} backbone layers unfrozen)")
         params = [q for q in s.model.parameters() if q.requires_grad]
+        if s.mask_head is not None:  # trained beside the model in every phase
+            params += list(s.mask_head.parameters())
         optimizer = make_optimizer(cfg, params, p.lr)
         first = start_epoch if phase == start_phase else 1
         if state and phase == start_phase and state.get("optimizer"):
@@ -489,6 +499,8 @@ def finish(s: Setup, out_dir: Path, history: list[dict], best: dict, metric: str
            log: Callable[[str], None] = lambda m: None) -> TrainResult:
     """Restore the best epoch, calibrate, set the tile rule and threshold, and write the model
     folder, history, curves and config."""
+    if s.mask_head is not None:  # training only: the model folder is a plain classifier's
+        s.mask_head.remove()
     if best["state"] is not None:
         s.model.load_state_dict(best["state"])
     if s.cfg.calibration == "temperature":

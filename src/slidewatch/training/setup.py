@@ -20,6 +20,7 @@ from slidewatch.config.train import TrainConfig, dump_yaml, to_dict, validate
 from slidewatch.data.dataset import TileDataset
 from slidewatch.data.folders import Sample, load_datasets
 from slidewatch.data.inputs import image_dataset
+from slidewatch.data.masks import TileMasks
 from slidewatch.data.readers import probe
 from slidewatch.data.splits import Split, save_split, split_for
 from slidewatch.data.standardize import standardizer
@@ -43,6 +44,7 @@ from slidewatch.training.distributed import (
     on_main,
     sampler,
 )
+from slidewatch.training.mask_loss import MaskHead
 from slidewatch.training.multimodal import MultiModalSetup, prepare_multimodal
 from slidewatch.training.segment import SegmentSetup
 
@@ -77,6 +79,7 @@ class Setup:
     split_record: tuple | None = None  # (samples, split): split.json, written once all is checked
     segment: SegmentSetup | None = None  # task segment: loss settings, validation tile labels
     train_samples: list | None = None  # the training split's samples (the hard-negative pool)
+    mask_head: MaskHead | None = None  # the training-only mask loss (mask_loss > 0)
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -316,6 +319,18 @@ def prepare(cfg: TrainConfig, out_dir: Path, *, resume: bool, log: Callable,
         mixstyle.attach(s.model, cfg.augment.mixstyle)
         log(f"mixstyle: p {cfg.augment.mixstyle:g} after the first {mixstyle.STAGES} backbone "
             "stages (training only)")
+    if cfg.mask_loss > 0:  # training only, never saved (slidewatch.training.mask_loss)
+        if ctx.enabled:
+            raise ConfigError("mask_loss: training under torchrun is not supported yet; train "
+                              "in one process")
+        s.mask_head = MaskHead(s.model, cfg.mask_loss, cfg.model.name).to(s.device)
+        known, landslides = s.train_loader.dataset.masks.known()
+        log(f"mask loss: weight {cfg.mask_loss:g}; {known:,} of {landslides:,} landslide "
+            "training images with a mask (the others are not learnt from)")
+        if known == 0:
+            raise DataError("mask_loss: no landslide training image has a mask (tiles cut from "
+                            "scene folders by this version of slidewatch, or class folders with "
+                            "masks/<stem>.png)")
     if state is not None:
         s.resume_state = state
         everywhere(ctx, load_resume, s)
@@ -409,11 +424,15 @@ def _datasets(cfg: TrainConfig, meta: ModelMeta, train_s: list[Sample], val_s: l
     """Training (augmented) and validation images; with terrain channels the terrain is
     appended to each image before the transforms (photometric jitter on the image bands)."""
     extra = mm.extra_channels if mm else 0
+    masks = cfg.mask_loss > 0  # the mask rides as a last band: no photometric change on it
     train_tf = TrainTransform(cfg.augment, meta.input_size,
-                              color_bands=meta.in_chans - extra if extra else None)
+                              color_bands=meta.in_chans - extra if extra or masks else None)
     eval_tf = EvalTransform(meta.input_size, grayscale=meta.grayscale)
     inputs = mm.inputs if mm is not None else None
-    return (image_dataset(meta, train_s, inputs=inputs, transform=train_tf, cache=cfg.data.cache),
+    train = image_dataset(meta, train_s, inputs=inputs, transform=train_tf, cache=cfg.data.cache)
+    if masks:
+        train.masks = TileMasks(train_s, positive=meta.positive_index)
+    return (train,
             image_dataset(meta, val_s, inputs=inputs, transform=eval_tf, cache=cfg.data.cache))
 
 
@@ -426,6 +445,8 @@ def save_resume(s: Setup, *, phase: int, phase_epoch: int, history: list, best: 
              "model": s.model.state_dict(), "optimizer": optimizer.state_dict(),
              "rng": torch.get_rng_state(), "loader_rng": s.train_loader.generator.get_state(),
              "mean": s.meta.mean, "std": s.meta.std}
+    if s.mask_head is not None:
+        state["mask_head"] = s.mask_head.state_dict()
     with atomic_path(s.out_dir / RESUME_FILE) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(state, fh)
@@ -442,6 +463,8 @@ def load_resume(s: Setup) -> dict:
     state = s.resume_state
     try:
         s.model.load_state_dict(state["model"])
+        if s.mask_head is not None:
+            s.mask_head.load_state_dict(state["mask_head"])
         torch.set_rng_state(state["rng"].cpu())
         s.train_loader.generator.set_state(state["loader_rng"].cpu())
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
