@@ -200,3 +200,17 @@ def test_mask_loss_without_any_mask_is_one_line(tmp_path, capsys):
 
     with pytest.raises(DataError, match="no landslide training image has a mask"):
         train(cfg, tmp_path / "out")
+
+
+def test_a_tile_folder_is_a_segmentation_dataset_too(tmp_path, rng):
+    from slidewatch.data.masks import masked_samples
+
+    image, mask = _scene_with_blobs(rng, size=96)
+    scene = make_scene(tmp_path, "r", {"a": (image, mask)})
+    tiles = tmp_path / "t"
+    tile_scenes([scene], tiles, tile=32, stride=32, min_landslide=0.05)
+    found = masked_samples(tiles, ["landslide", "non_landslide"])
+    positives = [s for s in found if s.mask is not None]
+    assert len(found) == len(list((tiles / "landslide").iterdir())) + len(
+        list((tiles / "non_landslide").iterdir()))
+    assert positives and all(s.image.parent.name == "landslide" for s in positives)

@@ -27,7 +27,8 @@ def data() -> None:
 @click.option("--overwrite", is_flag=True, help="replace an existing output folder")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def data_tiles(scenes, out, tile, stride, min_landslide, classes, overwrite, quiet):
-    """Cut SCENES (folders with images/ and masks/) into class-folder tiles + tiles.csv."""
+    """Cut SCENES (folders with images/ and masks/) into class-folder tiles + tiles.csv, and
+    each landslide tile's piece of the mask as masks/<tile>.png."""
     from slidewatch.data.tiling import tile_scenes
 
     bar = None
