@@ -52,9 +52,10 @@ class MaskHead(nn.Module):
         if features is None or features.ndim != 4:
             raise RuntimeError("MaskHead.loss: no feature map kept; call it right after the "
                                "model's forward pass in training mode")
-        known = batch["mask_known"].to(device=device, dtype=features.dtype)
-        logits = self.conv(features)
-        target = F.adaptive_avg_pool2d(batch["mask"].to(device=device, dtype=features.dtype),
+        dtype = self.conv.weight.dtype  # fp32 even when the model ran under autocast
+        known = batch["mask_known"].to(device=device, dtype=dtype)
+        logits = self.conv(features.to(dtype))
+        target = F.adaptive_avg_pool2d(batch["mask"].to(device=device, dtype=dtype),
                                        logits.shape[-2:])
         per_sample = F.binary_cross_entropy_with_logits(
             logits, target, reduction="none").mean(dim=(1, 2, 3))
