@@ -335,6 +335,15 @@ def tile_suffix(arr: np.ndarray, profile: dict | None = None) -> str:
     return ".tif"
 
 
+def write_mask(path: str | Path, mask: np.ndarray) -> None:
+    """Write an H x W mask atomically as a single-band 0 / 255 PNG (any value > 0 is 255)."""
+    from PIL import Image
+
+    with atomic_path(Path(path)) as tmp:
+        Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8), "L").save(
+            tmp, format="PNG", compress_level=1)
+
+
 def write_tile(path: str | Path, arr: np.ndarray, profile: dict | None = None) -> Path:
     """Write an HxWxC tile atomically; the suffix of ``path`` is set by ``tile_suffix``.
 

@@ -322,7 +322,7 @@ def tiles_from_reviews(store: str | Path, scene: str | Path, out: str | Path, *,
     from shapely.geometry import box
 
     from slidewatch.data import raster
-    from slidewatch.data.readers import write_tile
+    from slidewatch.data.readers import write_mask, write_tile
 
     if size < 8:
         raise ConfigError(f"--size: at least 8 pixels, got {size}")
@@ -382,7 +382,7 @@ def tiles_from_reviews(store: str | Path, scene: str | Path, out: str | Path, *,
                         inside = [p for p in positives if p.intersects(tile_box)]
                         mask = rasterize([(p, 255) for p in inside], out_shape=(side, side),
                                          transform=shift, dtype="uint8")
-                        _write_mask(tmp / MASKS / f"{name}.png", mask)
+                        write_mask(tmp / MASKS / f"{name}.png", mask)
                         fraction = float((mask > 0).mean())
                         result.positives += 1
                     else:
@@ -395,10 +395,3 @@ def tiles_from_reviews(store: str | Path, scene: str | Path, out: str | Path, *,
                     raise DataError(f"{store}: no tile could be cut: "
                                     + "; ".join(result.skipped))
     return result
-
-
-def _write_mask(path: Path, mask: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(mask, "L").save(tmp, format="PNG")

@@ -40,6 +40,7 @@ from slidewatch.data.readers import (
     read_image,
     read_mask,
     tile_suffix,
+    write_mask,
     write_tile,
 )
 from slidewatch.data.standardize import array_statistics
@@ -249,20 +250,14 @@ def _tile_one(job: _Job, out: Path, opts: dict, summary: TilingSummary, writer) 
         with quiet_writing(target, RASTER_WRITE_ERRORS):  # a full disk: one line naming it
             written = write_tile(out / label / name, pixels, profile)
         if label == classes[0]:  # its piece of the mask, beside it (see the module doc)
-            _write_mask(out / MASKS_DIR / f"{name}.png", mask[r : r + tile, c : c + tile])
+            piece = out / MASKS_DIR / f"{name}.png"
+            with quiet_writing(piece, RASTER_WRITE_ERRORS):
+                write_mask(piece, mask[r : r + tile, c : c + tile])
         counts[label] += 1
         writer.writerow(
             [written.relative_to(out).as_posix(), label, f"{job.region}/{job.image.stem}",
              r, c, f"{frac:.6f}", job.region, *scene]
         )
-
-
-def _write_mask(path: Path, mask: np.ndarray) -> None:
-    from PIL import Image
-
-    with quiet_writing(path, RASTER_WRITE_ERRORS):
-        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L").save(
-            path, format="PNG", compress_level=1)
 
 
 def tile_scenes(

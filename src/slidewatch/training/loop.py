@@ -43,6 +43,9 @@ from slidewatch.training.curves import plot_curves
 from slidewatch.training.setup import RESUME_FILE, Setup, prepare, save_resume
 
 LOWER_IS_BETTER = {"val_loss"}
+# parts of the training loss reported per epoch (unweighted): a multi-modal model's size loss,
+# a classifier's training-only mask loss
+REPORTED_PARTS = {"loss_size", "loss_mask"}
 
 
 @dataclass
@@ -123,7 +126,8 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
         set_batchnorm_eval(model)
     if s.segment is not None:
         return _train_segment_epoch(s, model, optimizer, step0, total, base_lr, progress, desc)
-    losses, ys, probs, size_losses, mask_losses = [], [], [], [], []
+    losses, ys, probs = [], [], []
+    part_sums: dict[str, float] = {}  # the parts of the loss a history row reports
     step = step0
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch(s))
     steps = steps_per_epoch(s)
@@ -137,23 +141,18 @@ def train_one_epoch(s: Setup, optimizer, step0: int, total: int, base_lr: float,
         optimizer.step()
         step += 1
         losses.append(loss.item() * len(y))
-        if "loss_size" in parts:
-            size_losses.append(parts["loss_size"] * len(y))
-        if "loss_mask" in parts:
-            mask_losses.append(parts["loss_mask"] * len(y))
+        for key in REPORTED_PARTS.intersection(parts):
+            part_sums[key] = part_sums.get(key, 0.0) + parts[key] * len(y)
         ys.append((batch["label"] == s.meta.positive_index).numpy())
         probs.append(torch.softmax(logits.detach(), 1)[:, s.meta.positive_index].cpu().numpy())
     loss_sum, y_all, p_all = sum(losses), np.concatenate(ys), np.concatenate(probs)
     if s.dist.enabled:  # the metrics of the whole epoch, all ranks' batches together
         loss_sum, y_all, p_all = distributed.merge_epoch(s.dist, loss_sum, y_all, p_all)
     row = _epoch_metrics("train", loss_sum / len(y_all), y_all, p_all, cfg.threshold)
-    if size_losses:  # multi-task: the size part of the (weighted) loss above
-        size_sum = sum(size_losses)
+    for key, total_part in sorted(part_sums.items()):
         if s.dist.enabled:
-            size_sum = sum(distributed.gather_objects(s.dist, size_sum))
-        row["train_loss_size"] = size_sum / len(y_all)
-    if mask_losses:  # the mask part (unweighted) of the loss above
-        row["train_loss_mask"] = sum(mask_losses) / len(y_all)
+            total_part = sum(distributed.gather_objects(s.dist, total_part))
+        row[f"train_{key}"] = total_part / len(y_all)
     return row
 
 
